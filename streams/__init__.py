@@ -1,0 +1,1 @@
+"""Kafka stream-processing side of mmsr: the Faust worker, topics, launcher, replay and CLI."""

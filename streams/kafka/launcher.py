@@ -1,0 +1,246 @@
+"""Local single-node Apache Kafka (KRaft) started from jars that Maven resolves from Maven Central.
+
+The jars are cached outside the repo (``kafka_home/<version>/libs``), so only the first start
+needs the network. The broker runs as its own process session so it outlives the CLI call that
+started it; ``broker.json`` in the data dir records its pid and ports for ``status`` and ``stop``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+TOOLS = {
+    "kafka-topics": "org.apache.kafka.tools.TopicCommand",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer": "org.apache.kafka.tools.ConsoleProducer",
+    "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-storage": "kafka.tools.StorageTool",
+}
+
+
+class LauncherError(RuntimeError):
+    """A failure the CLI reports as one line."""
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    pid: int
+    port: int
+    controller_port: int
+    version: str
+    data_dir: str
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not a running broker
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LocalKafka:
+    """Start, stop and query one local broker; run Kafka's own tools from the same jars."""
+
+    def __init__(self, data_dir: Path, version: str = "4.1.1", kafka_home: Path | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.version = version
+        self.kafka_home = Path(kafka_home or Path("~/.cache/mmsr/kafka").expanduser())
+        self.info_file = self.data_dir / "broker.json"
+
+    # -- jars -------------------------------------------------------------------------------
+    @property
+    def libs(self) -> Path:
+        return self.kafka_home / self.version / "libs"
+
+    def ensure_jars(self) -> Path:
+        """Resolve the broker and tools jars with Maven once; later calls use the cache."""
+        marker = self.libs / ".complete"
+        if marker.exists():
+            return self.libs
+        if shutil.which("mvn") is None:
+            raise LauncherError("Maven (mvn) is needed once to fetch the Kafka jars; install it or set MMSR_KAFKA_HOME")
+        tmp = self.libs.with_name(f"libs.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with resources.as_file(resources.files("streams.kafka") / "pom.xml") as pom:
+            cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                   f"-DoutputDirectory={tmp}", "-DincludeScope=runtime", f"-Dkafka.version={self.version}"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LauncherError(f"Maven could not resolve Kafka {self.version}: {(proc.stdout + proc.stderr).strip()[-400:]}")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        tmp.rename(self.libs)
+        marker.touch()
+        return self.libs
+
+    def java(self, main_class: str, *args: str, heap: str = "256m", **popen) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise LauncherError("Java 17+ is needed to run Kafka; none found on PATH")
+        return [java, f"-Xmx{heap}", "-cp", f"{self.libs}/*", main_class, *args]
+
+    def run_tool(self, tool: str, args: list[str]) -> int:
+        """Run one of Kafka's command-line tools (kafka-topics, kafka-consumer-groups, ...)."""
+        if tool not in TOOLS:
+            raise LauncherError(f"unknown tool {tool!r}; known: {', '.join(sorted(TOOLS))}")
+        self.ensure_jars()
+        log4j = self._log4j_config()
+        cmd = self.java(TOOLS[tool], *args)
+        cmd.insert(1, f"-Dlog4j2.configurationFile={log4j}")
+        cmd.insert(1, f"-Dkafka.logs.dir={self.data_dir}")
+        return subprocess.call(cmd)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def status(self) -> BrokerInfo | None:
+        if not self.info_file.exists():
+            return None
+        info = BrokerInfo(**json.loads(self.info_file.read_text()))
+        return info if pid_alive(info.pid) else None
+
+    def start(self, port: int = 9092, controller_port: int | None = None, timeout: float = 60.0) -> BrokerInfo:
+        """Start the broker (port 0 picks a free one) and return once it answers metadata requests."""
+        running = self.status()
+        if running:
+            return running
+        self.ensure_jars()
+        if port == 0:
+            port = free_port()
+        elif not port_is_free(port):
+            raise LauncherError(f"port {port} on 127.0.0.1 is busy; stop what holds it or pass --port 0 for a free port")
+        controller_port = controller_port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.data_dir / "logs"
+        props = self.data_dir / "server.properties"
+        props.write_text(self._server_properties(port, controller_port, logs))
+        if not (logs / "meta.properties").exists():
+            self._format(props)
+        log4j = self._log4j_config()
+        cmd = self.java("kafka.Kafka", str(props), heap="768m")
+        cmd[1:1] = [f"-Dkafka.logs.dir={self.data_dir}", f"-Dlog4j2.configurationFile={log4j}",
+                    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
+        with open(self.data_dir / "stdout.log", "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        info = BrokerInfo(proc.pid, port, controller_port, self.version, str(self.data_dir))
+        self.info_file.write_text(json.dumps(asdict(info)))
+        self._wait_ready(info, proc, timeout)
+        return info
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM for a controlled shutdown; SIGKILL only if it does not end in time."""
+        info = self.status()
+        if info is None:
+            self.info_file.unlink(missing_ok=True)
+            return False
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if pid_alive(info.pid):
+            os.killpg(info.pid, signal.SIGKILL)
+            while pid_alive(info.pid):
+                time.sleep(0.1)
+        self.info_file.unlink(missing_ok=True)
+        return True
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _format(self, props: Path) -> None:
+        cluster_id = _cluster_id()
+        cmd = self.java(TOOLS["kafka-storage"], "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted")
+        cmd.insert(1, f"-Dlog4j2.configurationFile={self._log4j_config()}")
+        cmd.insert(1, f"-Dkafka.logs.dir={self.data_dir}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LauncherError(f"kafka-storage format failed: {(proc.stdout + proc.stderr).strip()[-400:]}")
+
+    def _log4j_config(self) -> Path:
+        target = self.data_dir / "log4j2.properties"
+        if not target.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            target.write_text((resources.files("streams.kafka") / "log4j2.properties").read_text())
+        return target
+
+    @staticmethod
+    def _server_properties(port: int, controller_port: int, logs: Path) -> str:
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={logs}",
+            "num.partitions=1",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "message.max.bytes=1048588",
+            "",
+        ])
+
+    def _wait_ready(self, info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        admin = AdminClient({"bootstrap.servers": info.bootstrap, "log_level": 0})
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.info_file.unlink(missing_ok=True)
+                tail = (self.data_dir / "stdout.log").read_text(errors="replace")[-600:]
+                raise LauncherError(f"broker exited with code {proc.returncode}: {tail.strip()}")
+            try:
+                md = admin.list_topics(timeout=1.0)
+                if md.brokers:
+                    return
+            except Exception:
+                time.sleep(0.2)
+        raise LauncherError(f"broker did not answer on {info.bootstrap} within {timeout:.0f}s; see {self.data_dir}/logs")
+
+
+def _cluster_id() -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -1,0 +1,54 @@
+"""One settings object for every process: env vars with the ``MMSR_`` prefix, overridable by CLI flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMSR_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    data_dir: Path = Field(Path(".mmsr"), description="RocksDB state, broker data and model caches")
+    app_id: str = Field("mmsr", description="Faust app id: consumer group and changelog prefix")
+    web_host: str = Field("127.0.0.1", description="interface the worker's web server binds")
+    web_port: int = Field(6066, description="port of the worker's web server")
+
+    topic_items: str = Field("items", description="catalog events, keyed by item_id")
+    topic_interactions: str = Field("interactions", description="interaction events, keyed by user_id")
+    topic_user_summaries: str = Field("user-summaries", description="summary events, keyed by user_id")
+    topic_recommendations: str = Field("recommendations", description="top-k lists, keyed by user_id")
+    topic_dead_letters: str = Field("dead-letters", description="rejected events with the reason")
+    user_partitions: int = Field(4, description="partitions of the user-keyed topics (co-partitioned)")
+    item_partitions: int = Field(2, description="partitions of the items topic")
+    replication_factor: int = Field(1, description="replication factor for created topics")
+
+    top_k: int = Field(10, description="items per recommendation list")
+    history_tail: int = Field(50, description="recent interactions kept per user")
+    seen_cap: int = Field(5000, description="most item ids remembered per user for history exclusion")
+    recency_half_life: float = Field(10.0, description="half-life, in interactions, of the user vector's recency weights")
+    recent_for_vector: int = Field(20, description="recent items averaged into the user vector")
+    debounce_seconds: float = Field(0.5, description="quiet time per user before a list is emitted")
+    freshness_seconds: float = Field(
+        3600.0, description="events older than this (by event_time) emit no list: backfill"
+    )
+    embed_model: str = Field("minilm", description="text embedding model: 'minilm', a hub id or a path")
+    embed_batch: int = Field(64, description="items embedded per model call")
+    embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")
+    device: str = Field("auto", description="torch device: auto, cpu, cuda")
+
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local broker")
+    kafka_home: Path = Field(
+        Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"
+    )
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+
+def load(**overrides) -> Settings:
+    """Settings from the environment, with explicitly given (non-None) CLI values on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
