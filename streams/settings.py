@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     freshness_seconds: float = Field(
         3600.0, description="events older than this (by event_time) emit no list: backfill"
     )
+    summary_block: int = Field(3, description="interactions per recurrent summary block (B)")
+    index_resync_seconds: float = Field(
+        30.0, description="rebuild the retrieval index from the item table this often (0: never)"
+    )
     embed_model: str = Field("minilm", description="text embedding model: 'minilm', a hub id or a path")
     embed_batch: int = Field(64, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")

@@ -1,0 +1,134 @@
+"""Retrieval stage: cosine top-k over the catalog from a recency-weighted user vector.
+
+Pure numpy over an in-memory matrix of L2-normalised item embeddings; the stream keeps it in
+step with the item-profile table. Users without a usable history get popularity.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+
+
+class CatalogIndex:
+    """Item id -> row of a growable float32 matrix; deletions free rows for reuse."""
+
+    def __init__(self, dim: int, capacity: int = 1024):
+        self.dim = dim
+        self._matrix = np.zeros((capacity, dim), dtype=np.float32)
+        self._row: dict[str, int] = {}
+        self._ids: list[str | None] = []
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self._row
+
+    def upsert(self, item_id: str, vector: Sequence[float]) -> None:
+        row = self._row.get(item_id)
+        if row is None:
+            row = self._free.pop() if self._free else len(self._ids)
+            if row == len(self._ids):
+                self._ids.append(None)
+            if row >= len(self._matrix):
+                grown = np.zeros((len(self._matrix) * 2, self.dim), dtype=np.float32)
+                grown[: len(self._matrix)] = self._matrix
+                self._matrix = grown
+            self._row[item_id] = row
+            self._ids[row] = item_id
+        self._matrix[row] = np.asarray(vector, dtype=np.float32)
+
+    def remove(self, item_id: str) -> None:
+        row = self._row.pop(item_id, None)
+        if row is not None:
+            self._ids[row] = None
+            self._matrix[row] = 0.0
+            self._free.append(row)
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        row = self._row.get(item_id)
+        return None if row is None else self._matrix[row]
+
+    def top_k(self, query: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Scored]:
+        n = len(self._ids)
+        if n == 0 or not self._row:
+            return []
+        scores = self._matrix[:n] @ query.astype(np.float32)
+        invalid = [r for r, i in enumerate(self._ids) if i is None]
+        invalid += [self._row[i] for i in exclude if i in self._row]
+        if invalid:
+            scores[invalid] = -np.inf
+        k = min(k, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [Scored(self._ids[r], float(scores[r])) for r in top]
+
+
+def recency_weights(n: int, half_life: float) -> np.ndarray:
+    """Weights for n items ordered oldest to newest: the newest weighs 1, halving every half_life items."""
+    ages = np.arange(n - 1, -1, -1, dtype=np.float32)
+    return np.power(0.5, ages / max(half_life, 1e-6))
+
+
+def user_vector(index: CatalogIndex, recent_items: Sequence[str], half_life: float) -> np.ndarray | None:
+    """Recency-weighted mean of the known items' embeddings, normalised; None if none is known."""
+    known = [(pos, index.vector(i)) for pos, i in enumerate(recent_items)]
+    known = [(pos, v) for pos, v in known if v is not None]
+    if not known:
+        return None
+    weights = recency_weights(len(recent_items), half_life)[[pos for pos, _ in known]]
+    vec = (weights[:, None] * np.stack([v for _, v in known])).sum(0)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 else None
+
+
+class Popularity:
+    """Interaction counts per item, with the top list cached until the next change."""
+
+    def __init__(self):
+        self.counts: Counter[str] = Counter()
+        self._ranked: list[tuple[str, int]] | None = None
+
+    def add(self, item_id: str, n: int = 1) -> None:
+        self.counts[item_id] += n
+        self._ranked = None
+
+    def top_k(self, k: int, exclude: Iterable[str] = (), allowed: CatalogIndex | None = None) -> list[Scored]:
+        if self._ranked is None:
+            self._ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        excluded = set(exclude)
+        total = max(sum(self.counts.values()), 1)
+        out = []
+        for item_id, count in self._ranked:
+            if item_id in excluded or (allowed is not None and item_id not in allowed):
+                continue
+            out.append(Scored(item_id, count / total))
+            if len(out) == k:
+                break
+        return out
+
+
+def recommend(index: CatalogIndex, popularity: Popularity, recent_items: Sequence[str], seen: Iterable[str],
+              k: int, half_life: float) -> tuple[str, list[Scored]]:
+    """Similarity when the user has a usable vector, else popularity; topped up by popularity if short."""
+    seen = set(seen)
+    query = user_vector(index, recent_items, half_life)
+    if query is not None:
+        hits = index.top_k(query, k, exclude=seen)
+        if len(hits) < k:
+            have = seen | {h.item_id for h in hits}
+            hits += popularity.top_k(k - len(hits), exclude=have, allowed=index)
+        return "similarity", hits
+    return "popularity", popularity.top_k(k, exclude=seen, allowed=index)

@@ -1,0 +1,386 @@
+"""The Faust worker: item and interaction agents, RocksDB tables, retrieval recommendations.
+
+Built by a factory (``build_worker``) rather than at import time so tests and tools can run
+several apps with their own topic names and state directories.
+
+Processing guarantee: at-least-once delivery from Kafka, made effectively-once for state by
+``UserState.already_applied`` (each user records the offset of the last interaction it applied,
+and a redelivered one is skipped). Faust flushes the producer (changelogs, dead letters,
+recommendations) before it commits offsets.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import faust
+import numpy as np
+
+import schemas
+from models.embeddings import item_text
+from models.retrieval import CatalogIndex, Popularity, recommend
+from streams.metrics import Metrics
+from streams.settings import Settings
+from streams.state import UserState, content_hash
+
+log = logging.getLogger("mmsr.worker")
+
+CONTROL_HEADER = "mmsr-control"
+BACKFILL_END = b"backfill-end"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What caused a recommendation list: carried on the output for tracing and latency."""
+
+    topic: str
+    partition: int
+    offset: int
+    event_time: str | None
+    kind: str
+    broker_timestamp: float | None  # seconds; the message's CreateTime/LogAppendTime
+
+    def to_dict(self) -> dict:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "event_time": self.event_time, "kind": self.kind}
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_vector(vec: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vec, dtype=np.float32).tobytes()).decode()
+
+
+def decode_vector(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float32)
+
+
+def dead_letter_record(message, error: schemas.InvalidEvent) -> dict:
+    value, key = message.value, message.key
+    return {
+        "original": None if value is None else base64.b64encode(value).decode(),
+        "original_key": None if key is None else base64.b64encode(key).decode(),
+        "original_size": 0 if value is None else len(value),
+        "truncated": False,
+        "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
+        "error": {"class": error.kind, "message": str(error)},
+        "rejected_at": utcnow(),
+    }
+
+
+class Debouncer:
+    """Per-user deadlines: a burst of interactions yields one list after the user goes quiet."""
+
+    def __init__(self):
+        self._due: dict[str, tuple[float, Trigger]] = {}
+
+    def schedule(self, user_id: str, trigger: Trigger, delay: float) -> None:
+        self._due[user_id] = (time.monotonic() + delay, trigger)
+
+    def pop_due(self, now: float | None = None) -> list[tuple[str, Trigger]]:
+        now = time.monotonic() if now is None else now
+        due = [(u, t) for u, (d, t) in self._due.items() if d <= now]
+        for user_id, _ in due:
+            del self._due[user_id]
+        return due
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+class Worker:
+    """One Faust app with its topics, tables, agents, timers and web views."""
+
+    def __init__(self, settings: Settings, embedder=None):
+        self.settings = s = settings
+        self.metrics = Metrics()
+        self._embedder = embedder
+        self.index: CatalogIndex | None = None
+        self.popularity = Popularity()
+        self._popularity_loaded = False
+        self.debouncer = Debouncer()
+        self.last_recommendations: OrderedDict[str, dict] = OrderedDict()
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.app = faust.App(
+            s.app_id,
+            broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")],
+            store="rocksdb://",
+            datadir=str(s.state_dir),
+            web_bind=s.web_host,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            topic_partitions=s.user_partitions,
+            topic_replication_factor=s.replication_factor,
+            processing_guarantee="at_least_once",
+            producer_max_request_size=32 * 1024 * 1024,
+            consumer_max_fetch_size=8 * 1024 * 1024,
+            broker_commit_interval=1.0,
+            table_standby_replicas=0,
+            autodiscover=False,
+        )
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.items_topic = self.app.topic(s.topic_items, **raw)
+        self.interactions_topic = self.app.topic(s.topic_interactions, **raw)
+        self.recommendations_topic = self.app.topic(s.topic_recommendations, **raw)
+        self.dead_letters_topic = self.app.topic(s.topic_dead_letters, **raw)
+        self.user_state = self.app.Table(
+            "user-state", default=None, partitions=s.user_partitions,
+            key_type=str,
+        )
+        self.item_profiles = self.app.GlobalTable(
+            "item-profiles", default=None, partitions=s.item_partitions,
+            key_type=str,
+        )
+        self._register()
+
+    # -- models -----------------------------------------------------------------------------
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from models.embeddings import TextEmbedder
+
+            self._embedder = TextEmbedder(self.settings.embed_model, device=self.settings.device)
+        return self._embedder
+
+    def catalog(self) -> CatalogIndex:
+        """The in-memory retrieval index, built from the item-profile table on first use."""
+        if self.index is None:
+            self.resync_index()
+        return self.index
+
+    def resync_index(self) -> None:
+        """Rebuild from the GlobalTable, which every worker holds whole (other workers' items included)."""
+        index = CatalogIndex(self.embedder.dim)
+        for key, profile in list(self.item_profiles.items()):
+            if profile and profile.get("embedding"):
+                index.upsert(_text(key), decode_vector(profile["embedding"]))
+        self.index = index
+        self.metrics.gauge("catalog_items", len(index))
+
+    def ensure_popularity(self) -> None:
+        """Popularity over the users this worker holds: rebuilt from state after a restart."""
+        if not self._popularity_loaded:
+            for _, data in list(self.user_state.items()):
+                for item_id in (data or {}).get("seen", []):
+                    self.popularity.add(item_id)
+            self._popularity_loaded = True
+
+    # -- dead letters -----------------------------------------------------------------------
+    async def dead_letter(self, message, error: schemas.InvalidEvent) -> None:
+        record = dead_letter_record(message, error)
+        await self.dead_letters_topic.send(key=message.key, value=json.dumps(record).encode())
+        self.metrics.inc("dead_letters_total", reason=error.kind, topic=message.topic)
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+
+    @staticmethod
+    def accept(message, kind: str, key_field: str) -> dict:
+        """Parse and validate; an event without the key its topic is partitioned by is rejected."""
+        event = schemas.parse(kind, message.value)
+        if message.key is None:
+            raise schemas.InvalidEvent("NoKey", f"{kind} has no message key; key it by {key_field}")
+        key = message.key.decode("utf-8", errors="replace")
+        if key != event[key_field]:
+            raise schemas.InvalidEvent("KeyMismatch", f"message key {key!r} differs from {key_field} {event[key_field]!r}")
+        return event
+
+    # -- items ------------------------------------------------------------------------------
+    async def process_items(self, stream, events) -> None:
+        accepted = []
+        for event in events:
+            self.metrics.observe_offset(event.message.topic, event.message.partition, event.message.offset)
+            try:
+                accepted.append((event, self.accept(event.message, "item", "item_id")))
+            except schemas.InvalidEvent as error:
+                await self.dead_letter(event.message, error)
+        to_embed = []
+        for event, item in accepted:
+            if item.get("op", "upsert") == "upsert":
+                old = self.item_profiles.get(item["item_id"])
+                if not old or old.get("content_hash") != content_hash(item):
+                    to_embed.append(item)
+        texts = [item_text(i["title"], i.get("categories"), i.get("description")) for i in to_embed]
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(None, self.embedder.embed, texts, self.settings.embed_batch)
+        by_item = {id(i): v for i, v in zip(to_embed, vectors)}
+        index = self.catalog()
+        for event, item in accepted:
+            stream._set_current_event(event)  # each write's changelog partition is its own event's
+            item_id = item["item_id"]
+            if item.get("op") == "delete":
+                self.item_profiles.pop(item_id, None)
+                index.remove(item_id)
+                self.metrics.inc("items_deleted_total")
+                continue
+            profile = dict(self.item_profiles.get(item_id) or {})
+            profile.update({
+                "item_id": item_id, "title": item["title"], "categories": item.get("categories", []),
+                "description": item.get("description"), "image": item.get("image"),
+                "text": item_text(item["title"], item.get("categories"), item.get("description")),
+                "content_hash": content_hash(item), "event_time": item["event_time"],
+            })
+            if id(item) in by_item:
+                profile["embedding"] = encode_vector(by_item[id(item)])
+                index.upsert(item_id, by_item[id(item)])
+                self.metrics.inc("items_embedded_total")
+            self.item_profiles[item_id] = profile
+            self.metrics.inc("items_applied_total")
+        self.metrics.gauge("catalog_items", len(index))
+
+    # -- interactions -----------------------------------------------------------------------
+    def is_fresh(self, event_time: str) -> bool:
+        age = time.time() - schemas.parse_time(event_time).timestamp()
+        return age <= self.settings.freshness_seconds
+
+    async def process_interaction(self, event) -> None:
+        message = event.message
+        self.metrics.observe_offset(message.topic, message.partition, message.offset)
+        if _header(message, CONTROL_HEADER) == BACKFILL_END:
+            self.finish_backfill(message)
+            return
+        try:
+            interaction = self.accept(message, "interaction", "user_id")
+        except schemas.InvalidEvent as error:
+            await self.dead_letter(message, error)
+            return
+        user_id = interaction["user_id"]
+        state = UserState.from_dict(self.user_state.get(user_id), user_id)
+        if state.already_applied(message.partition, message.offset):
+            # rewrite so a changelog record lost in the crash is sent again; the value is unchanged
+            self.user_state[user_id] = state.to_dict()
+            self.metrics.inc("duplicates_skipped_total")
+            return
+        self.ensure_popularity()
+        is_new_item = interaction["item_id"] not in state.seen
+        known = interaction["item_id"] in self.catalog()
+        state.apply(interaction, message.partition, message.offset, tail=self.settings.history_tail,
+                    seen_cap=self.settings.seen_cap, block_size=self.settings.summary_block)
+        if not known:
+            state.unknown_items += 1
+            self.metrics.inc("unknown_items_total")
+        trigger = Trigger(message.topic, message.partition, message.offset, interaction["event_time"],
+                          "interaction", message.timestamp)
+        if self.is_fresh(interaction["event_time"]):
+            self.debouncer.schedule(user_id, trigger, self.settings.debounce_seconds)
+        else:
+            state.backfill_pending = True
+            self.metrics.inc("stale_events_total")
+        self.user_state[user_id] = state.to_dict()
+        if is_new_item:
+            self.popularity.add(interaction["item_id"])
+        self.metrics.inc("events_applied_total")
+
+    def finish_backfill(self, message) -> None:
+        """A replay's end marker for one partition: one list per user whose lists were held back."""
+        trigger = Trigger(message.topic, message.partition, message.offset, None, "backfill-end", message.timestamp)
+        owed = 0
+        for key, data in list(self.user_state.items()):
+            if data and data.get("backfill_pending") and data.get("partition") == message.partition:
+                state = UserState.from_dict(data, _text(key))
+                state.backfill_pending = False
+                self.user_state[state.user_id] = state.to_dict()
+                self.debouncer.schedule(state.user_id, trigger, 0.0)
+                owed += 1
+        self.metrics.inc("backfill_markers_total")
+        log.info("backfill end on partition %d: %d users owed a list", message.partition, owed)
+
+    # -- recommendations --------------------------------------------------------------------
+    def build_recommendation(self, user_id: str, trigger: Trigger) -> dict | None:
+        data = self.user_state.get(user_id)
+        if not data:
+            return None
+        state = UserState.from_dict(data, user_id)
+        self.ensure_popularity()
+        s = self.settings
+        strategy, hits = recommend(self.catalog(), self.popularity, state.recent_items(s.recent_for_vector),
+                                   state.seen, s.top_k, s.recency_half_life)
+        latency = None if trigger.broker_timestamp is None else (time.time() - trigger.broker_timestamp) * 1000
+        return {
+            "user_id": user_id,
+            "items": [{"item_id": h.item_id, "score": round(h.score, 6), "rank": r}
+                      for r, h in enumerate(hits, 1)],
+            "summary_version": state.summary_version,
+            "model": f"retrieval:{s.embed_model}",
+            "strategy": strategy,
+            "generated_at": utcnow(),
+            "trigger": trigger.to_dict(),
+            "latency_ms": None if latency is None else round(latency, 3),
+        }
+
+    async def emit_due(self) -> None:
+        for user_id, trigger in self.debouncer.pop_due():
+            rec = self.build_recommendation(user_id, trigger)
+            if rec is None:
+                continue
+            await self.recommendations_topic.send(key=user_id.encode(), value=json.dumps(rec).encode())
+            self.last_recommendations[user_id] = rec
+            self.last_recommendations.move_to_end(user_id)
+            while len(self.last_recommendations) > 100_000:
+                self.last_recommendations.popitem(last=False)
+            self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
+            if rec["latency_ms"] is not None and trigger.kind == "interaction":
+                self.metrics.observe_latency(rec["latency_ms"] / 1000)
+
+    # -- wiring -----------------------------------------------------------------------------
+    def _register(self) -> None:
+        app, s = self.app, self.settings
+
+        @app.agent(self.items_topic, name="items")
+        async def items_agent(stream):
+            async for events in stream.take_events(s.embed_batch, within=s.embed_within):
+                await self.process_items(stream, events)
+
+        @app.agent(self.interactions_topic, name="interactions")
+        async def interactions_agent(stream):
+            async for event in stream.events():
+                await self.process_interaction(event)
+
+        @app.timer(interval=0.05)
+        async def emitter():
+            await self.emit_due()
+
+        if s.index_resync_seconds > 0:
+            @app.timer(interval=s.index_resync_seconds)
+            async def resync():
+                self.resync_index()
+
+        from streams.web import register_views
+
+        register_views(self)
+
+    async def consumer_lag(self) -> dict[str, int]:
+        """Per input partition: the high watermark minus the next offset this worker will read."""
+        consumer = self.app.consumer
+        lags = {}
+        for tp in consumer.assignment():
+            if tp.topic not in (self.settings.topic_interactions, self.settings.topic_items):
+                continue
+            high = consumer.highwater(tp)
+            done = self.metrics.last_offsets.get((tp.topic, tp.partition), -1)
+            if high is not None:
+                lags[f"{tp.topic}/{tp.partition}"] = max(int(high) - (done + 1), 0)
+        return lags
+
+
+def _header(message, name: str) -> bytes | None:
+    headers = message.headers or {}
+    items = headers.items() if isinstance(headers, dict) else headers
+    for key, value in items:
+        if key == name:
+            return value
+    return None
+
+
+def _text(key) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
+
+
+def build_worker(settings: Settings, embedder=None) -> Worker:
+    return Worker(settings, embedder=embedder)

@@ -1,0 +1,255 @@
+"""The ``mmsr`` command line: broker, topics, worker, produce, replay, recommendations, demo."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from streams.settings import Settings, load
+
+CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
+
+
+def one_line_errors(fn):
+    """Errors are one clear line and a non-zero exit, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def common(fn):
+    """Options every command shares; each maps onto an MMSR_ setting."""
+    fn = click.option("--bootstrap-servers", envvar="MMSR_BOOTSTRAP_SERVERS", default="127.0.0.1:9092",
+                      help="Kafka bootstrap servers")(fn)
+    fn = click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path),
+                      help="state, broker data and caches")(fn)
+    return fn
+
+
+@click.group(context_settings=CONTEXT)
+def main():
+    """mmsr: real-time multimodal sequential recommendations on Kafka."""
+
+
+# -- kafka ------------------------------------------------------------------------------------
+@main.group()
+def kafka():
+    """Local single-node Apache Kafka (KRaft) on 127.0.0.1."""
+
+
+def _launcher(data_dir: Path):
+    from streams.kafka.launcher import LocalKafka
+
+    s = load(data_dir=data_dir)
+    return LocalKafka(s.data_dir / "kafka", version=s.kafka_version, kafka_home=s.kafka_home)
+
+
+@kafka.command("start")
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@click.option("--port", default=9092, help="listener port; 0 picks a free one")
+@click.option("--timeout", default=60.0, help="seconds to wait for the broker to answer")
+@one_line_errors
+def kafka_start(data_dir, port, timeout):
+    """Start the broker (resolving its jars once) and wait until it answers."""
+    info = _launcher(data_dir).start(port=port, timeout=timeout)
+    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid}")
+
+
+@kafka.command("stop")
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@one_line_errors
+def kafka_stop(data_dir):
+    """Graceful shutdown; waits until the process is gone."""
+    click.echo("kafka stopped" if _launcher(data_dir).stop() else "kafka was not running")
+
+
+@kafka.command("status")
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@one_line_errors
+def kafka_status(data_dir):
+    info = _launcher(data_dir).status()
+    if info is None:
+        click.echo("kafka not running")
+        sys.exit(1)
+    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid}")
+
+
+@kafka.command("tool", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@click.argument("tool")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@one_line_errors
+def kafka_tool(data_dir, tool, args):
+    """Run Kafka's own tools from the same jars, e.g. `mmsr kafka tool kafka-consumer-groups --list
+    --bootstrap-server 127.0.0.1:9092`."""
+    sys.exit(_launcher(data_dir).run_tool(tool, list(args)))
+
+
+# -- topics -----------------------------------------------------------------------------------
+@main.group()
+def topics():
+    """Topic administration."""
+
+
+@topics.command("create")
+@common
+@click.option("--user-partitions", envvar="MMSR_USER_PARTITIONS", type=int, default=None)
+@click.option("--item-partitions", envvar="MMSR_ITEM_PARTITIONS", type=int, default=None)
+@one_line_errors
+def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions):
+    """Create items, interactions, user-summaries, recommendations, dead-letters (idempotent)."""
+    from streams.kafka.admin import create_topics
+
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, user_partitions=user_partitions,
+             item_partitions=item_partitions)
+    for name, outcome in create_topics(s).items():
+        click.echo(f"{name}: {outcome}")
+
+
+# -- worker -----------------------------------------------------------------------------------
+@main.command()
+@common
+@click.option("--web-port", envvar="MMSR_WEB_PORT", type=int, default=None)
+@click.option("--loglevel", default="warning")
+@one_line_errors
+def worker(bootstrap_servers, data_dir, web_port, loglevel):
+    """Run the Faust worker (RocksDB state under DATA_DIR/state)."""
+    from streams.app import build_worker
+    from streams.kafka.admin import create_topics
+
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port)
+    create_topics(s)
+    w = build_worker(s)
+    w.embedder  # load the model before joining the group, not inside the first rebalance
+    from faust.worker import Worker as FaustWorker
+
+    FaustWorker(w.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+# -- produce ----------------------------------------------------------------------------------
+@main.command()
+@common
+@click.argument("kind", type=click.Choice(["items", "interactions"]))
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+@one_line_errors
+def produce(bootstrap_servers, data_dir, kind, source):
+    """Validate and produce JSONL events from SOURCE (a file or -); report rejected lines by number."""
+    import schemas
+    from streams.kafka.client import InteractionProducer, ItemProducer, jsonl_lines
+
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
+    producer = (ItemProducer(s.bootstrap_servers, s.topic_items) if kind == "items"
+                else InteractionProducer(s.bootstrap_servers, s.topic_interactions))
+    rejected = 0
+    for number, event, error in jsonl_lines(source):
+        if event is not None:
+            try:
+                producer.send(event)
+                continue
+            except schemas.InvalidEvent as exc:
+                error = str(exc)
+        rejected += 1
+        click.echo(f"line {number}: rejected: {error}", err=True)
+    delivered = producer.flush()
+    click.echo(f"{delivered} {kind} delivered, {rejected} rejected")
+    if rejected:
+        sys.exit(2)
+
+
+# -- replay -----------------------------------------------------------------------------------
+@main.command()
+@common
+@click.option("--source", default="movielens", help="'movielens' (bundled ML-100K) or a .jsonl/.csv/.tsv path")
+@click.option("--mapping", default=None, help="column mapping for files: 'user_id=uid,item_id=mid,event_time=ts,time_format=epoch'")
+@click.option("--users", type=int, default=None, help="only the first N users (MovieLens)")
+@click.option("--items/--no-items", default=True, help="publish the MovieLens catalog first")
+@click.option("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+@click.option("--since", default=None, help="RFC 3339 lower bound on event_time")
+@click.option("--until", default=None, help="RFC 3339 upper bound (exclusive)")
+@click.option("--backfill/--no-backfill", default=True, help="send end-of-backfill markers afterwards")
+@one_line_errors
+def replay(bootstrap_servers, data_dir, source, mapping, users, items, rate, since, until, backfill):
+    """Replay interaction history in event-time order, keyed by user."""
+    from streams import replay as rp
+
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
+    if source == "movielens":
+        if items:
+            click.echo(f"{rp.publish_movielens_items(s.bootstrap_servers, s.topic_items)} items published")
+        events = rp.movielens_events(users)
+    else:
+        events = rp.read_log(Path(source), rp.ColumnMapping.parse(mapping))
+    events = rp.window(events, since, until)
+    report = rp.replay(s.bootstrap_servers, s.topic_interactions, events, rate=rate, backfill=backfill)
+    for line, reason in report.rejected[:20]:
+        click.echo(f"event {line}: rejected: {reason}", err=True)
+    click.echo(f"{report.sent} interactions replayed in {report.seconds:.1f}s, {len(report.rejected)} rejected, "
+               f"{report.markers} backfill markers")
+
+
+# -- recs -------------------------------------------------------------------------------------
+@main.group()
+def recs():
+    """Read the recommendations topic."""
+
+
+@recs.command("tail")
+@common
+@click.option("--user", default=None, help="only this user")
+@click.option("--from-beginning/--latest", default=True)
+@click.option("--idle", default=0.0, help="exit after this many seconds without a list (0: follow)")
+@one_line_errors
+def recs_tail(bootstrap_servers, data_dir, user, from_beginning, idle):
+    """Print recommendation lists with item titles."""
+    import time
+
+    from streams.kafka.client import RecommendationConsumer
+    from streams.titles import TitleCache
+
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
+    titles = TitleCache(s.bootstrap_servers, s.topic_items)
+    consumer = RecommendationConsumer(s.bootstrap_servers, s.topic_recommendations, from_beginning=from_beginning)
+    last = time.monotonic()
+    try:
+        while not idle or time.monotonic() - last < idle:
+            rec = consumer.poll(0.5)
+            if rec is None or (user and rec.user_id != user):
+                continue
+            last = time.monotonic()
+            click.echo(format_recommendation(rec, titles))
+    finally:
+        consumer.close()
+
+
+def format_recommendation(rec, titles) -> str:
+    head = f"user {rec.user_id} ({rec.strategy}, {rec.model}, latency {rec.latency_ms} ms)"
+    rows = [f"  {i.rank:>2}. {titles.get(i.item_id)}  [{i.score:.3f}]" for i in rec.items]
+    return "\n".join([head, *rows])
+
+
+# -- demo -------------------------------------------------------------------------------------
+@main.command()
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr-demo", type=click.Path(path_type=Path))
+@click.option("--users", default=30, help="MovieLens users to replay")
+@click.option("--show", default=3, help="users to print")
+@one_line_errors
+def demo(data_dir, users, show):
+    """Broker, topics, worker, a MovieLens slice, top-10 lists with titles; then stop everything."""
+    from streams.demo import run_demo
+
+    run_demo(Path(data_dir), users=users, show=show, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

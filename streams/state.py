@@ -1,0 +1,62 @@
+"""Per-user and per-item state as stored in the Faust tables, and the pure rules that update it.
+
+Kept free of Faust so the effectively-once rule (skip an interaction whose offset was applied)
+can be tested without a broker.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class UserState:
+    user_id: str
+    interaction_count: int = 0
+    history: list[dict] = field(default_factory=list)  # newest last: item_id, type, value, event_time
+    seen: list[str] = field(default_factory=list)  # distinct item ids, oldest first, capped
+    pending_block: list[dict] = field(default_factory=list)  # items waiting for the next summary update
+    summary: str | None = None
+    summary_version: int = 0
+    partition: int = -1  # source partition of the applied offsets (state is co-partitioned with it)
+    last_offset: int = -1  # offset of the last applied interaction in that partition
+    unknown_items: int = 0
+    backfill_pending: bool = False  # touched by stale events; owes one list at the end of a backfill
+    last_recommendation: dict | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict | None, user_id: str) -> "UserState":
+        if not data:
+            return cls(user_id=user_id)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def already_applied(self, partition: int, offset: int) -> bool:
+        """A redelivered interaction (after a crash before the offset commit) is never applied twice."""
+        return partition == self.partition and offset <= self.last_offset
+
+    def apply(self, event: dict, partition: int, offset: int, *, tail: int, seen_cap: int, block_size: int) -> None:
+        entry = {"item_id": event["item_id"], "type": event["type"], "value": event.get("value"),
+                 "event_time": event["event_time"]}
+        self.interaction_count += 1
+        self.history.append(entry)
+        del self.history[:-tail]
+        if event["item_id"] not in self.seen:
+            self.seen.append(event["item_id"])
+            del self.seen[:-seen_cap]
+        self.pending_block.append(entry)
+        del self.pending_block[:-max(block_size, 1)]
+        self.partition, self.last_offset = partition, offset
+
+    def recent_items(self, n: int) -> list[str]:
+        return [h["item_id"] for h in self.history[-n:]]
+
+
+def content_hash(event: dict) -> str:
+    """Hash of what an item's text and image are derived from; unchanged content is not re-embedded."""
+    keyed = {k: event.get(k) for k in ("title", "description", "categories", "image")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
