@@ -1,19 +1,13 @@
 """Shared fixtures: one real Kafka broker per test session, unique topics and workers per test."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from streams.process import WorkerProcess, wait_until  # noqa: F401 (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,89 +60,15 @@ def topic_factory(kafka_broker, tmp_path):
     return make
 
 
-class WorkerProcess:
-    """`mmsr worker` as a child process, as users run it; kill -9 and restart for crash tests."""
-
-    def __init__(self, env: Env, log: Path):
-        self.env, self.log, self.proc = env, log, None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.env.web_port}"
-
-    def start(self, timeout: float = 120.0) -> "WorkerProcess":
-        full_env = {**os.environ, **self.env.env, "PYTHONUNBUFFERED": "1"}
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
-                                     env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                if self.get("/health")["status"] == "ok":
-                    return self
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"worker not healthy in {timeout}s: {self.log.read_text()[-2000:]}")
-
-    def get(self, path: str):
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-                body = resp.read().decode()
-        except urllib.error.HTTPError as err:
-            body = err.read().decode()
-            if err.code == 404:
-                return None
-            if err.code != 503:
-                raise
-        return body if path.startswith("/metrics") else json.loads(body)
-
-    def metric(self, name: str) -> float:
-        total = 0.0
-        for line in self.get("/metrics").splitlines():
-            if line.startswith(f"mmsr_{name}{{") or line.startswith(f"mmsr_{name} "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def worker_factory(tmp_path):
     workers: list[WorkerProcess] = []
 
     def make(env: Env) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(workers)}.log")
+        worker = WorkerProcess(env.env, env.web_port, tmp_path / f"worker-{len(workers)}.log", cwd=ROOT)
         workers.append(worker)
         return worker
 
     yield make
     for worker in workers:
         worker.stop()
-
-
-def wait_until(predicate, timeout: float = 60.0, interval: float = 0.5, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}; last={last!r}")

@@ -232,12 +232,24 @@ class LocalKafka:
                 tail = (self.data_dir / "stdout.log").read_text(errors="replace")[-600:]
                 raise LauncherError(f"broker exited with code {proc.returncode}: {tail.strip()}")
             try:
-                md = admin.list_topics(timeout=1.0)
-                if md.brokers:
+                if admin.list_topics(timeout=1.0).brokers and self._coordinator_ready(admin):
                     return
             except Exception:
                 time.sleep(0.2)
         raise LauncherError(f"broker did not answer on {info.bootstrap} within {timeout:.0f}s; see {self.data_dir}/logs")
+
+    @staticmethod
+    def _coordinator_ready(admin) -> bool:
+        """A new broker creates __consumer_offsets on the first group lookup and answers 'load in
+        progress' until it is loaded; consumers that join during that window were seen to stall,
+        so ``start`` returns only once a group lookup succeeds."""
+        future = admin.describe_consumer_groups(["mmsr-launcher-probe"], request_timeout=5)["mmsr-launcher-probe"]
+        try:
+            future.result()
+            return True
+        except Exception:
+            time.sleep(0.3)
+            return False
 
 
 def _cluster_id() -> str:

