@@ -31,7 +31,7 @@ def run_demo(data_dir: Path, users: int = 30, show: int = 3, echo=print) -> dict
         worker = WorkerProcess(env, web_port, data_dir / "worker.log").start()
         catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items)
         echo(f"published {catalog} MovieLens items; embedding them with all-MiniLM-L6-v2 ...")
-        wait_until(lambda: worker.metric("catalog_items") >= catalog, timeout=600, interval=1.0,
+        wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=600, interval=1.0,
                    message="catalog embedded")
         events = rp.movielens_events(users)
         report = rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=True)

@@ -1,0 +1,121 @@
+"""Ingest throughput and event-to-recommendation latency on a real local broker.
+
+Throughput: interactions applied to user state per second by the worker (end to end, from the
+first produce until the worker's applied counter reaches N), against a plain confluent-kafka
+consumer that reads and JSON-decodes the same topic on the same broker in the same run.
+Latency: fresh interactions at a steady rate; p50/p99 of the time from the interaction's
+broker timestamp to the emission of its refreshed list (as the worker records it), with the
+debounce window reported alongside.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer
+
+from streams import replay as rp
+from streams.kafka.admin import create_topics
+from streams.kafka.client import InteractionProducer, read_all
+from streams.kafka.launcher import LocalKafka, free_port
+from streams.process import WorkerProcess, wait_until
+from streams.settings import Settings
+
+
+def baseline_consume(bootstrap: str, topic: str, n: int) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen, start = 0, None
+    while seen < n:
+        for msg in consumer.consume(500, timeout=1.0):
+            if msg.error():
+                continue
+            start = start or time.perf_counter()
+            json.loads(msg.value())
+            seen += 1
+    elapsed = time.perf_counter() - start
+    consumer.close()
+    return seen / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--latency-events", type=int, default=300)
+    parser.add_argument("--latency-rate", type=float, default=30.0)
+    parser.add_argument("--out", default="bench/results/ingest.json")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmsr-bench-"))
+    broker = LocalKafka(tmp / "kafka")
+    info = broker.start(port=0)
+    worker = None
+    try:
+        port = free_port()
+        values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / "w"), "web_port": port,
+                  "debounce_seconds": 0.05, "app_id": "bench"}
+        settings = Settings(**values)
+        create_topics(settings)
+        worker = WorkerProcess({f"MMSR_{k.upper()}": str(v) for k, v in values.items()}, port, tmp / "worker.log")
+        worker.start()
+        catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
+        wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")
+
+        events = rp.movielens_events()[: args.events]
+        start = time.perf_counter()
+        rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=False, progress=False)
+        wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.2,
+                   message="all applied")
+        worker_rate = len(events) / (time.perf_counter() - start)
+        baseline_rate = baseline_consume(info.bootstrap, settings.topic_interactions, len(events))
+
+        emitted_before = worker.metric("recommendations_emitted_total")
+        users = sorted({e["user_id"] for e in events})
+        producer = InteractionProducer(info.bootstrap, settings.topic_interactions)
+        t0 = time.perf_counter()
+        for i in range(args.latency_events):
+            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            producer.interaction(users[i % len(users)], str(1 + (i * 37) % 1682), "view", now)
+            producer._producer.flush()
+            delay = (i + 1) / args.latency_rate - (time.perf_counter() - t0)
+            if delay > 0:
+                time.sleep(delay)
+        producer.flush()
+        wait_until(lambda: worker.metric("recommendations_emitted_total") >= emitted_before + args.latency_events * 0.9,
+                   timeout=120, message="lists for the latency run")
+        time.sleep(2)
+        recs = [json.loads(m.value()) for m in read_all(info.bootstrap, settings.topic_recommendations, timeout=30)]
+        lat = np.array([r["latency_ms"] for r in recs if r["trigger"]["kind"] == "interaction"])
+        result = {
+            "benchmark": "ingest",
+            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                        "kafka": info.version},
+            "events": len(events),
+            "worker_applied_per_s": round(worker_rate, 1),
+            "baseline_confluent_consumer_per_s": round(baseline_rate, 1),
+            "ratio_worker_to_baseline": round(worker_rate / baseline_rate, 4),
+            "latency": {"lists": int(lat.size), "rate_per_s": args.latency_rate,
+                        "debounce_ms": settings.debounce_seconds * 1000,
+                        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+                        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                        "max_ms": round(float(lat.max()), 1)},
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
