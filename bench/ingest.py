@@ -64,7 +64,7 @@ def main() -> None:
                   "debounce_seconds": 0.05, "app_id": "bench"}
         settings = Settings(**values)
         create_topics(settings)
-        worker = WorkerProcess({f"MMSR_{k.upper()}": str(v) for k, v in values.items()}, port, tmp / "worker.log")
+        worker = WorkerProcess(settings.to_env(), port, tmp / "worker.log")
         worker.start()
         catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
         wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")

@@ -200,13 +200,16 @@ class Worker:
                 accepted.append((event, self.accept(event.message, "item", "item_id")))
             except schemas.InvalidEvent as error:
                 await self.dead_letter(event.message, error)
+        derived = {id(item): (item_text(item["title"], item.get("categories"), item.get("description")),
+                              content_hash(item))
+                   for _, item in accepted if item.get("op") != "delete"}
         to_embed = []
-        for event, item in accepted:
-            if item.get("op", "upsert") == "upsert":
+        for _, item in accepted:
+            if id(item) in derived:
                 old = self.item_profiles.get(item["item_id"])
-                if not old or old.get("content_hash") != content_hash(item):
+                if not old or old.get("content_hash") != derived[id(item)][1]:
                     to_embed.append(item)
-        texts = [item_text(i["title"], i.get("categories"), i.get("description")) for i in to_embed]
+        texts = [derived[id(i)][0] for i in to_embed]
         loop = asyncio.get_running_loop()
         vectors = await loop.run_in_executor(None, self.embedder.embed, texts, self.settings.embed_batch)
         by_item = {id(i): v for i, v in zip(to_embed, vectors)}
@@ -219,12 +222,12 @@ class Worker:
                 index.remove(item_id)
                 self.metrics.inc("items_deleted_total")
                 continue
+            text, digest = derived[id(item)]
             profile = dict(self.item_profiles.get(item_id) or {})
             profile.update({
                 "item_id": item_id, "title": item["title"], "categories": item.get("categories", []),
                 "description": item.get("description"), "image": item.get("image"),
-                "text": item_text(item["title"], item.get("categories"), item.get("description")),
-                "content_hash": content_hash(item), "event_time": item["event_time"],
+                "text": text, "content_hash": digest, "event_time": item["event_time"],
             })
             if id(item) in by_item:
                 profile["embedding"] = encode_vector(by_item[id(item)])
@@ -258,9 +261,8 @@ class Worker:
             self.metrics.inc("duplicates_skipped_total")
             return
         self.ensure_popularity()
-        is_new_item = interaction["item_id"] not in state.seen
         known = interaction["item_id"] in self.catalog()
-        state.apply(interaction, message.partition, message.offset, tail=self.settings.history_tail,
+        is_new_item = state.apply(interaction, message.partition, message.offset, tail=self.settings.history_tail,
                     seen_cap=self.settings.seen_cap, block_size=self.settings.summary_block)
         if not known:
             state.unknown_items += 1

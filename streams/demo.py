@@ -1,11 +1,10 @@
 """`make demo`: a local broker, the worker, a MovieLens-100K slice, top-10 lists with titles."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from streams.kafka.admin import create_topics
-from streams.kafka.client import read_all
+from streams.kafka.client import latest_by_user
 from streams.kafka.launcher import LocalKafka, free_port, port_is_free
 from streams.process import WorkerProcess, wait_until
 from streams.settings import Settings
@@ -26,9 +25,8 @@ def run_demo(data_dir: Path, users: int = 30, show: int = 3, echo=print) -> dict
         settings = Settings(data_dir=data_dir, bootstrap_servers=info.bootstrap, web_port=web_port)
         for name, outcome in create_topics(settings).items():
             echo(f"  topic {name}: {outcome}")
-        env = {"MMSR_BOOTSTRAP_SERVERS": info.bootstrap, "MMSR_DATA_DIR": str(data_dir)}
         echo(f"starting the worker (web on 127.0.0.1:{web_port}) ...")
-        worker = WorkerProcess(env, web_port, data_dir / "worker.log").start()
+        worker = WorkerProcess(settings.to_env(), web_port, data_dir / "worker.log").start()
         catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items)
         echo(f"published {catalog} MovieLens items; embedding them with all-MiniLM-L6-v2 ...")
         wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=600, interval=1.0,
@@ -59,8 +57,5 @@ def run_demo(data_dir: Path, users: int = 30, show: int = 3, echo=print) -> dict
 
 
 def _lists_if_complete(settings: Settings, users: int):
-    lists = {}
-    for msg in read_all(settings.bootstrap_servers, settings.topic_recommendations, timeout=5, idle=1):
-        event = json.loads(msg.value())
-        lists[event["user_id"]] = event
+    lists = latest_by_user(settings.bootstrap_servers, settings.topic_recommendations)
     return lists if len(lists) >= users else None

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"
     )
 
+    def to_env(self) -> dict[str, str]:
+        """These settings as MMSR_ variables, so a child process (a worker) gets exactly them."""
+        return {f"MMSR_{name.upper()}": str(getattr(self, name)) for name in type(self).model_fields}
+
     @property
     def state_dir(self) -> Path:
         return self.data_dir / "state"

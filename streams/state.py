@@ -39,18 +39,21 @@ class UserState:
         """A redelivered interaction (after a crash before the offset commit) is never applied twice."""
         return partition == self.partition and offset <= self.last_offset
 
-    def apply(self, event: dict, partition: int, offset: int, *, tail: int, seen_cap: int, block_size: int) -> None:
+    def apply(self, event: dict, partition: int, offset: int, *, tail: int, seen_cap: int, block_size: int) -> bool:
+        """Apply one interaction; True when its item is new to this user."""
         entry = {"item_id": event["item_id"], "type": event["type"], "value": event.get("value"),
                  "event_time": event["event_time"]}
         self.interaction_count += 1
         self.history.append(entry)
         del self.history[:-tail]
-        if event["item_id"] not in self.seen:
+        is_new = event["item_id"] not in self.seen
+        if is_new:
             self.seen.append(event["item_id"])
             del self.seen[:-seen_cap]
         self.pending_block.append(entry)
         del self.pending_block[:-max(block_size, 1)]
         self.partition, self.last_offset = partition, offset
+        return is_new
 
     def recent_items(self, n: int) -> list[str]:
         return [h["item_id"] for h in self.history[-n:]]

@@ -54,8 +54,7 @@ def topic_factory(kafka_broker, tmp_path):
         }
         settings = Settings(**values)
         create_topics(settings)
-        env = {f"MMSR_{k.upper()}": str(v) for k, v in values.items()}
-        return Env(settings, env)
+        return Env(settings, settings.to_env())
 
     return make
 

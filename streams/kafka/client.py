@@ -179,6 +179,15 @@ def read_all(bootstrap_servers: str, topic: str, timeout: float = 10.0, idle: fl
     return out
 
 
+def latest_by_user(bootstrap_servers: str, topic: str, timeout: float = 5.0, idle: float = 1.0) -> dict[str, dict]:
+    """The newest recommendation event per user now in the topic."""
+    lists: dict[str, dict] = {}
+    for msg in read_all(bootstrap_servers, topic, timeout=timeout, idle=idle):
+        event = json.loads(msg.value())
+        lists[event["user_id"]] = event
+    return lists
+
+
 def jsonl_lines(lines: Iterable[str]) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, event or None, error or None) for each non-blank line."""
     for number, line in enumerate(lines, 1):

@@ -240,9 +240,9 @@ class LocalKafka:
 
     @staticmethod
     def _coordinator_ready(admin) -> bool:
-        """A new broker creates __consumer_offsets on the first group lookup and answers 'load in
-        progress' until it is loaded; consumers that join during that window were seen to stall,
-        so ``start`` returns only once a group lookup succeeds."""
+        """A new broker creates __consumer_offsets on the first group lookup and answers
+        'coordinator not available / load in progress' until it is loaded; ``start`` returns only
+        once a group lookup succeeds, so the first worker joins its group without retrying."""
         future = admin.describe_consumer_groups(["mmsr-launcher-probe"], request_timeout=5)["mmsr-launcher-probe"]
         try:
             future.result()

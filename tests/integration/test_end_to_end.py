@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from streams.kafka.client import InteractionProducer, ItemProducer, RecommendationConsumer, read_all
+from streams.kafka.client import InteractionProducer, ItemProducer, RecommendationConsumer, latest_by_user
 from tests.conftest import wait_until
 from tests.integration import helpers
 
@@ -15,10 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def latest_lists(env) -> dict[str, dict]:
-    lists = {}
-    for event in helpers.decode(read_all(env.bootstrap_servers, env.topic_recommendations, timeout=5, idle=1)):
-        lists[event["user_id"]] = event
-    return lists
+    return latest_by_user(env.bootstrap_servers, env.topic_recommendations)
 
 
 def assert_valid_lists(lists: dict, history: dict[str, set], catalog_ids: set, k: int):

@@ -7,8 +7,9 @@ def event(item, t="2026-03-01T10:00:00Z"):
 
 def test_apply_keeps_a_capped_tail_seen_set_and_pending_block():
     s = UserState("u")
-    for offset, item in enumerate(["a", "b", "a", "c", "d"]):
-        s.apply(event(item), 3, offset, tail=3, seen_cap=3, block_size=2)
+    new = [s.apply(event(item), 3, offset, tail=3, seen_cap=3, block_size=2)
+           for offset, item in enumerate(["a", "b", "a", "c", "d"])]
+    assert new == [True, True, False, True, True]
     assert s.interaction_count == 5
     assert [h["item_id"] for h in s.history] == ["a", "c", "d"]
     assert s.seen == ["b", "c", "d"]  # distinct, oldest dropped at the cap

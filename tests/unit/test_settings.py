@@ -1,0 +1,8 @@
+from streams.settings import Settings
+
+
+def test_to_env_round_trips_through_the_environment(monkeypatch):
+    original = Settings(bootstrap_servers="127.0.0.1:1234", web_port=7001, topic_items="x-items", top_k=7)
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
