@@ -15,11 +15,13 @@ import base64
 import json
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import faust
+from faust.streams import _current_event
 import numpy as np
 
 import schemas
@@ -192,7 +194,7 @@ class Worker:
         return event
 
     # -- items ------------------------------------------------------------------------------
-    async def process_items(self, stream, events) -> None:
+    async def process_items(self, events) -> None:
         accepted = []
         for event in events:
             self.metrics.observe_offset(event.message.topic, event.message.partition, event.message.offset)
@@ -215,7 +217,7 @@ class Worker:
         by_item = {id(i): v for i, v in zip(to_embed, vectors)}
         index = self.catalog()
         for event, item in accepted:
-            stream._set_current_event(event)  # each write's changelog partition is its own event's
+            in_partition_of(event)
             item_id = item["item_id"]
             if item.get("op") == "delete":
                 self.item_profiles.pop(item_id, None)
@@ -242,42 +244,60 @@ class Worker:
         age = time.time() - schemas.parse_time(event_time).timestamp()
         return age <= self.settings.freshness_seconds
 
-    async def process_interaction(self, event) -> None:
-        message = event.message
-        self.metrics.observe_offset(message.topic, message.partition, message.offset)
-        if _header(message, CONTROL_HEADER) == BACKFILL_END:
-            self.finish_backfill(message)
-            return
-        try:
-            interaction = self.accept(message, "interaction", "user_id")
-        except schemas.InvalidEvent as error:
-            await self.dead_letter(message, error)
-            return
-        user_id = interaction["user_id"]
-        state = UserState.from_dict(self.user_state.get(user_id), user_id)
-        if state.already_applied(message.partition, message.offset):
-            # rewrite so a changelog record lost in the crash is sent again; the value is unchanged
-            self.user_state[user_id] = state.to_dict()
-            self.metrics.inc("duplicates_skipped_total")
+    async def process_interactions(self, events) -> None:
+        """One batch, in order: valid events grouped per user (one state read and one write per
+        user), dead letters sent as met, and a backfill-end marker applied only after every event
+        before it in the batch."""
+        by_user: dict[str, list] = {}
+        for event in events:
+            message = event.message
+            self.metrics.observe_offset(message.topic, message.partition, message.offset)
+            if _header(message, CONTROL_HEADER) == BACKFILL_END:
+                self.apply_user_groups(by_user)
+                by_user = {}
+                in_partition_of(event)
+                self.finish_backfill(message)
+                continue
+            try:
+                interaction = self.accept(message, "interaction", "user_id")
+            except schemas.InvalidEvent as error:
+                await self.dead_letter(message, error)
+                continue
+            by_user.setdefault(interaction["user_id"], []).append((event, interaction))
+        self.apply_user_groups(by_user)
+
+    def apply_user_groups(self, by_user: dict[str, list]) -> None:
+        if not by_user:
             return
         self.ensure_popularity()
-        known = interaction["item_id"] in self.catalog()
-        is_new_item = state.apply(interaction, message.partition, message.offset, tail=self.settings.history_tail,
-                    seen_cap=self.settings.seen_cap, block_size=self.settings.summary_block)
-        if not known:
-            state.unknown_items += 1
-            self.metrics.inc("unknown_items_total")
-        trigger = Trigger(message.topic, message.partition, message.offset, interaction["event_time"],
-                          "interaction", message.timestamp)
-        if self.is_fresh(interaction["event_time"]):
-            self.debouncer.schedule(user_id, trigger, self.settings.debounce_seconds)
-        else:
-            state.backfill_pending = True
-            self.metrics.inc("stale_events_total")
-        self.user_state[user_id] = state.to_dict()
-        if is_new_item:
-            self.popularity.add(interaction["item_id"])
-        self.metrics.inc("events_applied_total")
+        catalog = self.catalog()
+        s = self.settings
+        for user_id, group in by_user.items():
+            in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
+            state = UserState.from_dict(self.user_state.get(user_id), user_id)
+            trigger = None
+            for event, interaction in group:
+                message = event.message
+                if state.already_applied(message.partition, message.offset):
+                    # still rewritten below, so a changelog record lost in a crash is sent again
+                    self.metrics.inc("duplicates_skipped_total")
+                    continue
+                if state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
+                               seen_cap=s.seen_cap, block_size=s.summary_block):
+                    self.popularity.add(interaction["item_id"])
+                if interaction["item_id"] not in catalog:
+                    state.unknown_items += 1
+                    self.metrics.inc("unknown_items_total")
+                if self.is_fresh(interaction["event_time"]):
+                    trigger = Trigger(message.topic, message.partition, message.offset,
+                                      interaction["event_time"], "interaction", message.timestamp)
+                else:
+                    state.backfill_pending = True
+                    self.metrics.inc("stale_events_total")
+                self.metrics.inc("events_applied_total")
+            if trigger is not None:
+                self.debouncer.schedule(user_id, trigger, s.debounce_seconds)
+            self.user_state[user_id] = state.to_dict()
 
     def finish_backfill(self, message) -> None:
         """A replay's end marker for one partition: one list per user whose lists were held back."""
@@ -309,6 +329,7 @@ class Worker:
             "items": [{"item_id": h.item_id, "score": round(h.score, 6), "rank": r}
                       for r, h in enumerate(hits, 1)],
             "summary_version": state.summary_version,
+            "interaction_count": state.interaction_count,
             "model": f"retrieval:{s.embed_model}",
             "strategy": strategy,
             "generated_at": utcnow(),
@@ -337,12 +358,12 @@ class Worker:
         @app.agent(self.items_topic, name="items")
         async def items_agent(stream):
             async for events in stream.take_events(s.embed_batch, within=s.embed_within):
-                await self.process_items(stream, events)
+                await self.process_items(events)
 
         @app.agent(self.interactions_topic, name="interactions")
         async def interactions_agent(stream):
-            async for event in stream.events():
-                await self.process_interaction(event)
+            async for events in stream.take_events(s.interaction_batch, within=s.interaction_within):
+                await self.process_interactions(events)
 
         @app.timer(interval=0.05)
         async def emitter():
@@ -369,6 +390,18 @@ class Worker:
             if high is not None:
                 lags[f"{tp.topic}/{tp.partition}"] = max(int(high) - (done + 1), 0)
         return lags
+
+
+def in_partition_of(event) -> None:
+    """Make the next table reads and writes use ``event``'s partition (RocksDB store, changelog).
+
+    Faust takes that partition from its current-event context variable, for reads of a
+    partitioned table too (a read under another partition's event finds nothing); in a batch the
+    variable must name each access's own event. Only the variable is set, in this agent's task: assigning
+    ``stream.current_event`` instead races with take_events' buffer filler, which reads that
+    attribute after an await, so one event was buffered twice and the next one lost.
+    """
+    _current_event.set(weakref.ref(event))
 
 
 def _header(message, name: str) -> bytes | None:

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     index_resync_seconds: float = Field(
         30.0, description="rebuild the retrieval index from the item table this often (0: never)"
     )
+    interaction_batch: int = Field(500, description="interactions applied per micro-batch (one state write per user)")
+    interaction_within: float = Field(0.02, description="seconds to wait while filling an interaction batch")
     embed_model: str = Field("minilm", description="text embedding model: 'minilm', a hub id or a path")
     embed_batch: int = Field(64, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")

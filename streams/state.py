@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -33,7 +33,12 @@ class UserState:
         return cls(**known)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Shallow: list entries are never mutated after they are appended, so copying the lists
+        is enough (``dataclasses.asdict`` deep-copied them and was a third of the ingest time)."""
+        data = dict(self.__dict__)
+        for name in ("history", "seen", "pending_block"):
+            data[name] = list(data[name])
+        return data
 
     def already_applied(self, partition: int, offset: int) -> bool:
         """A redelivered interaction (after a crash before the offset commit) is never applied twice."""

@@ -18,6 +18,20 @@ def latest_lists(env) -> dict[str, dict]:
     return latest_by_user(env.bootstrap_servers, env.topic_recommendations)
 
 
+def final_lists(env, events: list[dict]) -> dict[str, dict]:
+    """Each user's latest list, once it was built after all of that user's interactions."""
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
+
+    def complete():
+        lists = latest_lists(env)
+        done = {u: r for u, r in lists.items() if r.get("interaction_count") == counts.get(u)}
+        return done if len(done) == len(counts) else None
+
+    return wait_until(complete, message="a list after all interactions, for every user")
+
+
 def assert_valid_lists(lists: dict, history: dict[str, set], catalog_ids: set, k: int):
     assert set(lists) == set(history), f"users without a list: {set(history) - set(lists)}"
     for user, rec in lists.items():
@@ -46,8 +60,7 @@ def test_every_user_gets_k_unseen_catalog_items(topic_factory, worker_factory):
     for e in events:
         history.setdefault(e["user_id"], set()).add(e["item_id"])
 
-    lists = wait_until(lambda: (lambda l: l if len(l) == len(history) else None)(latest_lists(env)),
-                       message="a list for every user")
+    lists = final_lists(env, events)
     assert_valid_lists(lists, history, {i["item_id"] for i in items}, k=10)
     assert all(rec["strategy"] == "similarity" and rec["latency_ms"] >= 0 for rec in lists.values())
 
@@ -93,9 +106,11 @@ def test_plain_json_wire_format_with_kcat(topic_factory, worker_factory):
             event = json.loads(value)
             assert key == event["user_id"]
             lists[key] = event
-        return lists if len(lists) == len(history) else None
+        done = {u: r for u, r in lists.items() if r.get("interaction_count") == counts[u]}
+        return done if len(done) == len(history) else None
 
-    lists = wait_until(consumed, message="kcat reads a list per user")
+    counts = {u: sum(e["user_id"] == u for e in events) for u in history}
+    lists = wait_until(consumed, message="kcat reads a list per user, built after all their interactions")
     assert_valid_lists(lists, history, {i["item_id"] for i in items}, k=5)
 
 
