@@ -68,6 +68,7 @@ def main() -> None:
         worker.start()
         catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
         wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")
+        items = {name: worker.metric(name) for name in ("items_applied_total", "items_embedded_total", "catalog_items")}
 
         events = rp.movielens_events()[: args.events]
         start = time.perf_counter()
@@ -98,6 +99,7 @@ def main() -> None:
             "benchmark": "ingest",
             "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                         "kafka": info.version},
+            "catalog": {"published": catalog, **items},
             "events": len(events),
             "worker_applied_per_s": round(worker_rate, 1),
             "baseline_confluent_consumer_per_s": round(baseline_rate, 1),
