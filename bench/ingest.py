@@ -61,7 +61,8 @@ def main() -> None:
     try:
         port = free_port()
         values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / "w"), "web_port": port,
-                  "debounce_seconds": 0.05, "app_id": "bench"}
+                  "debounce_seconds": 0.05, "app_id": "bench",
+                  "summary_model": "none", "caption_model": "none"}  # the backbone alone: see bench/summaries.py
         settings = Settings(**values)
         create_topics(settings)
         worker = WorkerProcess(settings.to_env(), port, tmp / "worker.log")

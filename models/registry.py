@@ -14,7 +14,8 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -186,6 +187,7 @@ class LoadedModel:
     processor: object | None
     device: torch.device
     dtype: torch.dtype
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one forward at a time across threads
 
     @property
     def is_vision(self) -> bool:

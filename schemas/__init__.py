@@ -9,7 +9,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, FormatChecker
 
-KINDS = ("item", "interaction", "recommendation", "dead_letter")
+KINDS = ("item", "interaction", "recommendation", "user_summary", "dead_letter")
 MAX_EVENT_BYTES = 1_000_000
 
 

@@ -25,6 +25,7 @@ from faust.streams import _current_event
 import numpy as np
 
 import schemas
+from models import prompts
 from models.embeddings import item_text
 from models.retrieval import CatalogIndex, Popularity, recommend
 from streams.metrics import Metrics
@@ -105,6 +106,7 @@ class Worker:
         self.settings = s = settings
         self.metrics = Metrics()
         self._embedder = embedder
+        self._llms: dict = {}
         self.index: CatalogIndex | None = None
         self.popularity = Popularity()
         self._popularity_loaded = False
@@ -132,6 +134,7 @@ class Worker:
         self.items_topic = self.app.topic(s.topic_items, **raw)
         self.interactions_topic = self.app.topic(s.topic_interactions, **raw)
         self.recommendations_topic = self.app.topic(s.topic_recommendations, **raw)
+        self.user_summaries_topic = self.app.topic(s.topic_user_summaries, **raw)
         self.dead_letters_topic = self.app.topic(s.topic_dead_letters, **raw)
         self.user_state = self.app.Table(
             "user-state", default=None, partitions=s.user_partitions,
@@ -151,6 +154,43 @@ class Worker:
 
             self._embedder = TextEmbedder(self.settings.embed_model, device=self.settings.device)
         return self._embedder
+
+    def llm(self, name: str):
+        """One loaded instance per model name, shared by the stages that use it."""
+        if name not in self._llms:
+            from models import registry
+
+            self._llms[name] = registry.load(name, self.settings.device, self.settings.model_dtype)
+        return self._llms[name]
+
+    @property
+    def summarizer(self):
+        """The recurrent user summarizer, or None when MMSR_SUMMARY_MODEL is 'none'."""
+        s = self.settings
+        if s.summary_model == "none":
+            return None
+        from models.user_summarizer import SummarizerConfig, UserSummarizer
+
+        config = SummarizerConfig(block_size=s.summary_block, max_new_tokens=s.summary_max_new_tokens,
+                                  batch_size=s.summary_batch, max_chars=s.summary_max_chars)
+        return UserSummarizer(self.llm(s.summary_model), config)
+
+    @property
+    def captioner(self):
+        """The item summarizer, or None when MMSR_CAPTION_MODEL is 'none'."""
+        s = self.settings
+        if s.caption_model == "none":
+            return None
+        from models.images import ImageLimits
+        from models.item_summarizer import CaptionConfig, ItemSummarizer
+
+        limits = ImageLimits(s.image_timeout, s.image_max_bytes, s.image_max_pixels)
+        config = CaptionConfig(max_new_tokens=s.caption_max_new_tokens, batch_size=s.caption_batch, limits=limits)
+        return ItemSummarizer(self.llm(s.caption_model), config)
+
+    def load_models(self) -> None:
+        """Load (and on first use convert or build) every configured model before consuming."""
+        _ = self.embedder, self.summarizer, self.captioner
 
     def catalog(self) -> CatalogIndex:
         """The in-memory retrieval index, built from the item-profile table on first use."""
@@ -202,19 +242,19 @@ class Worker:
                 accepted.append((event, self.accept(event.message, "item", "item_id")))
             except schemas.InvalidEvent as error:
                 await self.dead_letter(event.message, error)
-        derived = {id(item): (item_text(item["title"], item.get("categories"), item.get("description")),
-                              content_hash(item))
-                   for _, item in accepted if item.get("op") != "delete"}
-        to_embed = []
-        for _, item in accepted:
-            if id(item) in derived:
-                old = self.item_profiles.get(item["item_id"])
-                if not old or old.get("content_hash") != derived[id(item)][1]:
-                    to_embed.append(item)
-        texts = [derived[id(i)][0] for i in to_embed]
+        upserts = [item for _, item in accepted if item.get("op") != "delete"]
+        digests = {id(item): content_hash(item) for item in upserts}
+        changed = []
+        for item in upserts:
+            old = self.item_profiles.get(item["item_id"])
+            if not old or old.get("content_hash") != digests[id(item)] or "embedding" not in old:
+                changed.append(item)
         loop = asyncio.get_running_loop()
+        captions = await loop.run_in_executor(None, self.caption_items, changed)
+        texts = [item_text(i["title"], i.get("categories"), i.get("description"))
+                 + (f". {captions[id(i)]['caption']}" if id(i) in captions else "") for i in changed]
         vectors = await loop.run_in_executor(None, self.embedder.embed, texts, self.settings.embed_batch)
-        by_item = {id(i): v for i, v in zip(to_embed, vectors)}
+        fresh = {id(i): (text, vec) for i, text, vec in zip(changed, texts, vectors)}
         index = self.catalog()
         for event, item in accepted:
             in_partition_of(event)
@@ -224,20 +264,42 @@ class Worker:
                 index.remove(item_id)
                 self.metrics.inc("items_deleted_total")
                 continue
-            text, digest = derived[id(item)]
             profile = dict(self.item_profiles.get(item_id) or {})
             profile.update({
                 "item_id": item_id, "title": item["title"], "categories": item.get("categories", []),
                 "description": item.get("description"), "image": item.get("image"),
-                "text": text, "content_hash": digest, "event_time": item["event_time"],
+                "content_hash": digests[id(item)], "event_time": item["event_time"],
             })
-            if id(item) in by_item:
-                profile["embedding"] = encode_vector(by_item[id(item)])
-                index.upsert(item_id, by_item[id(item)])
+            if id(item) in fresh:  # new or changed content: caption and embedding are redone
+                text, vector = fresh[id(item)]
+                for key in ("caption", "caption_source", "image_error"):
+                    profile.pop(key, None)
+                profile.update(captions.get(id(item), {}))
+                profile["text"] = text
+                profile["embedding"] = encode_vector(vector)
+                index.upsert(item_id, vector)
                 self.metrics.inc("items_embedded_total")
             self.item_profiles[item_id] = profile
             self.metrics.inc("items_applied_total")
         self.metrics.gauge("catalog_items", len(index))
+
+    def caption_items(self, items: list[dict]) -> dict[int, dict]:
+        """Captions by ``id(item)``; none when captions are off. Runs in an executor thread."""
+        captioner = self.captioner
+        if captioner is None or not items:
+            return {}
+        from models.item_summarizer import ItemInput
+
+        inputs = [ItemInput(i["item_id"], i["title"], i.get("categories"), i.get("description"), i.get("image"))
+                  for i in items]
+        started = time.perf_counter()
+        captions = captioner.caption(inputs)
+        self.metrics.inc("captions_total", len(captions))
+        self.metrics.inc("caption_seconds_total", time.perf_counter() - started)
+        for c in captions:
+            if c.image_error:
+                self.metrics.inc("caption_image_fallbacks_total")
+        return {id(i): c.to_dict() for i, c in zip(items, captions)}
 
     # -- interactions -----------------------------------------------------------------------
     def is_fresh(self, event_time: str) -> bool:
@@ -253,7 +315,7 @@ class Worker:
             message = event.message
             self.metrics.observe_offset(message.topic, message.partition, message.offset)
             if _header(message, CONTROL_HEADER) == BACKFILL_END:
-                self.apply_user_groups(by_user)
+                await self.apply_user_groups(by_user)
                 by_user = {}
                 in_partition_of(event)
                 self.finish_backfill(message)
@@ -264,14 +326,19 @@ class Worker:
                 await self.dead_letter(message, error)
                 continue
             by_user.setdefault(interaction["user_id"], []).append((event, interaction))
-        self.apply_user_groups(by_user)
+        await self.apply_user_groups(by_user)
 
-    def apply_user_groups(self, by_user: dict[str, list]) -> None:
+    async def apply_user_groups(self, by_user: dict[str, list]) -> None:
+        """Apply each user's events, run the summarizer over every block they completed, then
+        write each user's state once: state, summary and offsets change together or not at all."""
         if not by_user:
             return
         self.ensure_popularity()
         catalog = self.catalog()
         s = self.settings
+        summarizing = s.summary_model != "none"
+        pending_cap = 100 * s.summary_block if summarizing else s.summary_block
+        states: dict[str, UserState] = {}
         for user_id, group in by_user.items():
             in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
             state = UserState.from_dict(self.user_state.get(user_id), user_id)
@@ -283,7 +350,7 @@ class Worker:
                     self.metrics.inc("duplicates_skipped_total")
                     continue
                 if state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
-                               seen_cap=s.seen_cap, block_size=s.summary_block):
+                               seen_cap=s.seen_cap, pending_cap=pending_cap):
                     self.popularity.add(interaction["item_id"])
                 if interaction["item_id"] not in catalog:
                     state.unknown_items += 1
@@ -297,7 +364,62 @@ class Worker:
                 self.metrics.inc("events_applied_total")
             if trigger is not None:
                 self.debouncer.schedule(user_id, trigger, s.debounce_seconds)
+            states[user_id] = state
+        summary_events = await self.summarize(states) if summarizing else []
+        for event in summary_events:
+            await self.user_summaries_topic.send(key=event["user_id"].encode(), value=json.dumps(event).encode())
+        for user_id, state in states.items():
+            in_partition_of(by_user[user_id][-1][0])
             self.user_state[user_id] = state.to_dict()
+
+    def block_text(self, entry: dict) -> str:
+        """An interaction as the summarizer reads it: title, categories and caption, or the id if unknown."""
+        profile = self.item_profiles.get(entry["item_id"])
+        if not profile:
+            self.metrics.inc("summary_unknown_items_total")
+            return f"Item {prompts.clean(entry['item_id'], 256)} (no catalog entry)"
+        return prompts.describe_item(profile.get("title", entry["item_id"]), profile.get("categories"),
+                                     None, profile.get("caption"))
+
+    async def summarize(self, states: dict[str, UserState]) -> list[dict]:
+        """Every full pending block, recurrently, batched across users; one summary event per block.
+
+        A failing model leaves the blocks pending (retried with the user's next interaction) and
+        is counted; the interactions themselves are applied either way.
+        """
+        s = self.settings
+        histories = {u: [[self.block_text(e) for e in block] for block in st.full_blocks(s.summary_block)]
+                     for u, st in states.items()}
+        histories = {u: blocks for u, blocks in histories.items() if blocks}
+        if not histories:
+            return []
+        users = list(histories)
+        summarizer = self.summarizer
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                None, summarizer.recurrent, [sum(histories[u], []) for u in users],
+                [states[u].summary for u in users])
+        except Exception as exc:  # the model must not stop the stream
+            log.exception("summarizer failed for %d users: %s", len(users), exc)
+            self.metrics.inc("summary_failures_total")
+            return []
+        self.metrics.inc("summary_seconds_total", time.perf_counter() - started)
+        events = []
+        for user_id, summaries in zip(users, results):
+            state = states[user_id]
+            for summary in summaries:
+                block = state.pending_block[:s.summary_block]
+                state.record_summary(summary, s.summary_block)
+                self.metrics.inc("summaries_total")
+                events.append({
+                    "user_id": user_id, "summary": summary, "summary_version": state.summary_version,
+                    "interaction_count": state.interaction_count - len(state.pending_block),
+                    "block": [{"item_id": e["item_id"], "event_time": e["event_time"], "offset": e["offset"]}
+                              for e in block],
+                    "partition": state.partition, "model": s.summary_model, "generated_at": utcnow(),
+                })
+        return events
 
     def finish_backfill(self, message) -> None:
         """A replay's end marker for one partition: one list per user whose lists were held back."""

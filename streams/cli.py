@@ -37,6 +37,24 @@ def common(fn):
     return fn
 
 
+def settings_options(*names: str):
+    """Click options for Settings fields: flag, MMSR_ variable, default and help all from the field."""
+
+    def decorate(fn):
+        for name in reversed(names):
+            field = Settings.model_fields[name]
+            fn = click.option(f"--{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}",
+                              type=field.annotation if field.annotation in (int, float, str) else str,
+                              default=field.default, show_default=True, help=field.description)(fn)
+        return fn
+
+    return decorate
+
+
+MODEL_OPTIONS = ("summary_model", "summary_block", "summary_batch", "summary_max_new_tokens", "caption_model",
+                 "caption_batch", "caption_max_new_tokens", "device", "model_dtype")
+
+
 @click.group(context_settings=CONTEXT)
 def main():
     """mmsr: real-time multimodal sequential recommendations on Kafka."""
@@ -121,17 +139,18 @@ def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions)
 @main.command()
 @common
 @click.option("--web-port", envvar="MMSR_WEB_PORT", type=int, default=None)
+@settings_options(*MODEL_OPTIONS)
 @click.option("--loglevel", default="warning")
 @one_line_errors
-def worker(bootstrap_servers, data_dir, web_port, loglevel):
+def worker(bootstrap_servers, data_dir, web_port, loglevel, **models):
     """Run the Faust worker (RocksDB state under DATA_DIR/state)."""
     from streams.app import build_worker
     from streams.kafka.admin import create_topics
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port)
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **models)
     create_topics(s)
     w = build_worker(s)
-    w.embedder  # load the model before joining the group, not inside the first rebalance
+    w.load_models()  # before joining the group, not inside the first rebalance
     from faust.worker import Worker as FaustWorker
 
     FaustWorker(w.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
@@ -241,14 +260,15 @@ def format_recommendation(rec, titles) -> str:
 # -- demo -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr-demo", type=click.Path(path_type=Path))
-@click.option("--users", default=30, help="MovieLens users to replay")
+@click.option("--users", default=12, help="MovieLens users to replay")
+@click.option("--per-user", default=30, help="earliest interactions replayed per user")
 @click.option("--show", default=3, help="users to print")
 @one_line_errors
-def demo(data_dir, users, show):
+def demo(data_dir, users, per_user, show):
     """Broker, topics, worker, a MovieLens slice, top-10 lists with titles; then stop everything."""
     from streams.demo import run_demo
 
-    run_demo(Path(data_dir), users=users, show=show, echo=click.echo)
+    run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo)
 
 
 if __name__ == "__main__":

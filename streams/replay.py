@@ -119,8 +119,9 @@ def send_backfill_end(producer: InteractionProducer) -> int:
     return count
 
 
-def movielens_events(users: int | None = None) -> list[dict]:
-    """Interactions of the first ``users`` user ids by first appearance (all when None), in time order."""
+def movielens_events(users: int | None = None, first_per_user: int | None = None) -> list[dict]:
+    """Interactions of the first ``users`` user ids by first appearance (all when None), in time
+    order; with ``first_per_user``, only each user's earliest that many."""
     from models.data import movielens
 
     events = movielens.interactions()
@@ -131,6 +132,14 @@ def movielens_events(users: int | None = None) -> list[dict]:
                 break
             keep.setdefault(e["user_id"])
         events = [e for e in events if e["user_id"] in keep]
+    if first_per_user is not None:
+        counts: dict[str, int] = {}
+        kept = []
+        for e in events:
+            counts[e["user_id"]] = counts.get(e["user_id"], 0) + 1
+            if counts[e["user_id"]] <= first_per_user:
+                kept.append(e)
+        events = kept
     return events
 
 

@@ -44,6 +44,24 @@ class Settings(BaseSettings):
     embed_batch: int = Field(64, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")
     device: str = Field("auto", description="torch device: auto, cpu, cuda")
+    model_dtype: str = Field("auto", description="torch dtype of the LLMs: auto (bf16 on CUDA, else fp32), float32, bfloat16")
+
+    summary_model: str = Field(
+        "smollm2-135m-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries off"
+    )
+    summary_batch: int = Field(16, description="users per summarizer call")
+    summary_max_new_tokens: int = Field(256, description="generated tokens per summary")
+    summary_max_chars: int = Field(1200, description="summary length cap")
+    caption_model: str = Field(
+        "smollm2-135m-instruct",
+        description="item summarizer: a vision-language model (captions images) or a text LLM (title, categories, "
+        "description); registry name, hub id or path; 'none' turns captions off",
+    )
+    caption_batch: int = Field(16, description="items per captioner call")
+    caption_max_new_tokens: int = Field(200, description="generated tokens per caption")
+    image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
+    image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
+    image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
 
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local broker")
     kafka_home: Path = Field(

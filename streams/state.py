@@ -44,8 +44,12 @@ class UserState:
         """A redelivered interaction (after a crash before the offset commit) is never applied twice."""
         return partition == self.partition and offset <= self.last_offset
 
-    def apply(self, event: dict, partition: int, offset: int, *, tail: int, seen_cap: int, block_size: int) -> bool:
-        """Apply one interaction; True when its item is new to this user."""
+    def apply(self, event: dict, partition: int, offset: int, *, tail: int, seen_cap: int, pending_cap: int) -> bool:
+        """Apply one interaction; True when its item is new to this user.
+
+        The pending block keeps its entries (with their offsets) until the summarizer consumes
+        full blocks; ``pending_cap`` bounds it (the block size when summaries are off).
+        """
         entry = {"item_id": event["item_id"], "type": event["type"], "value": event.get("value"),
                  "event_time": event["event_time"]}
         self.interaction_count += 1
@@ -55,10 +59,21 @@ class UserState:
         if is_new:
             self.seen.append(event["item_id"])
             del self.seen[:-seen_cap]
-        self.pending_block.append(entry)
-        del self.pending_block[:-max(block_size, 1)]
+        self.pending_block.append({**entry, "offset": offset})
+        del self.pending_block[:-max(pending_cap, 1)]
         self.partition, self.last_offset = partition, offset
         return is_new
+
+    def full_blocks(self, size: int) -> list[list[dict]]:
+        """The pending entries that make whole blocks, oldest first."""
+        whole = len(self.pending_block) - len(self.pending_block) % size
+        return [self.pending_block[i:i + size] for i in range(0, whole, size)]
+
+    def record_summary(self, summary: str, size: int) -> None:
+        """One block consumed: the new summary replaces the old and the version counts blocks."""
+        self.summary = summary
+        self.summary_version += 1
+        del self.pending_block[:size]
 
     def recent_items(self, n: int) -> list[str]:
         return [h["item_id"] for h in self.history[-n:]]

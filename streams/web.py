@@ -22,6 +22,14 @@ def register_views(worker: "Worker") -> None:
         state["last_recommendation"] = worker.last_recommendations.get(user_id)
         return web.json(state)
 
+    @app.page("/items/{item_id}")
+    async def item(web, request, item_id: str):
+        """The item's profile (caption, its source, any image error); every worker holds them all."""
+        profile = worker.item_profiles.get(item_id)
+        if profile is None:
+            return web.json({"error": f"unknown item {item_id!r}"}, status=404)
+        return web.json({k: v for k, v in profile.items() if k != "embedding"})
+
     @app.page("/health")
     async def health(web, request):
         consumer = app.consumer

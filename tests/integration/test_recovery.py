@@ -18,7 +18,7 @@ def expected_states(events, settings) -> dict[str, dict]:
     for offset, e in enumerate(events):
         state = states.setdefault(e["user_id"], UserState(e["user_id"]))
         state.apply(e, 0, offset, tail=settings.history_tail, seen_cap=settings.seen_cap,
-                    block_size=settings.summary_block)
+                    pending_cap=settings.summary_block)
     return {u: {"interaction_count": s.interaction_count, "history": s.history, "seen": s.seen}
             for u, s in states.items()}
 

@@ -7,7 +7,7 @@ def event(item, t="2026-03-01T10:00:00Z"):
 
 def test_apply_keeps_a_capped_tail_seen_set_and_pending_block():
     s = UserState("u")
-    new = [s.apply(event(item), 3, offset, tail=3, seen_cap=3, block_size=2)
+    new = [s.apply(event(item), 3, offset, tail=3, seen_cap=3, pending_cap=2)
            for offset, item in enumerate(["a", "b", "a", "c", "d"])]
     assert new == [True, True, False, True, True]
     assert s.interaction_count == 5
@@ -19,7 +19,7 @@ def test_apply_keeps_a_capped_tail_seen_set_and_pending_block():
 
 def test_redelivered_offsets_are_recognised():
     s = UserState("u")
-    s.apply(event("a"), 1, 10, tail=5, seen_cap=5, block_size=3)
+    s.apply(event("a"), 1, 10, tail=5, seen_cap=5, pending_cap=3)
     assert s.already_applied(1, 10) and s.already_applied(1, 9)
     assert not s.already_applied(1, 11)
     assert not s.already_applied(2, 5)  # another partition's offsets are not comparable
@@ -36,3 +36,16 @@ def test_content_hash_changes_only_with_content():
     assert content_hash(base) == content_hash({**base, "event_time": "2027-01-01T00:00:00Z"})
     assert content_hash(base) != content_hash({**base, "title": "B"})
     assert content_hash(base) != content_hash({**base, "image": "http://x/y.png"})
+
+
+def test_full_blocks_are_consumed_oldest_first_and_count_versions():
+    s = UserState("u")
+    for offset, item in enumerate("abcdefg"):
+        s.apply(event(item), 0, offset, tail=10, seen_cap=10, pending_cap=100)
+    blocks = s.full_blocks(3)
+    assert [[e["item_id"] for e in b] for b in blocks] == [["a", "b", "c"], ["d", "e", "f"]]
+    assert [e["offset"] for e in blocks[1]] == [3, 4, 5]
+    s.record_summary("The user appears to have a preference for x.", 3)
+    s.record_summary("The user appears to have a preference for y.", 3)
+    assert s.summary_version == 2 and s.summary.endswith("y.")
+    assert [e["item_id"] for e in s.pending_block] == ["g"] and s.full_blocks(3) == []

@@ -1,0 +1,75 @@
+"""Item captions (MLLM-MSR stage 1): a vision-language model describes each item's image.
+
+With a vision model, items whose image loads are captioned from image and title; a missing or
+broken image falls back to a text-only prompt to the same model, with the reason recorded. With
+a text LM (the offline default) every item is summarized from title, categories and description.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models import prompts
+from models.generation import GenerationConfig, generate, render
+from models.images import ImageError, ImageLimits, load_image
+from models.registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    max_new_tokens: int = field(default=200, metadata={"help": "generated tokens per caption"})
+    batch_size: int = field(default=16, metadata={"help": "items per model call"})
+    max_chars: int = field(default=2000, metadata={"help": "caption length cap"})
+    limits: ImageLimits = field(default_factory=ImageLimits, metadata={"help": "image fetch and size limits"})
+
+
+@dataclass(frozen=True)
+class ItemInput:
+    item_id: str
+    title: str
+    categories: list[str] | None = None
+    description: str | None = None
+    image: str | None = None  # file path, http(s) URL or data URI
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    source: str  # "image": the model saw the image; "text": title, categories and description only
+    image_error: str | None = None  # why an image the item names was not used
+
+    def to_dict(self) -> dict:
+        return {"caption": self.text, "caption_source": self.source, "image_error": self.image_error}
+
+
+class ItemSummarizer:
+    def __init__(self, lm: LoadedModel, config: CaptionConfig = CaptionConfig()):
+        self.lm, self.config = lm, config
+        self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+
+    def _image(self, item: ItemInput):
+        """(image or None, reason it is not used or None)."""
+        if not item.image:
+            return None, None
+        if not self.lm.is_vision:
+            return None, f"{self.lm.name} reads no images"
+        try:
+            return load_image(item.image, self.config.limits), None
+        except ImageError as exc:
+            return None, str(exc)
+
+    def caption(self, items: list[ItemInput]) -> list[Caption]:
+        loaded = [self._image(item) for item in items]
+        rendered = [render(self.lm, prompts.item_caption_messages(item.title, item.categories, item.description,
+                                                                  with_image=image is not None))
+                    for item, (image, _) in zip(items, loaded)]
+        texts = generate(self.lm, rendered, self.generation, images=[image for image, _ in loaded])
+        captions = []
+        for item, (image, error), text in zip(items, loaded, texts):
+            text = prompts.normalize_caption(text, self.config.max_chars)
+            if not text:  # a model that says nothing still leaves the item a usable description
+                text = prompts.describe_item(item.title, item.categories, item.description)
+                error = error or "the model generated an empty caption"
+                captions.append(Caption(text, "text", error))
+            else:
+                captions.append(Caption(text, "image" if image is not None else "text", error))
+        return captions
