@@ -127,6 +127,8 @@ class Worker:
             producer_max_request_size=32 * 1024 * 1024,
             consumer_max_fetch_size=8 * 1024 * 1024,
             broker_commit_interval=1.0,
+            broker_session_timeout=s.session_timeout,
+            broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
             table_standby_replicas=0,
             autodiscover=False,
         )

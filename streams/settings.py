@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     topic_dead_letters: str = Field("dead-letters", description="rejected events with the reason")
     user_partitions: int = Field(4, description="partitions of the user-keyed topics (co-partitioned)")
     item_partitions: int = Field(2, description="partitions of the items topic")
+    session_timeout: float = Field(
+        45.0, description="consumer group session timeout, seconds: how soon a crashed worker's partitions move"
+    )
     replication_factor: int = Field(1, description="replication factor for created topics")
 
     top_k: int = Field(10, description="items per recommendation list")
