@@ -47,11 +47,11 @@ def compare(lm, run_batch, run_one, inputs, batch_size: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--items", type=int, default=32)
-    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--items", type=int, default=16)
+    parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--caption-tokens", type=int, default=64)
-    parser.add_argument("--summary-tokens", type=int, default=64)
+    parser.add_argument("--caption-tokens", type=int, default=48)
+    parser.add_argument("--summary-tokens", type=int, default=48)
     parser.add_argument("--out", default="bench/results/summaries.json")
     args = parser.parse_args()
 
