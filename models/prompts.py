@@ -103,6 +103,8 @@ def normalize_summary(generated: str, max_chars: int) -> str:
     text = _SPACE.sub(" ", _MARKER.sub(" ", generated)).strip()
     if text.lower().startswith(SUMMARY_PREFIX.lower()):
         text = text[len(SUMMARY_PREFIX):].strip()
+    # a small model can loop on the opening itself; one occurrence is kept, at the start
+    text = re.sub(re.escape(SUMMARY_PREFIX) + r"[\s:;,.-]*", "", text, flags=re.IGNORECASE)
     text = text.lstrip(":;,.- ").strip()
     summary = f"{SUMMARY_PREFIX} {text}".strip() if text else f"{SUMMARY_PREFIX} a variety of items."
     if len(summary) > max_chars:

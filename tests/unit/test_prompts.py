@@ -48,5 +48,7 @@ def test_summary_is_one_paragraph_with_the_phrase_and_a_cap():
     assert prompts.normalize_summary(" : sci-fi\n\nand  horror.", 500) == f"{SUMMARY_PREFIX} sci-fi and horror."
     assert prompts.normalize_summary(f"{SUMMARY_PREFIX} comedies.", 500) == f"{SUMMARY_PREFIX} comedies."
     assert prompts.normalize_summary("", 500) == f"{SUMMARY_PREFIX} a variety of items."
+    looping = f": {SUMMARY_PREFIX}: {SUMMARY_PREFIX}: westerns."
+    assert prompts.normalize_summary(looping, 500) == f"{SUMMARY_PREFIX} westerns."
     long = prompts.normalize_summary("westerns. " * 100, 120)
     assert len(long) <= 120 and long.endswith(".") and long.startswith(SUMMARY_PREFIX)
