@@ -32,9 +32,10 @@ def tokens(lm, texts: list[str]) -> int:
     return sum(len(lm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
-def compare(lm, run_batch, run_one, inputs, batch_size: int) -> dict:
-    batched, t_batch = timed(run_batch, inputs)
-    singles, t_single = timed(lambda xs: [run_one([x])[0] for x in xs], inputs)
+def compare(lm, run, inputs, batch_size: int) -> dict:
+    """``run`` over all inputs (batched inside) against ``run`` on one input at a time."""
+    batched, t_batch = timed(run, inputs)
+    singles, t_single = timed(lambda xs: [run([x])[0] for x in xs], inputs)
     n = len(inputs)
     return {
         "inputs": n, "batch_size": batch_size,
@@ -61,8 +62,7 @@ def main() -> None:
 
     captioner = ItemSummarizer(lm, CaptionConfig(max_new_tokens=args.caption_tokens, batch_size=args.batch_size))
     items = [ItemInput(i["item_id"], i["title"], i["categories"]) for i in catalog[:args.items]]
-    caption = compare(lm, lambda xs: [c.text for c in captioner.caption(xs)],
-                      lambda xs: [c.text for c in captioner.caption(xs)], items, args.batch_size)
+    caption = compare(lm, lambda xs: [c.text for c in captioner.caption(xs)], items, args.batch_size)
 
     firsts: dict[str, list[str]] = {}
     for e in movielens.interactions():
@@ -74,7 +74,7 @@ def main() -> None:
             break
     requests = [BlockRequest(None, block) for block in list(firsts.values())[:args.users]]
     summarizer = UserSummarizer(lm, SummarizerConfig(max_new_tokens=args.summary_tokens, batch_size=args.batch_size))
-    summary = compare(lm, summarizer.update, summarizer.update, requests, args.batch_size)
+    summary = compare(lm, summarizer.update, requests, args.batch_size)
 
     result = {
         "benchmark": "captions and summaries, batched vs one at a time",

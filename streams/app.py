@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -165,7 +166,7 @@ class Worker:
             self._llms[name] = registry.load(name, self.settings.device, self.settings.model_dtype)
         return self._llms[name]
 
-    @property
+    @functools.cached_property
     def summarizer(self):
         """The recurrent user summarizer, or None when MMSR_SUMMARY_MODEL is 'none'."""
         s = self.settings
@@ -177,7 +178,7 @@ class Worker:
                                   batch_size=s.summary_batch, max_chars=s.summary_max_chars)
         return UserSummarizer(self.llm(s.summary_model), config)
 
-    @property
+    @functools.cached_property
     def captioner(self):
         """The item summarizer, or None when MMSR_CAPTION_MODEL is 'none'."""
         s = self.settings
@@ -338,7 +339,7 @@ class Worker:
         self.ensure_popularity()
         catalog = self.catalog()
         s = self.settings
-        summarizing = s.summary_model != "none"
+        summarizing = self.summarizer is not None
         pending_cap = 100 * s.summary_block if summarizing else s.summary_block
         states: dict[str, UserState] = {}
         for user_id, group in by_user.items():
@@ -390,17 +391,15 @@ class Worker:
         is counted; the interactions themselves are applied either way.
         """
         s = self.settings
-        histories = {u: [[self.block_text(e) for e in block] for block in st.full_blocks(s.summary_block)]
-                     for u, st in states.items()}
-        histories = {u: blocks for u, blocks in histories.items() if blocks}
-        if not histories:
+        blocks = {u: st.full_blocks(s.summary_block) for u, st in states.items()}
+        users = [u for u, b in blocks.items() if b]
+        if not users:
             return []
-        users = list(histories)
-        summarizer = self.summarizer
         started = time.perf_counter()
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                None, summarizer.recurrent, [sum(histories[u], []) for u in users],
+                None, self.summarizer.recurrent,
+                [[self.block_text(e) for block in blocks[u] for e in block] for u in users],
                 [states[u].summary for u in users])
         except Exception as exc:  # the model must not stop the stream
             log.exception("summarizer failed for %d users: %s", len(users), exc)
@@ -410,8 +409,7 @@ class Worker:
         events = []
         for user_id, summaries in zip(users, results):
             state = states[user_id]
-            for summary in summaries:
-                block = state.pending_block[:s.summary_block]
+            for block, summary in zip(blocks[user_id], summaries):
                 state.record_summary(summary, s.summary_block)
                 self.metrics.inc("summaries_total")
                 events.append({
