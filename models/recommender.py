@@ -1,0 +1,179 @@
+"""The MLLM-MSR recommender (stage 3): p(Yes) for "will this user interact with this candidate?".
+
+Score = p(Yes) / (p(Yes) + p(No)) from the logits of the first answer token; nothing is
+generated or parsed. A user's candidates share the prompt up to the candidate, so the shared
+scorer runs that prefix once per user (batched across users, left padded), keeps its KV cache,
+and runs only the candidates' parts against copies of it (left padded inside the candidate
+segment, with explicit positions, so every row's last token is its answer position). The naive
+scorer (one full forward per candidate) is the reference the tests compare it with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from models import prompts
+from models.generation import render
+from models.registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    users_per_batch: int = field(default=8, metadata={"help": "user prefixes run in one forward"})
+    rows_per_batch: int = field(default=64, metadata={"help": "candidates run in one forward against copied prefix caches"})
+    caption_chars: int = field(default=600, metadata={"help": "longest item caption put in a candidate's part"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the recommender sees of an item; ``image`` is a PIL image (vision models) or None."""
+
+    item_id: str
+    title: str
+    categories: tuple[str, ...] | list[str] | None = None
+    description: str | None = None
+    caption: str | None = None
+    image: object | None = None
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One user's shared part (``prompts.user_preferences`` or ``user_recent_items``) and candidates."""
+
+    user_part: str
+    candidates: list[Candidate]
+
+
+def answer_token_id(tokenizer, word: str) -> int:
+    """The id of the first token the model emits when its answer starts with ``word``.
+
+    Read off the tokenization of a rendered answer start, so tokenizers that fold a leading space
+    or a word-start marker into the token get the same id the model scores.
+    """
+    context = "<|im_start|>assistant\n"
+    head = tokenizer(context, add_special_tokens=False)["input_ids"]
+    full = tokenizer(context + word, add_special_tokens=False)["input_ids"]
+    if full[:len(head)] == head and len(full) > len(head):
+        return full[len(head)]
+    return tokenizer(word, add_special_tokens=False)["input_ids"][0]
+
+
+def yes_no_ids(tokenizer) -> tuple[int, int]:
+    yes, no = answer_token_id(tokenizer, "Yes"), answer_token_id(tokenizer, "No")
+    if yes == no:
+        raise ValueError("the tokenizer maps 'Yes' and 'No' to the same first token; scores would be constant")
+    return yes, no
+
+
+def candidate_text(candidate: Candidate, caption_chars: int) -> str:
+    caption = (candidate.caption or "")[:caption_chars] or None
+    return prompts.describe_item(candidate.title, list(candidate.categories or []) or None,
+                                 candidate.description, caption)
+
+
+def split_prompt(lm: LoadedModel, user_part: str, candidate: Candidate, caption_chars: int,
+                 answer: str = "") -> tuple[str, str, object | None]:
+    """The rendered prompt cut at the candidate: (shared prefix, candidate part, image or None)."""
+    with_image = lm.is_vision and candidate.image is not None
+    messages = prompts.recommend_messages(user_part, candidate_text(candidate, caption_chars), with_image)
+    rendered = render(lm, messages) + answer
+    head, tail = rendered.split(prompts.CANDIDATE_SPLIT)
+    return head, tail, candidate.image if with_image else None
+
+
+def encode(lm: LoadedModel, texts: list[str], images: list | None = None) -> dict:
+    """Token ids (and pixel values) for pieces of prompts, no special tokens added, left padded."""
+    if images:
+        enc = lm.processor(text=texts, images=images, return_tensors="pt", padding=True, add_special_tokens=False)
+    else:
+        enc = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
+
+
+def yes_probability(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
+    """p(Yes) / (p(Yes) + p(No)) = sigmoid(logit_yes - logit_no), in fp32."""
+    return torch.sigmoid(logits[..., yes].float() - logits[..., no].float())
+
+
+class Recommender:
+    """Scores candidates with a (vision-)language model, optionally carrying a LoRA adapter."""
+
+    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base"):
+        self.lm, self.config, self.version = lm, config, version
+        self.yes, self.no = yes_no_ids(lm.tokenizer)
+
+    # -- reference --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_naive(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        """One full forward per candidate over the same token ids the shared scorer uses."""
+        out = []
+        for request in requests:
+            scores = []
+            for candidate in request.candidates:
+                head, tail, image = split_prompt(self.lm, request.user_part, candidate, self.config.caption_chars)
+                prefix = encode(self.lm, [head])
+                rest = encode(self.lm, [tail], [image] if image is not None else None)
+                ids = torch.cat([prefix["input_ids"], rest["input_ids"]], dim=1)
+                extra = {k: v for k, v in rest.items() if k not in ("input_ids", "attention_mask")}
+                with self.lm.lock:
+                    logits = self.lm.model(input_ids=ids, logits_to_keep=1, **extra).logits[:, -1]
+                scores.append(float(yes_probability(logits, self.yes, self.no)[0]))
+            out.append(scores)
+        return out
+
+    # -- shared prefix ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        """Scores per request, in order; prefixes computed once per user and batched across users."""
+        out: list[list[float]] = [[] for _ in requests]
+        todo = [i for i, r in enumerate(requests) if r.candidates]
+        step = self.config.users_per_batch
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            for i, scores in zip(chunk, self._score_users([requests[i] for i in chunk])):
+                out[i] = scores
+        return out
+
+    def _score_users(self, requests: list[ScoreRequest]) -> list[list[float]]:
+        lm = self.lm
+        pieces = [[split_prompt(lm, r.user_part, c, self.config.caption_chars) for c in r.candidates]
+                  for r in requests]
+        heads = [p[0][0] for p in pieces]
+        prefix = encode(lm, heads)
+        mask = prefix["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with lm.lock:
+            cached = lm.model(input_ids=prefix["input_ids"], attention_mask=mask, position_ids=positions,
+                              use_cache=True, logits_to_keep=1).past_key_values
+        layers = [(layer.keys, layer.values) for layer in cached.layers]
+        lengths = mask.sum(-1)
+        rows = [(u, c, tail, image) for u, user_pieces in enumerate(pieces)
+                for c, (_, tail, image) in enumerate(user_pieces)]
+        out = [[0.0] * len(p) for p in pieces]
+        # the processor takes images for all rows of a call or none
+        for with_image in (False, True):
+            group = [row for row in rows if (row[3] is not None) == with_image]
+            for start in range(0, len(group), self.config.rows_per_batch):
+                batch = group[start:start + self.config.rows_per_batch]
+                probs = self._score_rows(batch, layers, mask, lengths)
+                for (u, c, _, _), p in zip(batch, probs.tolist()):
+                    out[u][c] = p
+        return out
+
+    def _score_rows(self, batch, layers, prefix_mask, prefix_lengths) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        lm = self.lm
+        users = torch.tensor([u for u, _, _, _ in batch], device=lm.device)
+        images = [image for _, _, _, image in batch if image is not None]
+        enc = encode(lm, [tail for _, _, tail, _ in batch], images or None)
+        tail_mask = enc.pop("attention_mask")
+        cache = DynamicCache(ddp_cache_data=[(k.index_select(0, users), v.index_select(0, users)) for k, v in layers],
+                             config=lm.model.config)
+        positions = prefix_lengths[users, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
+        attention = torch.cat([prefix_mask.index_select(0, users), tail_mask], dim=1)
+        with lm.lock:
+            logits = lm.model(**enc, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                              use_cache=True, logits_to_keep=1).logits[:, -1]
+        return yes_probability(logits, self.yes, self.no)

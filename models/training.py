@@ -1,0 +1,247 @@
+"""Supervised LoRA fine-tuning of the recommender: answer "Yes" or "No" for (user, candidate).
+
+The sequence is exactly what the scorer reads (shared prefix + candidate part) followed by the
+answer token and the end-of-turn token; the loss covers only those answer tokens. Checkpoints
+hold the adapter, the optimizer and the position in the (seeded) data order, so an interrupted
+run resumes where it stopped. The result is a peft adapter saved with ``save_pretrained`` and
+``mmsr-adapter.json`` (base model, data, settings, metrics, git revision).
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from models.recommender import Candidate, Recommender, ScorerConfig, encode, split_prompt, yes_no_ids
+from models.registry import LoadedModel
+
+ADAPTER_METADATA = "mmsr-adapter.json"
+LANGUAGE_LINEAR = "language-linear"
+_NOT_LANGUAGE = ("vision", "visual", "multi_modal_projector", "mm_projector", "lm_head", "embed")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
+    target_modules: str = field(default=LANGUAGE_LINEAR, metadata={
+        "help": "'language-linear' (every linear layer of the language model; vision tower, projector and "
+                "output head excluded), or comma-separated module names, or a regex"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=1, metadata={"help": "passes over the training examples"})
+    batch_size: int = field(default=4, metadata={"help": "examples per forward"})
+    grad_accum: int = field(default=4, metadata={"help": "forwards per optimizer step"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (linear decay after 5% warm-up)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=0, metadata={"help": "data order and LoRA initialisation"})
+    checkpoint_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints (0: none)"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
+    caption_chars: int = field(default=600, metadata={"help": "longest caption in a candidate's part"})
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised pair: the user's shared part, a candidate, and whether the user took it."""
+
+    user_part: str
+    candidate: Candidate
+    label: bool
+
+
+def git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def lora_targets(model: torch.nn.Module, spec: str) -> str | list[str]:
+    """peft ``target_modules`` for a spec: the language model's linear layers by default."""
+    if spec != LANGUAGE_LINEAR:
+        return [s.strip() for s in spec.split(",")] if "," in spec or re.fullmatch(r"[\w.]+", spec) else spec
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear) and not any(p in name for p in _NOT_LANGUAGE)})
+    if not leaves:
+        raise ValueError("no linear layers found in the language model")
+    excluded = "|".join(_NOT_LANGUAGE)
+    return rf"^(?!.*(?:{excluded})).*\.(?:{'|'.join(map(re.escape, leaves))})$"
+
+
+def attach_lora(lm: LoadedModel, lora: LoraSettings, seed: int = 0) -> torch.nn.Module:
+    """Wrap the model with a fresh adapter; everything else (vision tower included) is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                        target_modules=lora_targets(lm.model, lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(lm.model, config)
+
+
+def encode_example(lm: LoadedModel, yes: int, no: int, example: Example, caption_chars: int) -> dict:
+    """Token ids as the scorer builds them, then the answer word and end-of-turn.
+
+    The label sits on the answer word alone: it is the token the scorer reads, and the
+    end-of-turn after it is predictable from the format and would only dilute the loss.
+    """
+    head, tail, image = split_prompt(lm, example.user_part, example.candidate, caption_chars)
+    prefix = encode(lm, [head])
+    rest = encode(lm, [tail], [image] if image is not None else None)
+    answer = torch.tensor([[yes if example.label else no, lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+                            if "<|im_end|>" in lm.tokenizer.get_vocab() else lm.tokenizer.eos_token_id]],
+                          device=lm.device)
+    ids = torch.cat([prefix["input_ids"], rest["input_ids"], answer], dim=1)[0]
+    labels = torch.full_like(ids, -100)
+    labels[-2] = ids[-2]
+    out = {"input_ids": ids, "labels": labels}
+    if "pixel_values" in rest:
+        out["pixel_values"] = rest["pixel_values"][0]
+    return out
+
+
+def collate(encoded: list[dict], pad_id: int) -> dict:
+    """Right padding: the model's default positions stay right, and padded labels are ignored."""
+    width = max(len(e["input_ids"]) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long, device=encoded[0]["input_ids"].device)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = e["input_ids"], e["labels"], 1
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    pixels = [e["pixel_values"] for e in encoded if "pixel_values" in e]
+    if pixels:
+        batch["pixel_values"] = torch.stack(pixels)
+    return batch
+
+
+def optimizer_steps(n: int, config: TrainConfig) -> list[list[list[int]]]:
+    """The whole run, fixed by the seed: per optimizer step, its micro-batches of example indices.
+
+    Steps never span two epochs; a resumed run skips the steps its checkpoint had done.
+    """
+    plan = []
+    for epoch in range(config.epochs):
+        order = list(range(n))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        batches = [order[i:i + config.batch_size] for i in range(0, n, config.batch_size)]
+        plan += [batches[i:i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+    return plan[:config.max_steps] if config.max_steps else plan
+
+
+def _latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted((p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer.json").is_file()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def train(lm: LoadedModel, examples: list[Example], out_dir: Path, lora: LoraSettings = LoraSettings(),
+          config: TrainConfig = TrainConfig(), data_info: dict | None = None, progress: bool = True,
+          on_step=None) -> dict:
+    """Fine-tune, checkpoint, save the adapter and its metadata; returns the metadata.
+
+    ``on_step(step, loss)`` is called after each optimizer step (and after its checkpoint).
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = attach_lora(lm, lora, config.seed)
+    yes, no = yes_no_ids(lm.tokenizer)
+    encoded = [encode_example(lm, yes, no, e, config.caption_chars) for e in examples]
+    plan = optimizer_steps(len(examples), config)
+    total = len(plan)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(0.05 * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+    state = {"step": 0, "losses": [], "started": time.time()}
+    resumed = _latest_checkpoint(out_dir)
+    if resumed is not None:
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(resumed / "adapter.safetensors"))
+        saved = torch.load(resumed / "optimizer.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["rng"])  # LoRA dropout continues as if never interrupted
+        state = json.loads((resumed / "trainer.json").read_text())
+    model.train()
+    bar = tqdm(total=total, initial=state["step"], desc="train", disable=not progress, unit="step")
+    for batches in plan[state["step"]:]:
+        losses = []
+        for batch in batches:
+            inputs = collate([encoded[i] for i in batch], lm.tokenizer.pad_token_id)
+            loss = model(**inputs).loss
+            (loss / len(batches)).backward()
+            losses.append(float(loss.detach()))
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["losses"].append(sum(losses) / len(losses))
+        bar.update(1)
+        bar.set_postfix(loss=f"{state['losses'][-1]:.4f}")
+        if config.checkpoint_every and state["step"] % config.checkpoint_every == 0 and state["step"] < total:
+            _checkpoint(model, optimizer, schedule, state, out_dir, get_peft_model_state_dict)
+        if on_step is not None:
+            on_step(state["step"], state["losses"][-1])
+    bar.close()
+    model.eval()
+    metadata = {
+        "base_model": lm.name, "base_path": lm.path, "version": f"{out_dir.name}-{int(time.time())}",
+        "lora": asdict(lora), "train": asdict(config), "data": data_info or {"examples": len(examples)},
+        "metrics": {"steps": state["step"], "first_loss": state["losses"][0] if state["losses"] else None,
+                    "final_loss": state["losses"][-1] if state["losses"] else None,
+                    "loss_curve": state["losses"], "seconds": round(time.time() - state["started"], 1)},
+        "git_revision": git_revision(),
+    }
+    model.save_pretrained(out_dir / "adapter")
+    (out_dir / "adapter" / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return metadata
+
+
+def _checkpoint(model, optimizer, schedule, state: dict, out_dir: Path, adapter_state) -> None:
+    """Written to a temporary directory and renamed, so a crash mid-write leaves the previous one."""
+    from safetensors.torch import save_file
+
+    target = out_dir / "checkpoints" / f"step-{state['step']}"
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter_state(model).items()}, tmp / "adapter.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": torch.get_rng_state()},
+               tmp / "optimizer.pt")
+    (tmp / "trainer.json").write_text(json.dumps(state))
+    tmp.rename(target)
+
+
+def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig = ScorerConfig()) -> Recommender:
+    """A recommender over ``lm`` with a saved adapter; its version comes from the metadata."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    metadata = read_metadata(adapter_dir)
+    model = PeftModel.from_pretrained(lm.model, adapter_dir).eval()
+    wrapped = LoadedModel(lm.name, lm.path, model, lm.tokenizer, lm.processor, lm.device, lm.dtype, lm.lock)
+    return Recommender(wrapped, config, version=metadata.get("version", adapter_dir.name))
+
+
+def read_metadata(adapter_dir: Path | str) -> dict:
+    path = Path(adapter_dir) / ADAPTER_METADATA
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,79 @@
+"""LoRA fine-tuning on a tiny split: the loss falls, the adapter saves, reloads and scores the same."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models import prompts, registry
+from models.recommender import Candidate, Recommender, ScoreRequest
+from models.training import (ADAPTER_METADATA, Example, LoraSettings, TrainConfig, attach_lora, load_adapter,
+                             optimizer_steps, train)
+
+pytestmark = pytest.mark.slow
+
+LIKES = prompts.user_preferences("The user appears to have a preference for science fiction and space adventures.")
+POSITIVES = [Candidate(f"p{i}", t, ["Sci-Fi"]) for i, t in
+             enumerate(["Star Wars (1977)", "Alien (1979)", "Contact (1997)", "Dune (1984)"])]
+NEGATIVES = [Candidate(f"n{i}", t, ["Romance"]) for i, t in
+             enumerate(["Sleepless in Seattle (1993)", "Emma (1996)", "Sabrina (1995)", "Persuasion (1995)"])]
+EXAMPLES = [Example(LIKES, c, True) for c in POSITIVES] + [Example(LIKES, c, False) for c in NEGATIVES]
+
+
+def test_training_lowers_the_loss_and_the_reloaded_adapter_scores_the_same(tmp_path):
+    lm = registry.load(registry.SMOLLM2, device="cpu")
+    config = TrainConfig(epochs=6, batch_size=8, grad_accum=1, lr=5e-4, checkpoint_every=3)
+    metadata = train(lm, EXAMPLES, tmp_path / "run", LoraSettings(), config, progress=False)
+    curve = metadata["metrics"]["loss_curve"]
+    assert len(curve) == 6
+    assert sum(curve[-2:]) / 2 < sum(curve[:2]) / 2 * 0.7, curve
+    saved = json.loads((tmp_path / "run" / "adapter" / ADAPTER_METADATA).read_text())
+    assert saved["base_model"] == registry.SMOLLM2 and saved["lora"]["r"] == 16 and saved["git_revision"]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    request = [ScoreRequest(LIKES, POSITIVES + NEGATIVES)]
+    trained = Recommender(lm).score(request)[0]
+    reloaded = load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "run" / "adapter")
+    again = reloaded.score(request)[0]
+    assert max(abs(a - b) for a, b in zip(trained, again)) < 1e-5
+    assert reloaded.version == saved["version"]
+    base = Recommender(registry.load(registry.SMOLLM2, device="cpu")).score(request)[0]
+    assert max(abs(a - b) for a, b in zip(trained, base)) > 1e-3  # the adapter is really applied
+    # six steps on a 2-core CPU teach mostly the prior, but the seen positives already lead
+    assert sum(trained[:4]) / 4 - sum(trained[4:]) / 4 > 0.02, trained
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=2, grad_accum=2, lr=1e-3, checkpoint_every=1)
+    straight = train(registry.load(registry.SMOLLM2, device="cpu"), EXAMPLES, tmp_path / "a", LoraSettings(), config,
+                     progress=False)
+
+    def crash_after_two(step, loss):
+        if step == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(registry.load(registry.SMOLLM2, device="cpu"), EXAMPLES, tmp_path / "b", LoraSettings(), config,
+              progress=False, on_step=crash_after_two)
+    assert (tmp_path / "b" / "checkpoints" / "step-2" / "trainer.json").is_file()
+    assert not (tmp_path / "b" / "adapter").exists()
+    steps_seen = []
+    resumed = train(registry.load(registry.SMOLLM2, device="cpu"), EXAMPLES, tmp_path / "b", LoraSettings(), config,
+                    progress=False, on_step=lambda step, loss: steps_seen.append(step))
+    assert steps_seen == [3, 4] == [s + 1 for s in range(2, len(optimizer_steps(len(EXAMPLES), config)))]
+    a, b = straight["metrics"]["loss_curve"], resumed["metrics"]["loss_curve"]
+    assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+def test_lora_targets_the_language_model_only(tiny_llava):
+    lm = registry.load(registry.TINY_LLAVA, device="cpu")
+    model = attach_lora(lm, LoraSettings())
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert adapted and all("language_model" in n for n in adapted), sorted(adapted)[:5]
+    assert not any("vision" in n or "projector" in n for n in adapted)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
