@@ -210,8 +210,7 @@ def train(lm: LoadedModel, examples: list[Example], out_dir: Path, lora: LoraSet
                     "loss_curve": state["losses"], "seconds": round(time.time() - state["started"], 1)},
         "git_revision": git_revision(),
     }
-    model.save_pretrained(out_dir / "adapter")
-    (out_dir / "adapter" / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
+    save_adapter(model, out_dir / "adapter", metadata)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     return metadata
 
@@ -245,3 +244,58 @@ def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig 
 def read_metadata(adapter_dir: Path | str) -> dict:
     path = Path(adapter_dir) / ADAPTER_METADATA
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_adapter(model, out_dir: Path, metadata: dict) -> Path:
+    """``save_pretrained`` plus the metadata, written beside the target and renamed into place, so a
+    worker watching ``out_dir`` never loads a half-written adapter."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    (tmp / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+class AdapterSlot:
+    """A recommender whose LoRA adapter can be replaced while it serves (the worker's hot swap).
+
+    New adapters are loaded into the same peft model under their version's name, activated and
+    the previous one deleted, all under the model lock: no base-model reload, no scoring against
+    a half-loaded adapter.
+    """
+
+    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig()):
+        self.lm, self.config = lm, config
+        self.peft = None
+        self.recommender = Recommender(lm, config, version="base")
+
+    @property
+    def version(self) -> str:
+        return self.recommender.version
+
+    def swap(self, adapter_dir: Path | str) -> str:
+        from peft import PeftModel
+
+        adapter_dir = Path(adapter_dir)
+        version = read_metadata(adapter_dir).get("version") or adapter_dir.name
+        name = re.sub(r"\W", "_", version)
+        with self.lm.lock:
+            previous = self.peft.active_adapter if self.peft is not None else None
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.lm.model, adapter_dir, adapter_name=name).eval()
+            elif name != previous:
+                self.peft.load_adapter(adapter_dir, adapter_name=name)
+                self.peft.set_adapter(name)
+                self.peft.delete_adapter(previous)
+            self.peft.eval()
+            wrapped = LoadedModel(self.lm.name, self.lm.path, self.peft, self.lm.tokenizer, self.lm.processor,
+                                  self.lm.device, self.lm.dtype, self.lm.lock)
+            self.recommender = Recommender(wrapped, self.config, version=version)
+        return version

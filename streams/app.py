@@ -113,6 +113,8 @@ class Worker:
         self._popularity_loaded = False
         self.debouncer = Debouncer()
         self.last_recommendations: OrderedDict[str, dict] = OrderedDict()
+        self.fresh_summaries: dict[str, tuple[str, int]] = {}  # from summary events, until re-ranked
+        self.waits: dict[str, int] = {}
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             s.app_id,
@@ -191,9 +193,46 @@ class Worker:
         config = CaptionConfig(max_new_tokens=s.caption_max_new_tokens, batch_size=s.caption_batch, limits=limits)
         return ItemSummarizer(self.llm(s.caption_model), config)
 
+    @functools.cached_property
+    def reranker(self):
+        """The LoRA recommender's slot (hot-swappable adapter), or None when MMSR_RECOMMENDER_MODEL is 'none'."""
+        s = self.settings
+        if s.recommender_model == "none":
+            return None
+        from models.training import AdapterSlot
+
+        return AdapterSlot(self.llm(s.recommender_model))
+
     def load_models(self) -> None:
         """Load (and on first use convert or build) every configured model before consuming."""
-        _ = self.embedder, self.summarizer, self.captioner
+        _ = self.embedder, self.summarizer, self.captioner, self.reranker
+        self.check_adapter()
+
+    def check_adapter(self) -> bool:
+        """Swap in the adapter directory's version when it differs from the one serving; True on a swap.
+
+        A missing or unreadable directory keeps the current adapter (a retrain may be mid-rename).
+        """
+        path = self.settings.recommender_adapter
+        if self.reranker is None or not path:
+            return False
+        from models.training import read_metadata
+
+        try:
+            version = read_metadata(path).get("version")
+        except (OSError, ValueError):
+            return False
+        if not version or version == self.reranker.version:
+            return False
+        try:
+            self.reranker.swap(path)
+        except Exception as exc:  # a bad adapter must not stop the worker
+            log.exception("adapter %s (version %s) could not be loaded: %s", path, version, exc)
+            self.metrics.inc("adapter_failures_total")
+            return False
+        self.metrics.inc("adapter_swaps_total")
+        log.info("recommender adapter version %s in use", version)
+        return True
 
     def catalog(self) -> CatalogIndex:
         """The in-memory retrieval index, built from the item-profile table on first use."""
@@ -342,6 +381,8 @@ class Worker:
         summarizing = self.summarizer is not None
         pending_cap = 100 * s.summary_block if summarizing else s.summary_block
         states: dict[str, UserState] = {}
+        triggers: dict[str, Trigger] = {}
+        arrivals: dict[tuple[int, int], float | None] = {}
         for user_id, group in by_user.items():
             in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
             state = UserState.from_dict(self.user_state.get(user_id), user_id)
@@ -358,6 +399,7 @@ class Worker:
                 if interaction["item_id"] not in catalog:
                     state.unknown_items += 1
                     self.metrics.inc("unknown_items_total")
+                arrivals[(message.partition, message.offset)] = message.timestamp
                 if self.is_fresh(interaction["event_time"]):
                     trigger = Trigger(message.topic, message.partition, message.offset,
                                       interaction["event_time"], "interaction", message.timestamp)
@@ -366,9 +408,14 @@ class Worker:
                     self.metrics.inc("stale_events_total")
                 self.metrics.inc("events_applied_total")
             if trigger is not None:
-                self.debouncer.schedule(user_id, trigger, s.debounce_seconds)
+                triggers[user_id] = trigger
             states[user_id] = state
-        summary_events = await self.summarize(states) if summarizing else []
+        summary_events = await self.summarize(states, arrivals) if summarizing else []
+        # with the re-ranker on, a user whose block completed gets its list from the summary event
+        summarized = {e["user_id"] for e in summary_events} if self.reranker is not None else set()
+        for user_id, trigger in triggers.items():
+            if user_id not in summarized:
+                self.debouncer.schedule(user_id, trigger, s.debounce_seconds)
         for event in summary_events:
             await self.user_summaries_topic.send(key=event["user_id"].encode(), value=json.dumps(event).encode())
         for user_id, state in states.items():
@@ -384,7 +431,8 @@ class Worker:
         return prompts.describe_item(profile.get("title", entry["item_id"]), profile.get("categories"),
                                      None, profile.get("caption"))
 
-    async def summarize(self, states: dict[str, UserState]) -> list[dict]:
+    async def summarize(self, states: dict[str, UserState],
+                        arrivals: dict[tuple[int, int], float | None] | None = None) -> list[dict]:
         """Every full pending block, recurrently, batched across users; one summary event per block.
 
         A failing model leaves the blocks pending (retried with the user's next interaction) and
@@ -412,7 +460,11 @@ class Worker:
             for block, summary in zip(blocks[user_id], summaries):
                 state.record_summary(summary, s.summary_block)
                 self.metrics.inc("summaries_total")
+                last = block[-1]
+                arrived = (arrivals or {}).get((state.partition, last["offset"]))
                 events.append({
+                    "trigger": {"topic": s.topic_interactions, "partition": state.partition, "offset": last["offset"],
+                                "event_time": last["event_time"], "timestamp": arrived},
                     "user_id": user_id, "summary": summary, "summary_version": state.summary_version,
                     "interaction_count": state.interaction_count - len(state.pending_block),
                     "block": [{"item_id": e["item_id"], "event_time": e["event_time"], "offset": e["offset"]}
@@ -436,42 +488,148 @@ class Worker:
         log.info("backfill end on partition %d: %d users owed a list", message.partition, owed)
 
     # -- recommendations --------------------------------------------------------------------
+    def on_summaries(self, events) -> None:
+        """A fresh summary re-ranks its user's list at once, with that summary (the state record
+        written in the same batch may not be readable yet when the event arrives)."""
+        for event in events:
+            message = event.message
+            try:
+                summary = json.loads(message.value)
+                user_id, trigger_info = summary["user_id"], summary.get("trigger") or {}
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("unreadable summary event %s[%d]@%d: %s", message.topic, message.partition,
+                            message.offset, exc)
+                continue
+            event_time = trigger_info.get("event_time")
+            if event_time and not self.is_fresh(event_time):
+                continue  # backfill: the end marker owes the user one list
+            self.fresh_summaries[user_id] = (summary["summary"], summary["summary_version"])
+            stamp = trigger_info.get("timestamp")
+            trigger = Trigger(trigger_info.get("topic", message.topic), trigger_info.get("partition", message.partition),
+                              trigger_info.get("offset", message.offset), event_time, "summary",
+                              stamp if stamp is not None else message.timestamp)
+            self.debouncer.schedule(user_id, trigger, 0.0)
+
+    def candidates_for(self, state: UserState, k: int) -> tuple[str, list]:
+        self.ensure_popularity()
+        s = self.settings
+        return recommend(self.catalog(), self.popularity, state.recent_items(s.recent_for_vector), state.seen, k,
+                         s.recency_half_life)
+
     def build_recommendation(self, user_id: str, trigger: Trigger) -> dict | None:
+        """A retrieval-stage list (no re-ranker, or a user without a summary yet)."""
         data = self.user_state.get(user_id)
         if not data:
             return None
         state = UserState.from_dict(data, user_id)
-        self.ensure_popularity()
-        s = self.settings
-        strategy, hits = recommend(self.catalog(), self.popularity, state.recent_items(s.recent_for_vector),
-                                   state.seen, s.top_k, s.recency_half_life)
+        strategy, hits = self.candidates_for(state, self.settings.top_k)
+        return self.record(state, [(h.item_id, h.score) for h in hits], strategy, f"retrieval:{self.settings.embed_model}",
+                           state.summary_version, trigger)
+
+    def record(self, state: UserState, ranked: list[tuple[str, float]], strategy: str, model: str,
+               summary_version: int, trigger: Trigger, **extra) -> dict:
         latency = None if trigger.broker_timestamp is None else (time.time() - trigger.broker_timestamp) * 1000
         return {
-            "user_id": user_id,
-            "items": [{"item_id": h.item_id, "score": round(h.score, 6), "rank": r}
-                      for r, h in enumerate(hits, 1)],
-            "summary_version": state.summary_version,
+            "user_id": state.user_id,
+            "items": [{"item_id": item_id, "score": round(score, 6), "rank": r}
+                      for r, (item_id, score) in enumerate(ranked, 1)],
+            "summary_version": summary_version,
             "interaction_count": state.interaction_count,
-            "model": f"retrieval:{s.embed_model}",
+            "model": model,
             "strategy": strategy,
             "generated_at": utcnow(),
             "trigger": trigger.to_dict(),
             "latency_ms": None if latency is None else round(latency, 3),
+            **extra,
         }
 
+    def candidate(self, item_id: str):
+        from models.recommender import Candidate
+
+        profile = self.item_profiles.get(item_id) or {}
+        return Candidate(item_id, profile.get("title", item_id), profile.get("categories"),
+                         profile.get("description"), profile.get("caption"))
+
+    def score(self, recommender, requests: list) -> tuple[list[list[float]], float]:
+        """The batched re-ranker call; runs in an executor thread."""
+        started = time.perf_counter()
+        scores = recommender.score(requests)
+        return scores, time.perf_counter() - started
+
+    async def rerank(self, jobs: list[tuple[UserState, str, int, Trigger, list]]) -> list[dict]:
+        """Score the jobs' retrieval candidates in one batched call across users.
+
+        Text candidates only: fetching every candidate's image for every list would put the
+        network in the scoring path; captions carry the images' content.
+        """
+        from models import prompts
+        from models.recommender import ScoreRequest
+
+        recommender = self.reranker.recommender  # one adapter version for the whole batch, even if a swap lands
+        requests = [ScoreRequest(prompts.user_preferences(summary), [self.candidate(h.item_id) for h in hits])
+                    for _, summary, _, _, hits in jobs]
+        scores, seconds = await asyncio.get_running_loop().run_in_executor(None, self.score, recommender, requests)
+        self.metrics.inc("rerank_seconds_total", seconds)
+        self.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
+        out = []
+        for (state, _, version, trigger, hits), user_scores in zip(jobs, scores):
+            ranked = sorted(zip((h.item_id for h in hits), user_scores), key=lambda pair: -pair[1])
+            out.append(self.record(
+                state, ranked[:self.settings.top_k], "rerank", f"{recommender.lm.name}+{recommender.version}",
+                version, trigger, base_model=recommender.lm.name, adapter_version=recommender.version,
+                rerank={"candidates": len(hits), "batch_users": len(jobs), "seconds": round(seconds, 4)}))
+        return out
+
     async def emit_due(self) -> None:
-        for user_id, trigger in self.debouncer.pop_due():
-            rec = self.build_recommendation(user_id, trigger)
-            if rec is None:
+        due = self.debouncer.pop_due()
+        if not due:
+            return
+        records, jobs = [], []
+        for user_id, trigger in due:
+            data = self.user_state.get(user_id)
+            state = UserState.from_dict(data, user_id)
+            summary, version = state.summary, state.summary_version
+            fresh = self.fresh_summaries.pop(user_id, None)
+            if fresh is not None and fresh[1] > version and self.waits.get(user_id, 0) < 100:
+                # the summary event outran the state write of its batch: wait for the state (its
+                # history must be excluded too) rather than re-rank against an older one
+                self.fresh_summaries[user_id] = fresh
+                self.waits[user_id] = self.waits.get(user_id, 0) + 1
+                self.debouncer.schedule(user_id, trigger, 0.05)
                 continue
-            await self.recommendations_topic.send(key=user_id.encode(), value=json.dumps(rec).encode())
-            self.last_recommendations[user_id] = rec
-            self.last_recommendations.move_to_end(user_id)
-            while len(self.last_recommendations) > 100_000:
-                self.last_recommendations.popitem(last=False)
-            self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
-            if rec["latency_ms"] is not None and trigger.kind == "interaction":
-                self.metrics.observe_latency(rec["latency_ms"] / 1000)
+            self.waits.pop(user_id, None)
+            if not data:
+                continue
+            if fresh is not None and fresh[1] >= version:
+                summary, version = fresh
+            if self.reranker is None or not summary:
+                records.append(self.build_recommendation(user_id, trigger))
+                continue
+            _, hits = self.candidates_for(state, self.settings.rerank_candidates)
+            jobs.append((state, summary, version, trigger, hits))
+        step = max(self.settings.rerank_users, 1)
+        for start in range(0, len(jobs), step):
+            batch = jobs[start:start + step]
+            try:
+                records += await self.rerank(batch)
+            except Exception as exc:  # the model must not stop the stream: fall back to retrieval lists
+                log.exception("re-ranking failed for %d users: %s", len(batch), exc)
+                self.metrics.inc("rerank_failures_total")
+                records += [self.build_recommendation(state.user_id, trigger) for state, _, _, trigger, _ in batch]
+        for rec in records:
+            if rec is not None:
+                await self.publish(rec)
+
+    async def publish(self, rec: dict) -> None:
+        user_id = rec["user_id"]
+        await self.recommendations_topic.send(key=user_id.encode(), value=json.dumps(rec).encode())
+        self.last_recommendations[user_id] = rec
+        self.last_recommendations.move_to_end(user_id)
+        while len(self.last_recommendations) > 100_000:
+            self.last_recommendations.popitem(last=False)
+        self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
+        if rec["latency_ms"] is not None and rec["trigger"]["kind"] in ("interaction", "summary"):
+            self.metrics.observe_latency(rec["latency_ms"] / 1000)
 
     # -- wiring -----------------------------------------------------------------------------
     def _register(self) -> None:
@@ -487,9 +645,19 @@ class Worker:
             async for events in stream.take_events(s.interaction_batch, within=s.interaction_within):
                 await self.process_interactions(events)
 
+        @app.agent(self.user_summaries_topic, name="recommend")
+        async def recommend_agent(stream):
+            async for events in stream.take_events(s.rerank_users, within=0.01):
+                self.on_summaries(events)
+
         @app.timer(interval=0.05)
         async def emitter():
             await self.emit_due()
+
+        if s.recommender_model != "none" and s.recommender_adapter:
+            @app.timer(interval=s.adapter_poll_seconds)
+            async def adapter_watch():
+                await asyncio.get_running_loop().run_in_executor(None, self.check_adapter)
 
         if s.index_resync_seconds > 0:
             @app.timer(interval=s.index_resync_seconds)

@@ -52,7 +52,8 @@ def settings_options(*names: str):
 
 
 MODEL_OPTIONS = ("summary_model", "summary_block", "summary_batch", "summary_max_new_tokens", "caption_model",
-                 "caption_batch", "caption_max_new_tokens", "device", "model_dtype")
+                 "caption_batch", "caption_max_new_tokens", "recommender_model", "recommender_adapter",
+                 "rerank_candidates", "rerank_users", "adapter_poll_seconds", "device", "model_dtype")
 
 
 @click.group(context_settings=CONTEXT)

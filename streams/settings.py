@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
 
+    recommender_model: str = Field(
+        "none", description="re-ranker (MLLM-MSR stage 3): registry name, hub id or path; 'none' emits the retrieval "
+        "stage's lists"
+    )
+    recommender_adapter: str = Field(
+        "", description="LoRA adapter directory (from `mmsr train`); watched, and a new version is swapped in live"
+    )
+    rerank_candidates: int = Field(50, description="retrieval candidates (N) re-ranked per list")
+    rerank_users: int = Field(8, description="users whose candidates are scored in one batched call")
+    adapter_poll_seconds: float = Field(2.0, description="how often the adapter directory is checked for a new version")
+
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local broker")
     kafka_home: Path = Field(
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"

@@ -1,0 +1,88 @@
+"""The re-ranker in the stream, on the real broker: summary event -> re-ranked list -> adapter swap."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import schemas
+from models import prompts, registry
+from models.recommender import Candidate, Recommender, ScoreRequest
+from models.training import LoraSettings, attach_lora, load_adapter, save_adapter
+from streams.kafka.client import InteractionProducer, ItemProducer, read_all
+from tests.conftest import wait_until
+from tests.integration import helpers
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LLM = registry.SMOLLM2
+
+
+def make_adapter(directory, version: str, seed: int) -> None:
+    """A LoRA adapter with small random B matrices (a fresh one is an exact no-op), saved as `mmsr train` does."""
+    lm = registry.load(LLM, device="cpu")
+    model = attach_lora(lm, LoraSettings(), seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    save_adapter(model, directory, {"base_model": LLM, "version": version})
+
+
+def recommendations(env, user: str) -> list[dict]:
+    return [schemas.validate("recommendation", json.loads(m.value()))
+            for m in read_all(env.bootstrap_servers, env.topic_recommendations, timeout=20)
+            if json.loads(m.value())["user_id"] == user]
+
+
+def test_summary_event_gives_a_reranked_list_and_a_new_adapter_changes_the_version(topic_factory, worker_factory,
+                                                                                     tmp_path):
+    adapter = tmp_path / "adapter"
+    make_adapter(adapter, "v1", seed=1)
+    env = topic_factory(summary_model=LLM, summary_max_new_tokens=16, recommender_model=LLM,
+                        recommender_adapter=str(adapter), rerank_candidates=12, top_k=5, adapter_poll_seconds=0.5)
+    worker = worker_factory(env).start(timeout=600)
+    items = helpers.catalog(24)
+    with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
+        for item in items:
+            producer.send(item)
+    wait_until(lambda: worker.metric("catalog_items") >= 24, timeout=120, message="catalog indexed")
+
+    history = ["i0", "i6", "i12"]  # one block of B = 3: one summary, then one re-ranked list
+    with InteractionProducer(env.bootstrap_servers, env.topic_interactions) as producer:
+        for item in history:
+            producer.interaction("u0", item, "click", helpers.now())
+    first = wait_until(lambda: next(iter(r for r in recommendations(env, "u0") if r["strategy"] == "rerank"), None),
+                       timeout=300, interval=1, message="re-ranked list")
+    assert first["adapter_version"] == "v1" and first["base_model"] == LLM and first["model"] == f"{LLM}+v1"
+    assert first["summary_version"] == 1 and first["trigger"]["kind"] == "summary"
+    assert first["latency_ms"] is not None and first["latency_ms"] > 0
+    assert first["rerank"]["candidates"] == 12 and len(first["items"]) == 5
+    ids = [i["item_id"] for i in first["items"]]
+    scores = [i["score"] for i in first["items"]]
+    assert not set(ids) & set(history)
+    assert scores == sorted(scores, reverse=True) and [i["rank"] for i in first["items"]] == [1, 2, 3, 4, 5]
+
+    # the scores are the recommender's: recomputed outside the worker with the same adapter and summary
+    summary = worker.get("/users/u0")["summary"]
+    by_id = {i["item_id"]: i for i in items}
+    candidates = [Candidate(i, by_id[i]["title"], by_id[i]["categories"]) for i in ids]
+    expected = load_adapter(registry.load(LLM, device="cpu"), adapter).score(
+        [ScoreRequest(prompts.user_preferences(summary), candidates)])[0]
+    assert max(abs(a - b) for a, b in zip(scores, expected)) < 1e-4, (scores, expected)
+    base = Recommender(registry.load(LLM, device="cpu")).score([ScoreRequest(prompts.user_preferences(summary),
+                                                                             candidates)])[0]
+    assert max(abs(a - b) for a, b in zip(scores, base)) > 1e-4  # the adapter, not the base model, scored them
+
+    make_adapter(adapter, "v2", seed=2)  # retrained in place: picked up without a restart
+    wait_until(lambda: worker.metric("adapter_swaps_total") >= 2, timeout=60, message="adapter v2 swapped in")
+    with InteractionProducer(env.bootstrap_servers, env.topic_interactions) as producer:
+        for item in ("i1", "i7", "i13"):
+            producer.interaction("u0", item, "click", helpers.now())
+    second = wait_until(lambda: next(iter(r for r in recommendations(env, "u0") if r["summary_version"] == 2), None),
+                        timeout=300, interval=1, message="list after the swap")
+    assert second["adapter_version"] == "v2" and second["model"] == f"{LLM}+v2"
+    assert not {i["item_id"] for i in second["items"]} & set(history + ["i1", "i7", "i13"])
+    assert worker.metric("rerank_failures_total") == 0
