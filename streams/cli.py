@@ -258,6 +258,125 @@ def format_recommendation(rec, titles) -> str:
     return "\n".join([head, *rows])
 
 
+# -- training and evaluation --------------------------------------------------------------------
+def dataclass_options(cls, *names: str):
+    """Click options for fields of a config dataclass (help from the field's metadata)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def decorate(fn):
+        for name in reversed(names):
+            f = fields[name]
+            flag = f"--{name.replace('_', '-')}"
+            if isinstance(f.default, tuple):
+                fn = click.option(flag, name, default=None, type=str,
+                                  help=f"{f.metadata.get('help', '')}, comma-separated [preset value; default preset: "
+                                       f"{','.join(map(str, f.default))}]")(fn)
+            elif isinstance(f.default, bool):
+                fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=f.default, show_default=True,
+                                  help=f.metadata.get("help"))(fn)
+            else:
+                fn = click.option(flag, name, default=None, type=type(f.default),
+                                  help=f"{f.metadata.get('help', '')} [preset value; default preset: {f.default}]")(fn)
+        return fn
+
+    return decorate
+
+
+def eval_config(preset: str, values: dict):
+    """A preset with the options the user gave on top (None: keep the preset's value)."""
+    import dataclasses
+
+    from models.evaluation import PRESETS
+
+    config = PRESETS[preset]
+    changes = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        default = getattr(config, name)
+        if isinstance(default, tuple):
+            value = tuple(type(default[0])(v) if default else v for v in str(value).split(",") if v)
+        changes[name] = value
+    return dataclasses.replace(config, **changes)
+
+
+def event_data(items, interactions):
+    if (items is None) != (interactions is None):
+        raise click.UsageError("--items and --interactions go together (or neither, for MovieLens-100K)")
+    if items is None:
+        return None
+    from models.evaluation import Dataset
+
+    return Dataset.from_events(items, interactions)
+
+
+EVAL_FIELDS = ("model", "users", "window", "block", "seeds", "caption_tokens", "summary_tokens", "epochs",
+               "train_batch", "grad_accum", "lr", "seed", "device")
+
+
+@main.command()
+@click.option("--out", default="adapters/mllm-msr", type=click.Path(path_type=Path),
+              help="run directory: checkpoints while training, then adapter/ (watch it with MMSR_RECOMMENDER_ADAPTER)")
+@click.option("--preset", type=click.Choice(["default", "smoke"]), default="default", help="protocol settings")
+@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
+              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
+@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+              help="interaction events (JSON lines)")
+@click.option("--lora-r", default=16, help="LoRA rank")
+@click.option("--lora-alpha", default=32, help="LoRA alpha")
+@click.option("--lora-dropout", default=0.1, help="LoRA dropout")
+@click.option("--target-modules", default="language-linear", help="'language-linear', module names or a regex")
+@dataclass_options(__import__("models.evaluation", fromlist=["EvalConfig"]).EvalConfig, *EVAL_FIELDS)
+@one_line_errors
+def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, target_modules, **values):
+    """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
+
+    Resumes from the run directory's last checkpoint when one is there.
+    """
+    from models.evaluation import train_adapter
+    from models.training import LoraSettings
+
+    config = eval_config(preset, values)
+    lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+    metadata = train_adapter(config, out, lora, event_data(items, interactions), log=click.echo)
+    click.echo(f"adapter {metadata['version']} in {out / 'adapter'} (loss {metadata['metrics']['first_loss']:.4f} "
+               f"-> {metadata['metrics']['final_loss']:.4f})")
+
+
+@main.command("eval")
+@click.option("--out", default="eval-results", type=click.Path(path_type=Path),
+              help="results.json, results.md, results.png and the trained adapters")
+@click.option("--preset", type=click.Choice(["default", "smoke"]), default="default",
+              help="'default': the documented CPU run; 'smoke': tiny model, a few users (tests)")
+@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
+              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
+@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+              help="interaction events (JSON lines)")
+@click.option("--variants", default=",".join(__import__("models.evaluation", fromlist=["LLM_VARIANTS"]).LLM_VARIANTS),
+              show_default=True, help="LoRA-trained models to run (comma-separated)")
+@dataclass_options(__import__("models.evaluation", fromlist=["EvalConfig"]).EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
+                   "bootstrap", "zero_shot")
+@one_line_errors
+def evaluate(out, preset, items, interactions, variants, **values):
+    """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its
+    ablations and the baselines; a markdown table and a PNG chart."""
+    from models.evaluation import LLM_VARIANTS, run
+
+    values["variants"] = tuple(v for v in variants.split(",") if v)
+    unknown = set(values["variants"]) - set(LLM_VARIANTS)
+    if unknown:
+        raise click.UsageError(f"unknown variants {sorted(unknown)}; choose from {list(LLM_VARIANTS)}")
+    config = eval_config(preset, {k: v for k, v in values.items() if k != "variants"})
+    import dataclasses
+
+    config = dataclasses.replace(config, variants=values["variants"])
+    report = run(config, out, event_data(items, interactions), log=click.echo)
+    click.echo((out / "results.md").read_text())
+    click.echo(f"{report['total_seconds']:.0f}s; written to {out}/results.json, results.md, results.png")
+
+
 # -- demo -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr-demo", type=click.Path(path_type=Path))

@@ -1,0 +1,135 @@
+"""Baselines scored on the same candidates as the LLM recommender: random, popularity and SASRec.
+
+SASRec (Kang & McAuley, 2018) is implemented here in torch: causal self-attention over the last
+``max_len`` items, learned positions, and the binary cross-entropy objective with one sampled
+negative per position; a candidate's score is the dot product of the last position's output
+with the candidate's embedding.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class RandomScorer:
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
+        return self.rng.random(len(candidates)).tolist()
+
+
+class PopularityScorer:
+    """Interactions per item in the training sequences (test items excluded)."""
+
+    def __init__(self, sequences: dict[str, list[str]]):
+        self.counts = Counter(item for seq in sequences.values() for item in seq)
+
+    def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
+        return [float(self.counts.get(c, 0)) for c in candidates]
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    hidden: int = field(default=64, metadata={"help": "embedding and attention width"})
+    blocks: int = field(default=2, metadata={"help": "self-attention blocks"})
+    heads: int = field(default=1, metadata={"help": "attention heads"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout rate"})
+    max_len: int = field(default=50, metadata={"help": "most recent items read"})
+    epochs: int = field(default=200, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "sequences per step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    seed: int = field(default=0, metadata={"help": "initialisation, batches and negatives"})
+
+
+class SASRec(nn.Module):
+    def __init__(self, n_items: int, config: SASRecConfig):
+        super().__init__()
+        self.config = config
+        self.items = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)  # 0 is padding
+        self.positions = nn.Embedding(config.max_len, config.hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(config.hidden, config.heads, config.hidden, config.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, config.blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.hidden)
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(batch, max_len) left-padded item indices -> (batch, max_len, hidden)."""
+        length = seqs.shape[1]
+        x = self.items(seqs) * self.config.hidden ** 0.5 + self.positions(torch.arange(length, device=seqs.device))
+        x = self.dropout(x) * (seqs > 0).unsqueeze(-1)
+        causal = torch.triu(torch.ones(length, length, dtype=torch.bool, device=seqs.device), 1)
+        x = self.encoder(x, mask=causal)
+        return self.norm(x) * (seqs > 0).unsqueeze(-1)
+
+
+class SASRecScorer:
+    def __init__(self, sequences: dict[str, list[str]], config: SASRecConfig = SASRecConfig(), progress: bool = False):
+        self.config = config
+        vocabulary = sorted({i for seq in sequences.values() for i in seq})
+        self.index = {item: n + 1 for n, item in enumerate(vocabulary)}
+        torch.manual_seed(config.seed)
+        self.model = SASRec(len(vocabulary), config)
+        self.losses = self._train([[self.index[i] for i in seq] for seq in sequences.values() if len(seq) > 1],
+                                  progress)
+
+    def _pad(self, seq: list[int]) -> list[int]:
+        seq = seq[-self.config.max_len:]
+        return [0] * (self.config.max_len - len(seq)) + seq
+
+    def _train(self, seqs: list[list[int]], progress: bool) -> list[float]:
+        from tqdm.auto import tqdm
+
+        c, rng = self.config, random.Random(self.config.seed)
+        n_items = len(self.index)
+        inputs = torch.tensor([self._pad(s[:-1]) for s in seqs])
+        targets = torch.tensor([self._pad(s[1:]) for s in seqs])
+        seen = [set(s) for s in seqs]
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(0.9, 0.98))
+        losses = []
+        self.model.train()
+        for _ in tqdm(range(c.epochs), desc="sasrec", disable=not progress):
+            order = list(range(len(seqs)))
+            rng.shuffle(order)
+            total = 0.0
+            for start in range(0, len(order), c.batch_size):
+                rows = order[start:start + c.batch_size]
+                x, pos = inputs[rows], targets[rows]
+                neg = torch.tensor([[self._negative(rng, seen[r], n_items) if p else 0 for p in targets[r].tolist()]
+                                    for r in rows])
+                h = self.model(x)
+                pos_logit = (h * self.model.items(pos)).sum(-1)
+                neg_logit = (h * self.model.items(neg)).sum(-1)
+                mask = pos > 0
+                loss = (nn.functional.binary_cross_entropy_with_logits(pos_logit[mask], torch.ones_like(pos_logit[mask]))
+                        + nn.functional.binary_cross_entropy_with_logits(neg_logit[mask], torch.zeros_like(neg_logit[mask])))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(rows)
+            losses.append(total / len(seqs))
+        self.model.eval()
+        return losses
+
+    @staticmethod
+    def _negative(rng: random.Random, seen: set[int], n_items: int) -> int:
+        while True:
+            candidate = rng.randint(1, n_items)
+            if candidate not in seen:
+                return candidate
+
+    @torch.no_grad()
+    def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
+        seq = torch.tensor([self._pad([self.index[i] for i in history if i in self.index])])
+        h = self.model(seq)[0, -1]
+        ids = torch.tensor([self.index.get(c, 0) for c in candidates])
+        scores = self.model.items(ids) @ h
+        # an item never seen in training has no embedding: it ranks last
+        scores[ids == 0] = -1e9
+        return scores.tolist()

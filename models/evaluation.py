@@ -1,0 +1,468 @@
+"""The MLLM-MSR protocol end to end: data, summaries, LoRA training, scoring, baselines, report.
+
+Protocol (per selected user, items in time order): the last item is the test positive; the
+history before it is cut to its most recent ``window`` items and summarized recurrently in
+blocks of ``block`` items, giving summaries S_1..S_T. The test prompt uses S_T. Training pairs
+come from the history only: S_t with the first item of block t+1 as the positive and one
+sampled item the user never touched as the negative (1:1). Test candidates: the positive and 20
+sampled never-touched items per seed. Every model scores the same candidates.
+
+Models in one run: random, popularity and SASRec (trained on every user's history, test items
+excluded), the zero-shot base LLM, the full pipeline (LoRA on recurrent summaries with item
+captions), a TALLRec-style model (same LM and LoRA, recent titles instead of a summary), and
+the ablations "direct summary" (one summary of the same items, not recurrent) and "no item
+captions" (summaries and candidates without captions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from models import prompts
+from models.ranking import PositiveRank, auc, bootstrap_interval, user_metrics
+
+KS = (3, 5, 10)
+LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "LLM for captions, summaries and scoring"})
+    users: int = field(default=32, metadata={"help": "users evaluated (a seeded sample; 0: every eligible user)"})
+    window: int = field(default=9, metadata={"help": "most recent history items summarized"})
+    block: int = field(default=3, metadata={"help": "items per recurrent block (B)"})
+    seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the test negatives"})
+    negatives: int = field(default=20, metadata={"help": "sampled negatives per test positive"})
+    recent_titles: int = field(default=10, metadata={"help": "titles in the TALLRec-style prompt"})
+    caption_tokens: int = field(default=32, metadata={"help": "generated tokens per item caption"})
+    summary_tokens: int = field(default=64, metadata={"help": "generated tokens per summary"})
+    generation_batch: int = field(default=32, metadata={"help": "prompts per generation call"})
+    epochs: int = field(default=2, metadata={"help": "LoRA training epochs"})
+    train_batch: int = field(default=8, metadata={"help": "examples per forward in training"})
+    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
+    lr: float = field(default=5e-4, metadata={"help": "LoRA learning rate"})
+    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
+    variants: tuple[str, ...] = field(default=LLM_VARIANTS, metadata={"help": "LoRA-trained models to run"})
+    zero_shot: bool = field(default=True, metadata={"help": "also score with the base model, no adapter"})
+    seed: int = field(default=0, metadata={"help": "user sample, training negatives and training order"})
+    device: str = field(default="auto", metadata={"help": "torch device"})
+
+
+PRESETS = {
+    # the documented CPU default: 32 users, 2 negative seeds; under an hour on a 2-core machine
+    "default": EvalConfig(),
+    # what the tests run: a tiny random LLaVA as the LLM, a handful of users
+    "smoke": EvalConfig(model="tiny-random-llava", users=6, window=6, seeds=(0, 1), caption_tokens=4,
+                        summary_tokens=6, epochs=1, train_batch=4, sasrec_epochs=3, bootstrap=50),
+}
+
+
+# -- data ---------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    items: dict[str, dict]  # item_id -> {"title", "categories", "description"}
+    sequences: dict[str, list[str]]  # user_id -> item ids in time order
+
+    @classmethod
+    def movielens(cls) -> "Dataset":
+        from models.data import movielens
+
+        items = {i["item_id"]: {"title": i["title"], "categories": i["categories"]} for i in movielens.items()}
+        return cls(items, sequences_of(movielens.interactions()))
+
+    @classmethod
+    def from_events(cls, items_file: Path, interactions_file: Path) -> "Dataset":
+        """JSON-lines files of item and interaction events (the topics' schemas), e.g. a replay log."""
+        import schemas
+
+        items = {}
+        for line in Path(items_file).read_text().splitlines():
+            if line.strip():
+                item = schemas.validate("item", json.loads(line))
+                items[item["item_id"]] = {"title": item["title"], "categories": item.get("categories", []),
+                                          "description": item.get("description")}
+        events = [schemas.validate("interaction", json.loads(line))
+                  for line in Path(interactions_file).read_text().splitlines() if line.strip()]
+        events.sort(key=lambda e: schemas.parse_time(e["event_time"]))
+        return cls(items, sequences_of(e for e in events if e["item_id"] in items))
+
+
+def sequences_of(events) -> dict[str, list[str]]:
+    """Time-ordered item ids per user, repeats of an item kept once (its first time)."""
+    out: dict[str, list[str]] = {}
+    for e in events:
+        seq = out.setdefault(e["user_id"], [])
+        if e["item_id"] not in seq:
+            seq.append(e["item_id"])
+    return out
+
+
+@dataclass
+class UserCase:
+    user_id: str
+    history: list[str]  # everything before the test item
+    window: list[str]  # the summarized part of the history (whole blocks)
+    test_item: str
+    test_negatives: dict[int, list[str]]  # seed -> negatives
+    train_pairs: list[tuple[int, str, str]]  # (summary index t, positive, negative): S_t then block t+1's first item
+
+    def candidates(self) -> list[str]:
+        """The positive and every seed's negatives, each once: one scoring request per user."""
+        out = [self.test_item]
+        for negatives in self.test_negatives.values():
+            out += [n for n in negatives if n not in out]
+        return out
+
+
+def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
+    rng = random.Random(config.seed)
+    need = config.block + 1  # at least one summarized block before the test item
+    eligible = sorted((u for u, seq in data.sequences.items() if len(seq) >= need), key=_natural)
+    chosen = sorted(rng.sample(eligible, min(config.users or len(eligible), len(eligible))), key=_natural)
+    catalog = sorted(data.items, key=_natural)
+    cases = []
+    for user in chosen:
+        seq = data.sequences[user]
+        history, test_item = seq[:-1], seq[-1]
+        window = history[-config.window:]
+        window = window[len(window) % config.block:]
+        touched = set(seq)
+        negatives = {s: sample_negatives(random.Random(f"{s}-{user}"), catalog, touched, config.negatives)
+                     for s in config.seeds}
+        blocks = len(window) // config.block
+        pairs = []
+        for t in range(blocks - 1):
+            positive = window[(t + 1) * config.block]
+            pairs.append((t, positive, sample_negatives(rng, catalog, touched, 1)[0]))
+        cases.append(UserCase(user, history, window, test_item, negatives, pairs))
+    return cases
+
+
+def sample_negatives(rng: random.Random, catalog: list[str], exclude: set[str], n: int) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        item = rng.choice(catalog)
+        if item not in exclude and item not in out:
+            out.append(item)
+    return out
+
+
+def _natural(key: str):
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+# -- generation with a disk cache -----------------------------------------------------------------
+class TextCache:
+    """Generated texts by a hash of (model, kind, settings, input); a rerun regenerates nothing."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.data: dict[str, str] = {}
+        if path is not None and path.is_file():
+            self.data = json.loads(path.read_text())
+
+    @staticmethod
+    def key(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data))
+            tmp.replace(self.path)
+
+
+class Texts:
+    """Captions and summaries for the protocol, batched and cached."""
+
+    def __init__(self, lm, data: Dataset, config: EvalConfig, cache: TextCache, log):
+        from models.item_summarizer import CaptionConfig, ItemSummarizer
+        from models.user_summarizer import SummarizerConfig, UserSummarizer
+
+        self.lm, self.data, self.config, self.cache, self.log = lm, data, config, cache, log
+        self.captioner = ItemSummarizer(lm, CaptionConfig(max_new_tokens=config.caption_tokens,
+                                                          batch_size=config.generation_batch))
+        self.summarizer = UserSummarizer(lm, SummarizerConfig(block_size=config.block,
+                                                              max_new_tokens=config.summary_tokens,
+                                                              batch_size=config.generation_batch))
+        self.captions: dict[str, str] = {}
+
+    def caption_all(self, item_ids: set[str]) -> None:
+        from models.item_summarizer import ItemInput
+
+        keys = {i: self.cache.key(self.lm.name, "caption", self.config.caption_tokens, self.data.items[i])
+                for i in item_ids}
+        todo = sorted((i for i in item_ids if keys[i] not in self.cache.data), key=_natural)
+        self.log(f"captions: {len(item_ids) - len(todo)} cached, {len(todo)} to write")
+        step = self.config.generation_batch * 4
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            inputs = [ItemInput(i, self.data.items[i]["title"], self.data.items[i]["categories"],
+                                self.data.items[i].get("description")) for i in chunk]
+            for i, caption in zip(chunk, self.captioner.caption(inputs)):
+                self.cache.data[keys[i]] = caption.text
+            self.cache.save()
+            self.log(f"captions: {min(start + step, len(todo))}/{len(todo)}")
+        self.captions = {i: self.cache.data[keys[i]] for i in item_ids}
+
+    def item_text(self, item_id: str, captions: bool) -> str:
+        item = self.data.items[item_id]
+        return prompts.describe_item(item["title"], item["categories"], item.get("description"),
+                                     self.captions.get(item_id) if captions else None)
+
+    def summaries(self, cases: list[UserCase], mode: str, captions: bool) -> dict[str, list[str]]:
+        """S_1..S_T per user: recurrent (one batched step per block) or direct (each prefix of blocks at once)."""
+        histories = [[self.item_text(i, captions) for i in c.window] for c in cases]
+        key = self.cache.key(self.lm.name, "summaries", mode, self.config.summary_tokens, self.config.block, histories)
+        if key not in self.cache.data:
+            started = time.perf_counter()
+            if mode == "recurrent":
+                result = self.summarizer.recurrent(histories)
+            else:
+                size = self.config.block
+                prefixes = [(u, h[:end]) for u, h in enumerate(histories) for end in range(size, len(h) + 1, size)]
+                flat = self.summarizer.direct([p for _, p in prefixes])
+                result = [[] for _ in histories]
+                for (u, _), summary in zip(prefixes, flat):
+                    result[u].append(summary)
+            self.cache.data[key] = json.dumps(result)
+            self.cache.save()
+            self.log(f"summaries ({mode}, captions {'on' if captions else 'off'}): "
+                     f"{sum(map(len, result))} in {time.perf_counter() - started:.0f}s")
+        return {c.user_id: s for c, s in zip(cases, json.loads(self.cache.data[key]))}
+
+
+# -- the LLM variants -------------------------------------------------------------------------------
+def candidate(texts: Texts, item_id: str, captions: bool):
+    from models.recommender import Candidate
+
+    item = texts.data.items[item_id]
+    return Candidate(item_id, item["title"], item["categories"], item.get("description"),
+                     texts.captions.get(item_id) if captions else None)
+
+
+def recent_titles(texts: Texts, items: list[str], n: int) -> str:
+    return prompts.user_recent_items([texts.data.items[i]["title"] for i in items[-n:]])
+
+
+def variant_prompts(name: str, texts: Texts, cases: list[UserCase], summaries: dict) -> tuple[list, list]:
+    """(training examples, test requests) of one variant."""
+    from models.recommender import ScoreRequest
+    from models.training import Example
+
+    captions = name not in ("no-captions", "tallrec-style")  # TALLRec reads titles, as in its paper
+    examples, requests = [], []
+    for case in cases:
+        if name == "tallrec-style":
+            for t, positive, negative in case.train_pairs:
+                before = case.history[:case.history.index(positive)]
+                part = recent_titles(texts, before, texts.config.recent_titles)
+                examples += [Example(part, candidate(texts, positive, captions), True),
+                             Example(part, candidate(texts, negative, captions), False)]
+            part = recent_titles(texts, case.history, texts.config.recent_titles)
+        else:
+            user_summaries = summaries[case.user_id]
+            for t, positive, negative in case.train_pairs:
+                part = prompts.user_preferences(user_summaries[t])
+                examples += [Example(part, candidate(texts, positive, captions), True),
+                             Example(part, candidate(texts, negative, captions), False)]
+            part = prompts.user_preferences(user_summaries[-1])
+        requests.append(ScoreRequest(part, [candidate(texts, i, captions) for i in case.candidates()]))
+    return examples, requests
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+def evaluate_scores(cases: list[UserCase], scores: dict[str, dict[str, float]], seeds, bootstrap: int) -> dict:
+    """Metrics averaged over seeds, with 95% bootstrap intervals over users."""
+    per_user = []  # rows: user x metric (averaged over seeds)
+    pos_neg = []  # per user: list over seeds of (positive score, negative scores)
+    for case in cases:
+        s = scores[case.user_id]
+        lists = [(s[case.test_item], [s[n] for n in case.test_negatives[seed]]) for seed in seeds]
+        pos_neg.append(lists)
+        rows = [user_metrics(p, n, KS) for p, n in lists]
+        per_user.append({k: float(np.mean([r[k] for r in rows])) for k in rows[0]})
+    names = list(per_user[0])
+    matrix = np.array([[row[k] for k in names] for row in per_user])
+
+    def global_auc(users: np.ndarray) -> float:
+        values, labels = [], []
+        for u in users:
+            for p, n in pos_neg[int(u)]:
+                values += [p] + list(n)
+                labels += [1] + [0] * len(n)
+        return auc(values, labels)
+
+    out = {"auc": {"value": global_auc(np.arange(len(cases))),
+                   "ci95": bootstrap_interval(np.arange(len(cases)), global_auc, samples=bootstrap)}}
+    for j, name in enumerate(names):
+        column = matrix[:, j]
+        out[name] = {"value": float(column.mean()), "ci95": bootstrap_interval(column, np.mean, samples=bootstrap)}
+    return out
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_dir: Path | None = None,
+        log=print) -> dict:
+    """Everything in one process; writes results.json, results.md and results.png under ``out_dir``."""
+    from models import registry
+    from models.baselines import PopularityScorer, RandomScorer, SASRecConfig, SASRecScorer
+    from models.recommender import Recommender
+    from models.training import LoraSettings, TrainConfig, git_revision, load_adapter, train
+
+    started = time.time()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset_name = "movielens-100k" if data is None else "events"
+    data = data or Dataset.movielens()
+    cases = build_cases(data, config)
+    log(f"{len(cases)} users, {sum(len(c.train_pairs) for c in cases)} training positives, "
+        f"{len(config.seeds)} seeds x {config.negatives} negatives")
+    timings: dict[str, float] = {}
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+
+    def clock(name, fn, *args):
+        t = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t, 1)
+        return result
+
+    # baselines: trained on every user's history (test items excluded)
+    train_sequences = {u: seq[:-1] for u, seq in data.sequences.items()}
+    baselines = {"random": RandomScorer(config.seed), "popularity": PopularityScorer(train_sequences),
+                 "sasrec": clock("sasrec", SASRecScorer, train_sequences,
+                                 SASRecConfig(epochs=config.sasrec_epochs, seed=config.seed))}
+    for name, scorer in baselines.items():
+        scores[name] = {}
+        for case in cases:
+            items = case.candidates()
+            scores[name][case.user_id] = dict(zip(items, scorer.score(case.user_id, case.history, items)))
+
+    lm = registry.load(config.model, device=config.device)
+    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
+    needed = {i for c in cases for i in c.window + c.candidates() + [p for _, p, n in c.train_pairs]
+              + [n for _, p, n in c.train_pairs]}
+    clock("captions", texts.caption_all, needed)
+    summaries = {"recurrent": clock("summaries", texts.summaries, cases, "recurrent", True)}
+    if "direct-summary" in config.variants:
+        summaries["direct"] = clock("summaries", texts.summaries, cases, "direct", True)
+    if "no-captions" in config.variants:
+        summaries["recurrent-no-captions"] = clock("summaries", texts.summaries, cases, "recurrent", False)
+    source = {"mllm-msr": "recurrent", "direct-summary": "direct", "no-captions": "recurrent-no-captions",
+              "tallrec-style": "recurrent"}
+
+    def score_all(name: str, recommender, requests) -> None:
+        result = clock(f"scoring:{name}", recommender.score, requests)
+        scores[name] = {c.user_id: dict(zip(c.candidates(), s)) for c, s in zip(cases, result)}
+
+    training = {}
+    if config.zero_shot:
+        _, requests = variant_prompts("mllm-msr", texts, cases, summaries["recurrent"])
+        score_all("zero-shot", Recommender(lm), requests)
+    lora = LoraSettings()
+    for name in config.variants:
+        examples, requests = variant_prompts(name, texts, cases, summaries[source[name]])
+        log(f"{name}: training on {len(examples)} examples")
+        fresh = registry.load(config.model, device=config.device)
+        train_config = TrainConfig(epochs=config.epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
+                                   lr=config.lr, seed=config.seed, checkpoint_every=25)
+        metadata = clock(f"training:{name}", train, fresh, examples, out_dir / "adapters" / name, lora, train_config,
+                         {"dataset": dataset_name, "variant": name,
+                          "users": len(cases), "examples": len(examples), "eval": _jsonable(config)})
+        training[name] = metadata["metrics"]
+        recommender = load_adapter(registry.load(config.model, device=config.device),
+                                   out_dir / "adapters" / name / "adapter")
+        score_all(name, recommender, requests)
+
+    metrics = {name: evaluate_scores(cases, model_scores, config.seeds, config.bootstrap)
+               for name, model_scores in scores.items()}
+    report = {
+        "dataset": dataset_name, "config": _jsonable(config), "users": [c.user_id for c in cases], "metrics": metrics,
+        "training": training, "seconds": timings, "total_seconds": round(time.time() - started, 1),
+        "git_revision": git_revision(),
+        "example_summaries": {c.user_id: summaries["recurrent"][c.user_id][-1] for c in cases[:3]},
+    }
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown_table(report))
+    chart(report, out_dir / "results.png")
+    return report
+
+
+def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | None = None,
+                  cache_dir: Path | None = None, log=print) -> dict:
+    """``mmsr train``: the full pipeline's adapter (recurrent summaries with captions) from a log.
+
+    The same protocol as the evaluation: per user, the last item is held out; training pairs come
+    from the summarized history only (1 positive : 1 sampled negative).
+    """
+    from models import registry
+    from models.training import LoraSettings, TrainConfig, train
+
+    dataset_name = "movielens-100k" if data is None else "events"
+    data = data or Dataset.movielens()
+    cases = build_cases(data, config)
+    lm = registry.load(config.model, device=config.device)
+    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
+    texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]
+                       + [n for _, _, n in c.train_pairs]})
+    summaries = texts.summaries(cases, "recurrent", True)
+    examples, _ = variant_prompts("mllm-msr", texts, cases, summaries)
+    log(f"training on {len(examples)} examples from {len(cases)} users")
+    train_config = TrainConfig(epochs=config.epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
+                               lr=config.lr, seed=config.seed)
+    return train(registry.load(config.model, device=config.device), examples, Path(out_dir), lora or LoraSettings(),
+                 train_config, {"dataset": dataset_name, "users": len(cases), "examples": len(examples),
+                                "protocol": _jsonable(config)})
+
+
+def _jsonable(config: EvalConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+# -- report -------------------------------------------------------------------------------------------
+ORDER = ("random", "popularity", "sasrec", "zero-shot", "tallrec-style", "direct-summary", "no-captions", "mllm-msr")
+
+
+def markdown_table(report: dict) -> str:
+    columns = ["auc", "user_auc"] + [f"{m}@{k}" for k in KS for m in ("hr", "ndcg", "mrr")]
+    names = [n for n in ORDER if n in report["metrics"]] + [n for n in report["metrics"] if n not in ORDER]
+    lines = [f"Users: {len(report['users'])}; seeds: {report['config']['seeds']}; model: {report['config']['model']}; "
+             f"values are means over seeds with 95% bootstrap intervals over users.", "",
+             "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        m = report["metrics"][name]
+        cells = [f"{m[c]['value']:.3f} [{m[c]['ci95'][0]:.3f}, {m[c]['ci95'][1]:.3f}]" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ORDER if n in report["metrics"]]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.5))
+    for ax, metric in zip(axes, ("auc", "hr@5", "ndcg@5")):
+        values = [report["metrics"][n][metric]["value"] for n in names]
+        low = [v - report["metrics"][n][metric]["ci95"][0] for n, v in zip(names, values)]
+        high = [report["metrics"][n][metric]["ci95"][1] - v for n, v in zip(names, values)]
+        ax.bar(range(len(names)), values, yerr=[low, high], capsize=3,
+               color=["#999999" if n in ("random", "popularity", "sasrec") else "#3b7dd8" for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
+        ax.set_title(metric.upper())
+        ax.set_ylim(0, 1)
+    fig.suptitle(f"{report.get('dataset', 'movielens-100k')}, {len(report['users'])} users, 1 positive : {report['config']['negatives']} "
+                 f"negatives, seeds {report['config']['seeds']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

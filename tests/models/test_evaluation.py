@@ -1,0 +1,48 @@
+"""`mmsr eval --preset smoke` and `mmsr train --preset smoke` end to end (tiny LLaVA as the LLM)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from models.evaluation import ORDER
+from models.training import ADAPTER_METADATA
+from streams.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_evaluation_writes_table_chart_and_json(tmp_path):
+    result = CliRunner().invoke(main, ["eval", "--preset", "smoke", "--out", str(tmp_path), "--users", "4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert set(report["metrics"]) == set(ORDER)
+    assert len(report["users"]) == 4 and report["config"]["seeds"] == [0, 1]
+    for name, metrics in report["metrics"].items():
+        for metric in ("auc", "user_auc", "hr@3", "hr@5", "hr@10", "ndcg@5", "mrr@10"):
+            value, (low, high) = metrics[metric]["value"], metrics[metric]["ci95"]
+            assert 0.0 <= low <= value + 1e-9 and value <= high + 1e-9 <= 1.0 + 1e-9, (name, metric)
+        assert metrics["hr@3"]["value"] <= metrics["hr@5"]["value"] <= metrics["hr@10"]["value"]
+    # each LoRA variant was trained, saved with its metadata, and its loss recorded
+    for variant in ("mllm-msr", "tallrec-style", "direct-summary", "no-captions"):
+        saved = json.loads((tmp_path / "adapters" / variant / "adapter" / ADAPTER_METADATA).read_text())
+        assert saved["data"]["variant"] == variant and saved["base_model"] == "tiny-random-llava"
+        assert report["training"][variant]["steps"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in ORDER)
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # generated texts are cached: a rerun writes no caption or summary again
+    again = CliRunner().invoke(main, ["eval", "--preset", "smoke", "--out", str(tmp_path), "--users", "4",
+                                      "--variants", "mllm-msr", "--no-zero-shot"])
+    assert again.exit_code == 0, again.output
+    assert "0 to write" in again.output and "summaries (recurrent" not in again.output
+
+
+def test_train_command_saves_an_adapter_with_metadata(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--preset", "smoke", "--out", str(tmp_path / "run"), "--users", "3"])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((tmp_path / "run" / "adapter" / ADAPTER_METADATA).read_text())
+    assert metadata["data"]["users"] == 3 and metadata["lora"] == {"r": 16, "alpha": 32, "dropout": 0.1,
+                                                                    "target_modules": "language-linear"}
+    assert metadata["metrics"]["steps"] > 0 and metadata["git_revision"]

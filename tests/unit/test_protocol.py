@@ -1,0 +1,51 @@
+"""The evaluation protocol's split: nothing of the test item leaks into summaries or training."""
+from __future__ import annotations
+
+from models.evaluation import Dataset, EvalConfig, build_cases
+
+
+def dataset() -> Dataset:
+    items = {str(i): {"title": f"Item {i}", "categories": ["Drama"]} for i in range(200)}
+    sequences = {str(u): [str((u * 13 + k * 7) % 200) for k in range(12 + u % 5)] for u in range(30)}
+    sequences["short"] = ["1", "2", "3"]
+    return Dataset(items, sequences)
+
+
+def test_leave_last_out_with_summarized_window_and_pairs():
+    data = dataset()
+    config = EvalConfig(users=10, window=9, block=3, seeds=(0, 1, 2), negatives=20)
+    cases = build_cases(data, config)
+    assert len(cases) == 10 and "short" not in {c.user_id for c in cases}
+    for case in cases:
+        seq = data.sequences[case.user_id]
+        assert case.test_item == seq[-1] and case.history == seq[:-1]
+        assert case.window == case.history[-9:] and case.test_item not in case.window
+        assert len(case.train_pairs) == 2  # S_1 -> first item of block 2, S_2 -> first item of block 3
+        for t, positive, negative in case.train_pairs:
+            assert positive == case.window[(t + 1) * 3] and negative not in seq
+        assert set(case.test_negatives) == {0, 1, 2}
+        for negatives in case.test_negatives.values():
+            assert len(negatives) == 20 == len(set(negatives)) and not set(negatives) & set(seq)
+        assert case.test_negatives[0] != case.test_negatives[1]
+        candidates = case.candidates()
+        assert candidates[0] == case.test_item and len(candidates) == len(set(candidates))
+
+
+def test_cases_are_reproducible_and_negatives_do_not_depend_on_the_user_sample():
+    data = dataset()
+    a = build_cases(data, EvalConfig(users=10, window=9, seeds=(0,)))
+    b = build_cases(data, EvalConfig(users=10, window=9, seeds=(0,)))
+    assert [(c.user_id, c.test_negatives, c.train_pairs) for c in a] == [(c.user_id, c.test_negatives, c.train_pairs)
+                                                                          for c in b]
+    everyone = {c.user_id: c for c in build_cases(data, EvalConfig(users=0, window=9, seeds=(0,)))}
+    assert len(everyone) == 30
+    for case in a:
+        assert everyone[case.user_id].test_negatives == case.test_negatives
+
+
+def test_window_is_cut_to_whole_blocks():
+    data = Dataset({str(i): {"title": str(i), "categories": []} for i in range(100)},
+                   {"u": [str(i) for i in range(8)]})
+    (case,) = build_cases(data, EvalConfig(users=1, window=9, block=3, seeds=(0,)))
+    assert case.history == [str(i) for i in range(7)]
+    assert case.window == [str(i) for i in range(1, 7)]  # 7 history items: the oldest one is dropped
