@@ -416,8 +416,13 @@ class Worker:
         for user_id, trigger in triggers.items():
             if user_id not in summarized:
                 self.debouncer.schedule(user_id, trigger, s.debounce_seconds)
-        for event in summary_events:
-            await self.user_summaries_topic.send(key=event["user_id"].encode(), value=json.dumps(event).encode())
+        # the summary events must be on the broker before the state that records them: if the
+        # changelog write landed first and the worker died, the redelivered interactions would be
+        # skipped as applied and the events never sent
+        pending = [await self.user_summaries_topic.send(key=e["user_id"].encode(), value=json.dumps(e).encode())
+                   for e in summary_events]
+        if pending:
+            await asyncio.gather(*pending)
         for user_id, state in states.items():
             in_partition_of(by_user[user_id][-1][0])
             self.user_state[user_id] = state.to_dict()
