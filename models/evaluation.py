@@ -19,13 +19,13 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from models import prompts
-from models.ranking import PositiveRank, auc, bootstrap_interval, user_metrics
+from models.ranking import auc, bootstrap_interval, user_metrics
 
 KS = (3, 5, 10)
 LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")

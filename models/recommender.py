@@ -91,6 +91,17 @@ def encode(lm: LoadedModel, texts: list[str], images: list | None = None) -> dic
     return {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
 
 
+def full_inputs(lm: LoadedModel, user_part: str, candidate: Candidate, caption_chars: int) -> tuple[torch.Tensor, dict]:
+    """One candidate's whole prompt as the naive scorer and training read it: the prefix and the
+    candidate part tokenized apart (the very ids the shared scorer uses), then joined; plus the
+    image inputs, if any."""
+    head, tail, image = split_prompt(lm, user_part, candidate, caption_chars)
+    prefix = encode(lm, [head])
+    rest = encode(lm, [tail], [image] if image is not None else None)
+    ids = torch.cat([prefix["input_ids"], rest["input_ids"]], dim=1)
+    return ids, {k: v for k, v in rest.items() if k not in ("input_ids", "attention_mask")}
+
+
 def yes_probability(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
     """p(Yes) / (p(Yes) + p(No)) = sigmoid(logit_yes - logit_no), in fp32."""
     return torch.sigmoid(logits[..., yes].float() - logits[..., no].float())
@@ -111,11 +122,7 @@ class Recommender:
         for request in requests:
             scores = []
             for candidate in request.candidates:
-                head, tail, image = split_prompt(self.lm, request.user_part, candidate, self.config.caption_chars)
-                prefix = encode(self.lm, [head])
-                rest = encode(self.lm, [tail], [image] if image is not None else None)
-                ids = torch.cat([prefix["input_ids"], rest["input_ids"]], dim=1)
-                extra = {k: v for k, v in rest.items() if k not in ("input_ids", "attention_mask")}
+                ids, extra = full_inputs(self.lm, request.user_part, candidate, self.config.caption_chars)
                 with self.lm.lock:
                     logits = self.lm.model(input_ids=ids, logits_to_keep=1, **extra).logits[:, -1]
                 scores.append(float(yes_probability(logits, self.yes, self.no)[0]))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.recommender import Candidate, Recommender, ScorerConfig, encode, split_prompt, yes_no_ids
+from models.recommender import Candidate, Recommender, ScorerConfig, full_inputs, yes_no_ids
 from models.registry import LoadedModel
 
 ADAPTER_METADATA = "mmsr-adapter.json"
@@ -95,18 +95,16 @@ def encode_example(lm: LoadedModel, yes: int, no: int, example: Example, caption
     The label sits on the answer word alone: it is the token the scorer reads, and the
     end-of-turn after it is predictable from the format and would only dilute the loss.
     """
-    head, tail, image = split_prompt(lm, example.user_part, example.candidate, caption_chars)
-    prefix = encode(lm, [head])
-    rest = encode(lm, [tail], [image] if image is not None else None)
-    answer = torch.tensor([[yes if example.label else no, lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
-                            if "<|im_end|>" in lm.tokenizer.get_vocab() else lm.tokenizer.eos_token_id]],
-                          device=lm.device)
-    ids = torch.cat([prefix["input_ids"], rest["input_ids"], answer], dim=1)[0]
+    prompt, extra = full_inputs(lm, example.user_part, example.candidate, caption_chars)
+    end_of_turn = lm.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in lm.tokenizer.get_vocab() \
+        else lm.tokenizer.eos_token_id
+    answer = torch.tensor([[yes if example.label else no, end_of_turn]], device=lm.device)
+    ids = torch.cat([prompt, answer], dim=1)[0]
     labels = torch.full_like(ids, -100)
     labels[-2] = ids[-2]
     out = {"input_ids": ids, "labels": labels}
-    if "pixel_values" in rest:
-        out["pixel_values"] = rest["pixel_values"][0]
+    if "pixel_values" in extra:
+        out["pixel_values"] = extra["pixel_values"][0]
     return out
 
 

@@ -383,12 +383,18 @@ def evaluate(out, preset, items, interactions, variants, **values):
 @click.option("--users", default=12, help="MovieLens users to replay")
 @click.option("--per-user", default=30, help="earliest interactions replayed per user")
 @click.option("--show", default=3, help="users to print")
+@click.option("--adapter", default="", help="LoRA adapter directory (mmsr train); default: adapters/mllm-msr/adapter "
+              "when it exists, else the zero-shot base model")
+@click.option("--rerank-candidates", default=20, help="retrieval candidates re-ranked per list")
 @one_line_errors
-def demo(data_dir, users, per_user, show):
-    """Broker, topics, worker, a MovieLens slice, top-10 lists with titles; then stop everything."""
+def demo(data_dir, users, per_user, show, adapter, rerank_candidates):
+    """Broker, topics, worker, a MovieLens slice, re-ranked top-10 lists with titles; then stop everything."""
     from streams.demo import run_demo
 
-    run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo)
+    if not adapter and (Path("adapters/mllm-msr/adapter") / "mmsr-adapter.json").is_file():
+        adapter = str(Path("adapters/mllm-msr/adapter").resolve())
+    run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo, adapter=adapter,
+             rerank_candidates=rerank_candidates)
 
 
 if __name__ == "__main__":

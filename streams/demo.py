@@ -10,10 +10,12 @@ from streams.process import WorkerProcess, wait_until
 from streams.settings import Settings
 
 
-def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print) -> dict[str, dict]:
-    """Summaries run with SmolLM2-135M on the CPU (short ones: 48 new tokens); item captions are
-    off here, since captioning all 1,682 items takes a CPU many minutes (MMSR_CAPTION_MODEL turns
-    them on)."""
+def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print,
+             adapter: str = "", rerank_candidates: int = 20) -> dict[str, dict]:
+    """Summaries and re-ranking run with SmolLM2-135M on the CPU (short summaries: 48 new tokens;
+    20 candidates re-ranked per list); item captions are off here, since captioning all 1,682
+    items takes a CPU many minutes (MMSR_CAPTION_MODEL turns them on). Without an adapter the
+    re-ranker is the zero-shot base model."""
     from models.data import movielens
     from streams import replay as rp
 
@@ -26,7 +28,10 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
     try:
         web_port = free_port()
         settings = Settings(data_dir=data_dir, bootstrap_servers=info.bootstrap, web_port=web_port,
-                            caption_model="none", summary_max_new_tokens=48)
+                            caption_model="none", summary_max_new_tokens=48, recommender_model="smollm2-135m-instruct",
+                            recommender_adapter=adapter, rerank_candidates=rerank_candidates)
+        echo(f"re-ranker: {settings.recommender_model} with "
+             + (f"the adapter in {adapter}" if adapter else "no adapter (zero-shot; `mmsr train` makes one)"))
         for name, outcome in create_topics(settings).items():
             echo(f"  topic {name}: {outcome}")
         echo(f"starting the worker (web on 127.0.0.1:{web_port}; first run converts SmolLM2 once) ...")
@@ -48,7 +53,9 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
             for h in state["history"][-5:]:
                 echo(f"    - {titles.get(h['item_id'], h['item_id'])}  (rated {h['value']:g})")
             echo(f"  preference summary v{state['summary_version']}: {state['summary']}")
-            echo(f"  top {len(lists[user_id]['items'])} ({lists[user_id]['strategy']}):")
+            chosen = lists[user_id]
+            echo(f"  top {len(chosen['items'])} ({chosen['strategy']}, {chosen['model']}; "
+                 f"{chosen.get('rerank', {}).get('candidates', 0)} candidates re-ranked):")
             for item in lists[user_id]["items"]:
                 echo(f"   {item['rank']:>2}. {titles.get(item['item_id'], item['item_id'])}  [{item['score']:.3f}]")
         echo(f"\nmetrics: {int(worker.metric('events_applied_total'))} events applied, "

@@ -49,3 +49,19 @@ def test_window_is_cut_to_whole_blocks():
     (case,) = build_cases(data, EvalConfig(users=1, window=9, block=3, seeds=(0,)))
     assert case.history == [str(i) for i in range(7)]
     assert case.window == [str(i) for i in range(1, 7)]  # 7 history items: the oldest one is dropped
+
+
+def test_dataset_from_event_logs_orders_by_time_and_drops_unknown_items(tmp_path):
+    import json
+
+    items = [{"item_id": i, "title": f"T{i}", "categories": ["x"], "event_time": "2026-01-01T00:00:00Z"}
+             for i in ("a", "b", "c")]
+    events = [("u1", "b", "2026-01-03T00:00:00Z"), ("u1", "a", "2026-01-02T00:00:00+00:00"),
+              ("u1", "zzz", "2026-01-04T00:00:00Z"), ("u2", "c", "2026-01-01T00:00:00Z"),
+              ("u1", "a", "2026-01-05T00:00:00Z")]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    (tmp_path / "inter.jsonl").write_text("\n".join(
+        json.dumps({"user_id": u, "item_id": i, "type": "click", "event_time": t}) for u, i, t in events))
+    data = Dataset.from_events(tmp_path / "items.jsonl", tmp_path / "inter.jsonl")
+    assert data.sequences == {"u1": ["a", "b"], "u2": ["c"]}  # time order, unknown item dropped, repeat kept once
+    assert data.items["a"]["title"] == "Ta"
