@@ -495,25 +495,30 @@ class Worker:
     # -- recommendations --------------------------------------------------------------------
     def on_summaries(self, events) -> None:
         """A fresh summary re-ranks its user's list at once, with that summary (the state record
-        written in the same batch may not be readable yet when the event arrives)."""
+        written in the same batch may not be readable yet when the event arrives). An event that
+        is not a readable summary is skipped and counted, never fatal."""
         for event in events:
             message = event.message
             try:
-                summary = json.loads(message.value)
-                user_id, trigger_info = summary["user_id"], summary.get("trigger") or {}
-            except (ValueError, KeyError, TypeError) as exc:
+                self.on_summary(message)
+            except (ValueError, KeyError, TypeError, AttributeError, schemas.InvalidEvent) as exc:
+                self.metrics.inc("summary_events_skipped_total")
                 log.warning("unreadable summary event %s[%d]@%d: %s", message.topic, message.partition,
                             message.offset, exc)
-                continue
-            event_time = trigger_info.get("event_time")
-            if event_time and not self.is_fresh(event_time):
-                continue  # backfill: the end marker owes the user one list
-            self.fresh_summaries[user_id] = (summary["summary"], summary["summary_version"])
-            stamp = trigger_info.get("timestamp")
-            trigger = Trigger(trigger_info.get("topic", message.topic), trigger_info.get("partition", message.partition),
-                              trigger_info.get("offset", message.offset), event_time, "summary",
-                              stamp if stamp is not None else message.timestamp)
-            self.debouncer.schedule(user_id, trigger, 0.0)
+
+    def on_summary(self, message) -> None:
+        summary = schemas.parse("user_summary", message.value)
+        trigger_info = summary.get("trigger") or {}
+        event_time = trigger_info.get("event_time")
+        if event_time and not self.is_fresh(event_time):
+            return  # backfill: the end marker owes the user one list
+        user_id = summary["user_id"]
+        self.fresh_summaries[user_id] = (summary["summary"], summary["summary_version"])
+        stamp = trigger_info.get("timestamp")
+        trigger = Trigger(trigger_info.get("topic", message.topic), trigger_info.get("partition", message.partition),
+                          trigger_info.get("offset", message.offset), event_time, "summary",
+                          stamp if stamp is not None else message.timestamp)
+        self.debouncer.schedule(user_id, trigger, 0.0)
 
     def candidates_for(self, state: UserState, k: int) -> tuple[str, list]:
         self.ensure_popularity()
