@@ -58,6 +58,9 @@ class EvalConfig:
 PRESETS = {
     # the documented CPU default: 32 users, 2 negative seeds; under an hour on a 2-core machine
     "default": EvalConfig(),
+    # for a GPU machine: every user, a longer window (more training pairs), three seeds
+    "gpu": EvalConfig(users=0, window=18, seeds=(0, 1, 2), caption_tokens=64, summary_tokens=128,
+                      generation_batch=128, epochs=3, train_batch=16),
     # what the tests run: a tiny random LLaVA as the LLM, a handful of users
     "smoke": EvalConfig(model="tiny-random-llava", users=6, window=6, seeds=(0, 1), caption_tokens=4,
                         summary_tokens=6, epochs=1, train_batch=4, sasrec_epochs=3, bootstrap=50),

@@ -319,7 +319,7 @@ EVAL_FIELDS = ("model", "users", "window", "block", "seeds", "caption_tokens", "
 @main.command()
 @click.option("--out", default="adapters/mllm-msr", type=click.Path(path_type=Path),
               help="run directory: checkpoints while training, then adapter/ (watch it with MMSR_RECOMMENDER_ADAPTER)")
-@click.option("--preset", type=click.Choice(["default", "smoke"]), default="default", help="protocol settings")
+@click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default", help="protocol settings")
 @click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
               help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
 @click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
@@ -348,8 +348,9 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, ta
 @main.command("eval")
 @click.option("--out", default="eval-results", type=click.Path(path_type=Path),
               help="results.json, results.md, results.png and the trained adapters")
-@click.option("--preset", type=click.Choice(["default", "smoke"]), default="default",
-              help="'default': the documented CPU run; 'smoke': tiny model, a few users (tests)")
+@click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default",
+              help="'default': the documented CPU run; 'gpu': every user, longer window; 'smoke': tiny model, a few "
+                   "users (tests)")
 @click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
               help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
 @click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
