@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--caption-tokens", type=int, default=32)
     parser.add_argument("--users-per-batch", type=int, default=8)
     parser.add_argument("--rows-per-batch", type=int, default=64)
+    parser.add_argument("--note", default="", help="recorded with the figures (e.g. what else ran on the machine)")
     parser.add_argument("--out", default="bench/results/scoring.json")
     args = parser.parse_args()
 
@@ -110,7 +111,7 @@ def main() -> None:
         "model": args.model, "device": "cpu", "dtype": "float32",
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "users": args.users, "candidates_per_user": args.candidates, "caption_tokens": args.caption_tokens,
+        "note": args.note, "users": args.users, "candidates_per_user": args.candidates, "caption_tokens": args.caption_tokens,
         "users_per_batch": args.users_per_batch, "rows_per_batch": args.rows_per_batch,
         "user_parts": {name: compare(recommender, requests) for name, requests in sets.items()},
     }
