@@ -72,12 +72,12 @@ def candidate_text(candidate: Candidate, caption_chars: int) -> str:
                                  candidate.description, caption)
 
 
-def split_prompt(lm: LoadedModel, user_part: str, candidate: Candidate, caption_chars: int,
-                 answer: str = "") -> tuple[str, str, object | None]:
+def split_prompt(lm: LoadedModel, user_part: str, candidate: Candidate,
+                 caption_chars: int) -> tuple[str, str, object | None]:
     """The rendered prompt cut at the candidate: (shared prefix, candidate part, image or None)."""
     with_image = lm.is_vision and candidate.image is not None
     messages = prompts.recommend_messages(user_part, candidate_text(candidate, caption_chars), with_image)
-    rendered = render(lm, messages) + answer
+    rendered = render(lm, messages)
     head, tail = rendered.split(prompts.CANDIDATE_SPLIT)
     return head, tail, candidate.image if with_image else None
 
