@@ -252,7 +252,12 @@ class LocalKafka:
             return False
 
 
-def _cluster_id() -> str:
+def _cluster_id(random_bytes=lambda: uuid.uuid4().bytes) -> str:
+    """A Kafka-style base64 cluster id. Like Kafka's own Uuid.randomUuid, ids that begin
+    with '-' are drawn again: kafka-storage would read one (1 draw in 64) as an option."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
