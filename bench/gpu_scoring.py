@@ -38,10 +38,10 @@ def peak_flops(name: str) -> float | None:
     return None
 
 
-def build_lm(tiny: bool, device, dtype) -> registry.LoadedModel:
+def build_lm(tiny: bool, device, dtype, tokenizer_dir: str | None = None) -> registry.LoadedModel:
     from transformers import AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(registry.smollm2_dir())
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or registry.smollm2_dir())
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tokenizer.padding_side = "left"
     config = llava_config(tiny)
@@ -118,12 +118,14 @@ def main() -> None:
     parser.add_argument("--rows-per-batch", type=int, default=64)
     parser.add_argument("--naive-users", type=int, default=4, help="users timed in the naive loop (it is slow)")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--tokenizer", help="a directory holding SmolLM2's tokenizer files; default: the packaged "
+                                            "model's (a GPU machine without the package needs only these files)")
     parser.add_argument("--out", default="bench/results/gpu_scoring.json")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    lm = build_lm(args.tiny, device, dtype)
+    lm = build_lm(args.tiny, device, dtype, args.tokenizer)
     size = lm.model.config.vision_config.image_size
     recommender = Recommender(lm, ScorerConfig(users_per_batch=args.users_per_batch,
                                                rows_per_batch=args.rows_per_batch))
