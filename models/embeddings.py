@@ -6,7 +6,6 @@ this model, so cosine similarity is a dot product.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 
+import schemas
+from streams.kafka.client import read_all
+
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi"]
 
 
@@ -28,3 +31,8 @@ def interactions(users: int = 5, per_user: int = 4, n_items: int = 36) -> list[d
 
 def decode(messages) -> list[dict]:
     return [json.loads(m.value()) for m in messages]
+
+
+def topic_events(env, topic: str, schema: str, timeout: float = 20) -> list[dict]:
+    """Every event on ``topic``, each checked against its JSON schema (a bad event fails the test)."""
+    return [schemas.validate(schema, event) for event in decode(read_all(env.bootstrap_servers, topic, timeout=timeout))]

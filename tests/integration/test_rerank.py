@@ -1,16 +1,14 @@
 """The re-ranker in the stream, on the real broker: summary event -> re-ranked list -> adapter swap."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-import schemas
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest
 from models.training import LoraSettings, attach_lora, load_adapter, save_adapter
-from streams.kafka.client import InteractionProducer, ItemProducer, read_all
+from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until
 from tests.integration import helpers
 
@@ -32,9 +30,7 @@ def make_adapter(directory, version: str, seed: int) -> None:
 
 
 def recommendations(env, user: str) -> list[dict]:
-    return [schemas.validate("recommendation", json.loads(m.value()))
-            for m in read_all(env.bootstrap_servers, env.topic_recommendations, timeout=20)
-            if json.loads(m.value())["user_id"] == user]
+    return [r for r in helpers.topic_events(env, env.topic_recommendations, "recommendation") if r["user_id"] == user]
 
 
 def test_summary_event_gives_a_reranked_list_and_a_new_adapter_changes_the_version(topic_factory, worker_factory,

@@ -1,12 +1,10 @@
 """Captions and recurrent summaries inside the worker, on the real broker, with the real SmolLM2-135M."""
 from __future__ import annotations
 
-import json
 
 import pytest
 
-import schemas
-from streams.kafka.client import InteractionProducer, ItemProducer, read_all
+from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until
 from tests.integration import helpers
 
@@ -16,8 +14,7 @@ LLM = "smollm2-135m-instruct"
 
 
 def summary_events(env) -> list[dict]:
-    return [schemas.validate("user_summary", json.loads(m.value()))
-            for m in read_all(env.bootstrap_servers, env.topic_user_summaries, timeout=20)]
+    return helpers.topic_events(env, env.topic_user_summaries, "user_summary")
 
 
 def state_when(worker, user: str, predicate, timeout=300):
