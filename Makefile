@@ -39,6 +39,8 @@ demo: setup
 bench: setup
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.summaries
+	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.rerank_latency
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo
