@@ -57,7 +57,7 @@ class EvalConfig:
 
 PRESETS = {
     # the documented CPU default: 16 users, 2 negative seeds, every variant; sized to finish within an
-    # hour on a 2-core machine (32 users, two variants, captions cached: 61 min there, partly contended)
+    # hour on a 2-core machine (measured: 40.9 min, cold caches; bench/results/eval_ml100k_default)
     "default": EvalConfig(),
     # for a GPU machine: every user, a longer window (more training pairs), three seeds
     "gpu": EvalConfig(users=0, window=18, seeds=(0, 1, 2), caption_tokens=64, summary_tokens=128,
