@@ -111,7 +111,8 @@ def main() -> None:
         "model": args.model, "device": "cpu", "dtype": "float32",
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
-        "note": args.note, "users": args.users, "candidates_per_user": args.candidates, "caption_tokens": args.caption_tokens,
+        "note": args.note, "users": args.users, "candidates_per_user": args.candidates,
+        "caption_tokens": args.caption_tokens,
         "users_per_batch": args.users_per_batch, "rows_per_batch": args.rows_per_batch,
         "user_parts": {name: compare(recommender, requests) for name, requests in sets.items()},
     }

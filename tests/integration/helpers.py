@@ -35,4 +35,5 @@ def decode(messages) -> list[dict]:
 
 def topic_events(env, topic: str, schema: str, timeout: float = 20) -> list[dict]:
     """Every event on ``topic``, each checked against its JSON schema (a bad event fails the test)."""
-    return [schemas.validate(schema, event) for event in decode(read_all(env.bootstrap_servers, topic, timeout=timeout))]
+    events = decode(read_all(env.bootstrap_servers, topic, timeout=timeout))
+    return [schemas.validate(schema, event) for event in events]

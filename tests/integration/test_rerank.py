@@ -1,7 +1,6 @@
 """The re-ranker in the stream, on the real broker: summary event -> re-ranked list -> adapter swap."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

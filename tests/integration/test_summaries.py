@@ -1,7 +1,6 @@
 """Captions and recurrent summaries inside the worker, on the real broker, with the real SmolLM2-135M."""
 from __future__ import annotations
 
-
 import pytest
 
 from streams.kafka.client import InteractionProducer, ItemProducer
