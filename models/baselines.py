@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.device import pick_device
+
 
 class RandomScorer:
     def __init__(self, seed: int = 0):
@@ -45,6 +47,7 @@ class SASRecConfig:
     batch_size: int = field(default=128, metadata={"help": "sequences per step"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     seed: int = field(default=0, metadata={"help": "initialisation, batches and negatives"})
+    device: str = field(default="cpu", metadata={"help": "torch device ('auto': CUDA when present)"})
 
 
 class SASRec(nn.Module):
@@ -75,7 +78,8 @@ class SASRecScorer:
         vocabulary = sorted({i for seq in sequences.values() for i in seq})
         self.index = {item: n + 1 for n, item in enumerate(vocabulary)}
         torch.manual_seed(config.seed)
-        self.model = SASRec(len(vocabulary), config)
+        self.device = pick_device(config.device)
+        self.model = SASRec(len(vocabulary), config).to(self.device)
         self.losses = self._train([[self.index[i] for i in seq] for seq in sequences.values() if len(seq) > 1],
                                   progress)
 
@@ -88,8 +92,9 @@ class SASRecScorer:
 
         c, rng = self.config, random.Random(self.config.seed)
         n_items = len(self.index)
-        inputs = torch.tensor([self._pad(s[:-1]) for s in seqs])
-        targets = torch.tensor([self._pad(s[1:]) for s in seqs])
+        inputs = torch.tensor([self._pad(s[:-1]) for s in seqs], device=self.device)
+        target_rows = [self._pad(s[1:]) for s in seqs]  # host copy: negatives are drawn in Python
+        targets = torch.tensor(target_rows, device=self.device)
         seen = [set(s) for s in seqs]
         optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(0.9, 0.98))
         losses = []
@@ -101,8 +106,8 @@ class SASRecScorer:
             for start in range(0, len(order), c.batch_size):
                 rows = order[start:start + c.batch_size]
                 x, pos = inputs[rows], targets[rows]
-                neg = torch.tensor([[self._negative(rng, seen[r], n_items) if p else 0 for p in targets[r].tolist()]
-                                    for r in rows])
+                neg = torch.tensor([[self._negative(rng, seen[r], n_items) if p else 0 for p in target_rows[r]]
+                                    for r in rows], device=self.device)
                 h = self.model(x)
                 pos_logit = (h * self.model.items(pos)).sum(-1)
                 neg_logit = (h * self.model.items(neg)).sum(-1)
@@ -126,9 +131,9 @@ class SASRecScorer:
 
     @torch.no_grad()
     def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
-        seq = torch.tensor([self._pad([self.index[i] for i in history if i in self.index])])
+        seq = torch.tensor([self._pad([self.index[i] for i in history if i in self.index])], device=self.device)
         h = self.model(seq)[0, -1]
-        ids = torch.tensor([self.index.get(c, 0) for c in candidates])
+        ids = torch.tensor([self.index.get(c, 0) for c in candidates], device=self.device)
         scores = self.model.items(ids) @ h
         # an item never seen in training has no embedding: it ranks last
         scores[ids == 0] = -1e9

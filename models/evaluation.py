@@ -4,7 +4,8 @@ Protocol (per selected user, items in time order): the last item is the test pos
 history before it is cut to its most recent ``window`` items and summarized recurrently in
 blocks of ``block`` items, giving summaries S_1..S_T. The test prompt uses S_T. Training pairs
 come from the history only: S_t with the first item of block t+1 as the positive and one
-sampled item the user never touched as the negative (1:1). Test candidates: the positive and 20
+sampled item the user never touched as the negative (1:1); ``next_items`` > 1 takes more of block
+t+1's items as positives after S_t, each with its own negative (more pairs, no more summaries). Test candidates: the positive and 20
 sampled never-touched items per seed. Every model scores the same candidates.
 
 Models in one run: random, popularity and SASRec (trained on every user's history, test items
@@ -37,6 +38,8 @@ class EvalConfig:
     users: int = field(default=16, metadata={"help": "users evaluated (a seeded sample; 0: every eligible user)"})
     window: int = field(default=9, metadata={"help": "most recent history items summarized"})
     block: int = field(default=3, metadata={"help": "items per recurrent block (B)"})
+    next_items: int = field(default=1, metadata={
+        "help": "training positives per summary S_t: the first n items of block t+1, each with one negative"})
     seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the test negatives"})
     negatives: int = field(default=20, metadata={"help": "sampled negatives per test positive"})
     recent_titles: int = field(default=10, metadata={"help": "titles in the TALLRec-style prompt"})
@@ -143,8 +146,8 @@ def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
         blocks = len(window) // config.block
         pairs = []
         for t in range(blocks - 1):
-            positive = window[(t + 1) * config.block]
-            pairs.append((t, positive, sample_negatives(rng, catalog, touched, 1)[0]))
+            for positive in window[(t + 1) * config.block:][:min(config.next_items, config.block)]:
+                pairs.append((t, positive, sample_negatives(rng, catalog, touched, 1)[0]))
         cases.append(UserCase(user, history, window, test_item, negatives, pairs))
     return cases
 
@@ -297,13 +300,12 @@ def evaluate_scores(cases: list[UserCase], scores: dict[str, dict[str, float]], 
     names = list(per_user[0])
     matrix = np.array([[row[k] for k in names] for row in per_user])
 
+    # one row per user: every seed's positive then its negatives (the same shape for every user)
+    values = np.array([[v for p, n in lists for v in [p, *n]] for lists in pos_neg])
+    labels = np.array([[v for p, n in lists for v in [True] + [False] * len(n)] for lists in pos_neg])
+
     def global_auc(users: np.ndarray) -> float:
-        values, labels = [], []
-        for u in users:
-            for p, n in pos_neg[int(u)]:
-                values += [p] + list(n)
-                labels += [1] + [0] * len(n)
-        return auc(values, labels)
+        return auc(values[users].ravel(), labels[users].ravel())
 
     out = {"auc": {"value": global_auc(np.arange(len(cases))),
                    "ci95": bootstrap_interval(np.arange(len(cases)), global_auc, samples=bootstrap)}}
@@ -339,23 +341,45 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t, 1)
         return result
 
+    summaries: dict[str, dict[str, list[str]]] = {}
+    training: dict[str, dict] = {}
+    metrics: dict[str, dict] = {}
+
+    def write_report() -> dict:
+        """Rewritten after every model, so a run stopped part-way keeps the models it finished."""
+        for name in scores.keys() - metrics.keys():
+            metrics[name] = evaluate_scores(cases, scores[name], config.seeds, config.bootstrap)
+        report = {
+            "dataset": dataset_name, "config": _jsonable(config), "users": [c.user_id for c in cases],
+            "metrics": metrics, "training": training, "seconds": timings,
+            "total_seconds": round(time.time() - started, 1), "git_revision": git_revision(),
+            "example_summaries": {c.user_id: summaries["recurrent"][c.user_id][-1]
+                                  for c in cases[:3] if "recurrent" in summaries},
+        }
+        (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out_dir / "results.md").write_text(markdown_table(report))
+        chart(report, out_dir / "results.png")
+        return report
+
     # baselines: trained on every user's history (test items excluded)
     train_sequences = {u: seq[:-1] for u, seq in data.sequences.items()}
     baselines = {"random": RandomScorer(config.seed), "popularity": PopularityScorer(train_sequences),
                  "sasrec": clock("sasrec", SASRecScorer, train_sequences,
-                                 SASRecConfig(epochs=config.sasrec_epochs, seed=config.seed))}
+                                 SASRecConfig(epochs=config.sasrec_epochs, seed=config.seed,
+                                              device=config.device))}
     for name, scorer in baselines.items():
         scores[name] = {}
         for case in cases:
             items = case.candidates()
             scores[name][case.user_id] = dict(zip(items, scorer.score(case.user_id, case.history, items)))
+    write_report()
 
     lm = registry.load(config.model, device=config.device)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
     needed = {i for c in cases for i in c.window + c.candidates() + [p for _, p, n in c.train_pairs]
               + [n for _, p, n in c.train_pairs]}
     clock("captions", texts.caption_all, needed)
-    summaries = {"recurrent": clock("summaries", texts.summaries, cases, "recurrent", True)}
+    summaries["recurrent"] = clock("summaries", texts.summaries, cases, "recurrent", True)
     if "direct-summary" in config.variants:
         summaries["direct"] = clock("summaries", texts.summaries, cases, "direct", True)
     if "no-captions" in config.variants:
@@ -366,8 +390,9 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     def score_all(name: str, recommender, requests) -> None:
         result = clock(f"scoring:{name}", recommender.score, requests)
         scores[name] = {c.user_id: dict(zip(c.candidates(), s)) for c, s in zip(cases, result)}
+        write_report()
+        log(f"{name}: scored; {out_dir / 'results.md'} updated")
 
-    training = {}
     if config.zero_shot:
         _, requests = variant_prompts("mllm-msr", texts, cases, summaries["recurrent"])
         score_all("zero-shot", Recommender(lm), requests)
@@ -385,19 +410,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         recommender = load_adapter(registry.load(config.model, device=config.device),
                                    out_dir / "adapters" / name / "adapter")
         score_all(name, recommender, requests)
-
-    metrics = {name: evaluate_scores(cases, model_scores, config.seeds, config.bootstrap)
-               for name, model_scores in scores.items()}
-    report = {
-        "dataset": dataset_name, "config": _jsonable(config), "users": [c.user_id for c in cases], "metrics": metrics,
-        "training": training, "seconds": timings, "total_seconds": round(time.time() - started, 1),
-        "git_revision": git_revision(),
-        "example_summaries": {c.user_id: summaries["recurrent"][c.user_id][-1] for c in cases[:3]},
-    }
-    (out_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "results.md").write_text(markdown_table(report))
-    chart(report, out_dir / "results.png")
-    return report
+    return write_report()
 
 
 def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | None = None,

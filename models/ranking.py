@@ -16,15 +16,12 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ascending, ties sharing the mean of their positions."""
     values = np.asarray(values, dtype=np.float64)
     order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
     sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    new_group = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    starts = np.flatnonzero(new_group)
+    ends = np.r_[starts[1:], len(values)] - 1
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = ((starts + ends) / 2 + 1)[np.cumsum(new_group) - 1]
     return ranks
 
 

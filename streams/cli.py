@@ -311,7 +311,7 @@ def event_data(items, interactions):
     return Dataset.from_events(items, interactions)
 
 
-EVAL_FIELDS = ("model", "users", "window", "block", "seeds", "caption_tokens", "summary_tokens", "epochs",
+EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "caption_tokens", "summary_tokens", "epochs",
                "train_batch", "grad_accum", "lr", "seed", "device")
 
 

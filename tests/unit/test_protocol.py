@@ -31,6 +31,17 @@ def test_leave_last_out_with_summarized_window_and_pairs():
         assert candidates[0] == case.test_item and len(candidates) == len(set(candidates))
 
 
+def test_next_items_adds_pairs_from_the_next_block_without_moving_the_first_ones():
+    data = dataset()
+    one = build_cases(data, EvalConfig(users=10, window=9, block=3, seeds=(0,)))
+    three = build_cases(data, EvalConfig(users=10, window=9, block=3, seeds=(0,), next_items=3))
+    for a, b in zip(one, three):
+        assert a.test_negatives == b.test_negatives
+        assert [(t, p) for t, p, _ in b.train_pairs] == [(t, b.window[(t + 1) * 3 + k]) for t in (0, 1) for k in range(3)]
+        assert not {n for _, _, n in b.train_pairs} & set(data.sequences[b.user_id])
+        assert [p for _, p, _ in a.train_pairs] == [b.window[3], b.window[6]]
+
+
 def test_cases_are_reproducible_and_negatives_do_not_depend_on_the_user_sample():
     data = dataset()
     a = build_cases(data, EvalConfig(users=10, window=9, seeds=(0,)))
