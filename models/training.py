@@ -89,15 +89,24 @@ def attach_lora(lm: LoadedModel, lora: LoraSettings, seed: int = 0) -> torch.nn.
     return get_peft_model(lm.model, config)
 
 
-def encode_example(lm: LoadedModel, yes: int, no: int, example: Example, caption_chars: int) -> dict:
+def end_of_turn_id(tokenizer) -> int:
+    """ChatML's end-of-turn token where the vocabulary has it, else end-of-sequence.
+
+    Looked up once per run: building the vocabulary dict costs ~50 ms per call.
+    """
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return end if isinstance(end, int) and end != tokenizer.unk_token_id else tokenizer.eos_token_id
+
+
+def encode_example(lm: LoadedModel, answers: tuple[int, int, int], example: Example, caption_chars: int) -> dict:
     """Token ids as the scorer builds them, then the answer word and end-of-turn.
 
-    The label sits on the answer word alone: it is the token the scorer reads, and the
-    end-of-turn after it is predictable from the format and would only dilute the loss.
+    ``answers`` is (Yes, No, end-of-turn). The label sits on the answer word alone: it is the
+    token the scorer reads, and the end-of-turn after it is predictable from the format and
+    would only dilute the loss.
     """
+    yes, no, end_of_turn = answers
     prompt, extra = full_inputs(lm, example.user_part, example.candidate, caption_chars)
-    end_of_turn = lm.tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in lm.tokenizer.get_vocab() \
-        else lm.tokenizer.eos_token_id
     answer = torch.tensor([[yes if example.label else no, end_of_turn]], device=lm.device)
     ids = torch.cat([prompt, answer], dim=1)[0]
     labels = torch.full_like(ids, -100)
@@ -157,8 +166,8 @@ def train(lm: LoadedModel, examples: list[Example], out_dir: Path, lora: LoraSet
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = attach_lora(lm, lora, config.seed)
-    yes, no = yes_no_ids(lm.tokenizer)
-    encoded = [encode_example(lm, yes, no, e, config.caption_chars) for e in examples]
+    answers = (*yes_no_ids(lm.tokenizer), end_of_turn_id(lm.tokenizer))
+    encoded = [encode_example(lm, answers, e, config.caption_chars) for e in examples]
     plan = optimizer_steps(len(examples), config)
     total = len(plan)
     params = [p for p in model.parameters() if p.requires_grad]
