@@ -1,14 +1,18 @@
 """LoRA fine-tuning on a tiny split: the loss falls, the adapter saves, reloads and scores the same."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from models import prompts, registry
-from models.recommender import Candidate, Recommender, ScoreRequest
-from models.training import (ADAPTER_METADATA, Example, LoraSettings, TrainConfig, attach_lora, load_adapter,
-                             optimizer_steps, train)
+from models.recommender import Candidate, Recommender, ScoreRequest, full_inputs, yes_no_ids
+from models.training import (ADAPTER_METADATA, Example, LoraSettings, TrainConfig, answer_loss, attach_lora, collate,
+                             encode_example, load_adapter, optimizer_steps, train)
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +44,38 @@ def test_training_lowers_the_loss_and_the_reloaded_adapter_scores_the_same(tmp_p
     assert max(abs(a - b) for a, b in zip(trained, base)) > 1e-3  # the adapter is really applied
     # six steps on a 2-core CPU teach mostly the prior, but the seen positives already lead
     assert sum(trained[:4]) / 4 - sum(trained[4:]) / 4 > 0.02, trained
+
+
+def reference_loss(lm, example: Example) -> float:
+    """The causal-LM loss of prompt + answer with the labels masked to the answer token (no padding)."""
+    yes, no = yes_no_ids(lm.tokenizer)
+    prompt, extra = full_inputs(lm, example.user_part, example.candidate, 600)
+    answer = torch.tensor([[yes if example.label else no]])
+    ids = torch.cat([prompt, answer], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[0, -1] = ids[0, -1]
+    with torch.no_grad():
+        return float(lm.model(input_ids=ids, labels=labels, **extra).loss)
+
+
+@pytest.mark.parametrize("model", ["smollm2", "tiny_llava"])
+def test_answer_loss_on_a_padded_batch_equals_the_masked_causal_lm_loss(model, request):
+    lm = request.getfixturevalue(model)
+    rng = np.random.default_rng(0)
+    examples = [Example(LIKES if i % 2 else prompts.user_recent_items(["Heat (1995)"] * (i + 1)),
+                        dataclasses.replace(c, caption="A long caption. " * i,
+                                            image=Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8))
+                                            if lm.is_vision and i % 3 else None), i % 2 == 0)
+                for i, c in enumerate(POSITIVES + NEGATIVES)]
+    answers = yes_no_ids(lm.tokenizer)
+    batch = collate([encode_example(lm, answers, e, 600) for e in examples], lm.tokenizer.pad_token_id)
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) > 1  # rows of different lengths, left padded
+    if lm.is_vision:
+        assert batch["pixel_values"].shape[0] == sum(e.candidate.image is not None for e in examples) > 0
+    with torch.no_grad():
+        batched = float(answer_loss(lm.model, batch))
+    expected = sum(reference_loss(lm, e) for e in examples) / len(examples)
+    assert abs(batched - expected) < 1e-4, (batched, expected)
 
 
 class Interrupted(Exception):
