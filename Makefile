@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.summaries
 	$(BIN)/python -m bench.scoring
+	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.rerank_latency
 
 clean:
