@@ -142,10 +142,11 @@ def user_recent_items(items: list[str]) -> str:
 def recommend_messages(user_part: str, candidate: str, with_image: bool) -> list[dict]:
     """User part, then the candidate (its image first for a vision model), then the question.
 
-    ``CANDIDATE_SPLIT`` marks the end of the part shared by all of a user's candidates.
+    ``CANDIDATE_SPLIT`` marks the end of the part shared by all of a user's candidates, which runs
+    to the opening of the candidate's data block: every candidate's prompt is the same up to there.
     """
-    head = f"{RECOMMEND_INSTRUCTION}\n\n{user_part}\n\n{CANDIDATE_SPLIT}"
-    tail = f"Candidate: {data(candidate, 2400)}\n{RECOMMEND_QUESTION}"
+    head = f"{RECOMMEND_INSTRUCTION}\n\n{user_part}\n\nCandidate: <data>{CANDIDATE_SPLIT}"
+    tail = f"{clean(candidate, 2400)}</data>\n{RECOMMEND_QUESTION}"
     if with_image:
         return [{"role": "user", "content": [{"type": "text", "text": head}, {"type": "image"},
                                              {"type": "text", "text": tail}]}]

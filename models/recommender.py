@@ -158,9 +158,10 @@ class Recommender:
         rows = [(u, c, tail, image) for u, user_pieces in enumerate(pieces)
                 for c, (_, tail, image) in enumerate(user_pieces)]
         out = [[0.0] * len(p) for p in pieces]
-        # the processor takes images for all rows of a call or none
+        # the processor takes images for all rows of a call or none; rows of like length share a
+        # forward, so little of it is padding (the candidate parts differ by their captions)
         for with_image in (False, True):
-            group = [row for row in rows if (row[3] is not None) == with_image]
+            group = sorted((row for row in rows if (row[3] is not None) == with_image), key=lambda row: len(row[2]))
             for start in range(0, len(group), self.config.rows_per_batch):
                 batch = group[start:start + self.config.rows_per_batch]
                 probs = self._score_rows(batch, layers, mask, lengths)
