@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from models import attention
 from models.device import pick_device, pick_dtype
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -200,15 +201,17 @@ def load(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     path = resolve(name)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    # on the CPU, grouped K/V stay grouped under padding masks (models/attention.py)
+    options = {"dtype": dt, "attn_implementation": attention.register()} if dev.type == "cpu" else {"dtype": dt}
     try:
         if is_vision_language(path):
             processor = AutoProcessor.from_pretrained(path)
             tokenizer = processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dt)
+            model = AutoModelForImageTextToText.from_pretrained(path, **options)
         else:
             processor = None
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+            model = AutoModelForCausalLM.from_pretrained(path, **options)
     except OSError as exc:
         raise ModelError(f"cannot load model {name!r} ({path}): {exc}") from None
     if tokenizer.pad_token is None:
