@@ -15,6 +15,8 @@ import numpy as np
 def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks, ascending, ties sharing the mean of their positions."""
     values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return values
     order = np.argsort(values, kind="mergesort")
     sorted_values = values[order]
     new_group = np.r_[True, sorted_values[1:] != sorted_values[:-1]]

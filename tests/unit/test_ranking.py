@@ -59,3 +59,12 @@ def test_bootstrap_interval_brackets_the_mean():
     low, high = bootstrap_interval(values, np.mean, samples=500)
     assert low < values.mean() < high
     assert high - low == pytest.approx(2 * 1.96 * values.std() / math.sqrt(400), rel=0.25)
+
+
+def test_average_ranks_match_the_mean_position_of_each_tie_group():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = rng.integers(0, 5, rng.integers(1, 30)).astype(float)
+        brute = [((values < v).sum() + 1 + (values <= v).sum()) / 2 for v in values]
+        assert np.allclose(average_ranks(values), brute)
+    assert average_ranks([]).size == 0
