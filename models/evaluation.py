@@ -5,8 +5,8 @@ history before it is cut to its most recent ``window`` items and summarized recu
 blocks of ``block`` items, giving summaries S_1..S_T. The test prompt uses S_T. Training pairs
 come from the history only: S_t with the first item of block t+1 as the positive and one
 sampled item the user never touched as the negative (1:1); ``next_items`` > 1 takes more of block
-t+1's items as positives after S_t, each with its own negative (more pairs, no more summaries). Test candidates: the positive and 20
-sampled never-touched items per seed. Every model scores the same candidates.
+t+1's items as positives after S_t, each with its own negative (more pairs, no more summaries).
+Test candidates: the positive and 20 sampled never-touched items per seed. Every model scores the same candidates.
 
 Models in one run: random, popularity and SASRec (trained on every user's history, test items
 excluded), the zero-shot base LLM, the full pipeline (LoRA on recurrent summaries with item
@@ -148,7 +148,8 @@ def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
         blocks = len(window) // config.block
         pairs = []
         for t in range(blocks - 1):
-            for positive in window[(t + 1) * config.block:][:min(config.next_items, config.block)]:
+            start = (t + 1) * config.block
+            for positive in window[start:start + min(config.next_items, config.block)]:
                 pairs.append((t, positive, sample_negatives(rng, catalog, touched, 1)[0]))
         cases.append(UserCase(user, history, window, test_item, negatives, pairs))
     return cases
@@ -336,7 +337,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         f"{len(config.seeds)} seeds x {config.negatives} negatives")
     timings: dict[str, float] = {}
     scores: dict[str, dict[str, dict[str, float]]] = {}
-    machine = machine_info(config.device)
+    machine, revision = machine_info(config.device), git_revision()  # fixed for the run
 
     def clock(name, fn, *args):
         t = time.perf_counter()
@@ -355,7 +356,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         report = {
             "dataset": dataset_name, "config": _jsonable(config), "users": [c.user_id for c in cases],
             "metrics": metrics, "training": training, "seconds": timings,
-            "total_seconds": round(time.time() - started, 1), "git_revision": git_revision(), "machine": machine,
+            "total_seconds": round(time.time() - started, 1), "git_revision": revision, "machine": machine,
             "example_summaries": {c.user_id: summaries["recurrent"][c.user_id][-1]
                                   for c in cases[:3] if "recurrent" in summaries},
         }

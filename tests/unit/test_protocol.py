@@ -37,7 +37,8 @@ def test_next_items_adds_pairs_from_the_next_block_without_moving_the_first_ones
     three = build_cases(data, EvalConfig(users=10, window=9, block=3, seeds=(0,), next_items=3))
     for a, b in zip(one, three):
         assert a.test_negatives == b.test_negatives
-        assert [(t, p) for t, p, _ in b.train_pairs] == [(t, b.window[(t + 1) * 3 + k]) for t in (0, 1) for k in range(3)]
+        expected = [(t, b.window[(t + 1) * 3 + k]) for t in (0, 1) for k in range(3)]
+        assert [(t, p) for t, p, _ in b.train_pairs] == expected
         assert not {n for _, _, n in b.train_pairs} & set(data.sequences[b.user_id])
         assert [p for _, p, _ in a.train_pairs] == [b.window[3], b.window[6]]
 
