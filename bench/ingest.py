@@ -25,7 +25,7 @@ from streams import replay as rp
 from streams.kafka.admin import create_topics
 from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
-from streams.process import WorkerProcess, wait_until
+from streams.harness.process import WorkerProcess, wait_until
 from streams.settings import Settings
 
 

@@ -41,7 +41,7 @@ PARAGRAPH = (
 
 def build_requests(lm, users: int, candidates: int, caption_tokens: int, seed: int = 0):
     """Two request sets over the same candidates: paragraph-length and SmolLM2-written user parts."""
-    from models.item_summarizer import CaptionConfig, ItemInput, ItemSummarizer
+    from models.captioner import CaptionConfig, ItemInput, Captioner
     from models.user_summarizer import SummarizerConfig, UserSummarizer
 
     rng = random.Random(seed)
@@ -49,7 +49,7 @@ def build_requests(lm, users: int, candidates: int, caption_tokens: int, seed: i
     picks = [rng.sample(catalog, candidates) for _ in range(users)]
     histories = [rng.sample(catalog, 9) for _ in range(users)]
     flat = [item for pick in picks for item in pick]
-    captioner = ItemSummarizer(lm, CaptionConfig(max_new_tokens=caption_tokens, batch_size=32))
+    captioner = Captioner(lm, CaptionConfig(max_new_tokens=caption_tokens, batch_size=32))
     captions = captioner.caption([ItemInput(i["item_id"], i["title"], i["categories"]) for i in flat])
     cands = [Candidate(i["item_id"], i["title"], i["categories"], caption=c.text) for i, c in zip(flat, captions)]
     per_user = [cands[u * candidates:(u + 1) * candidates] for u in range(users)]

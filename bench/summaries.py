@@ -17,7 +17,7 @@ import torch
 
 from models import registry
 from models.data import movielens
-from models.item_summarizer import CaptionConfig, ItemInput, ItemSummarizer
+from models.captioner import CaptionConfig, ItemInput, Captioner
 from models.prompts import describe_item
 from models.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
 
@@ -60,7 +60,7 @@ def main() -> None:
     catalog = list(movielens.items())
     titles = {i["item_id"]: i for i in catalog}
 
-    captioner = ItemSummarizer(lm, CaptionConfig(max_new_tokens=args.caption_tokens, batch_size=args.batch_size))
+    captioner = Captioner(lm, CaptionConfig(max_new_tokens=args.caption_tokens, batch_size=args.batch_size))
     items = [ItemInput(i["item_id"], i["title"], i["categories"]) for i in catalog[:args.items]]
     caption = compare(lm, lambda xs: [c.text for c in captioner.caption(xs)], items, args.batch_size)
 

@@ -20,57 +20,14 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models import prompts
+from models import pipeline
+from models.eval_config import KS, LLM_VARIANTS, PRESETS, EvalConfig  # noqa: F401 (the protocol's settings)
 from models.ranking import auc, bootstrap_interval, user_metrics
-
-KS = (3, 5, 10)
-LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str = field(default="smollm2-135m-instruct", metadata={"help": "LLM for captions, summaries and scoring"})
-    users: int = field(default=16, metadata={"help": "users evaluated (a seeded sample; 0: every eligible user)"})
-    window: int = field(default=9, metadata={"help": "most recent history items summarized"})
-    block: int = field(default=3, metadata={"help": "items per recurrent block (B)"})
-    next_items: int = field(default=1, metadata={
-        "help": "training positives per summary S_t: the first n items of block t+1, each with one negative"})
-    seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the test negatives"})
-    negatives: int = field(default=20, metadata={"help": "sampled negatives per test positive"})
-    recent_titles: int = field(default=10, metadata={"help": "titles in the TALLRec-style prompt"})
-    caption_tokens: int = field(default=24, metadata={"help": "generated tokens per item caption"})
-    summary_tokens: int = field(default=64, metadata={"help": "generated tokens per summary"})
-    generation_batch: int = field(default=32, metadata={"help": "prompts per generation call"})
-    epochs: int = field(default=2, metadata={"help": "LoRA training epochs"})
-    train_batch: int = field(default=8, metadata={"help": "examples per forward in training"})
-    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
-    lr: float = field(default=5e-4, metadata={"help": "LoRA learning rate"})
-    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
-    variants: tuple[str, ...] = field(default=LLM_VARIANTS, metadata={"help": "LoRA-trained models to run"})
-    zero_shot: bool = field(default=True, metadata={"help": "also score with the base model, no adapter"})
-    seed: int = field(default=0, metadata={"help": "user sample, training negatives and training order"})
-    device: str = field(default="auto", metadata={"help": "torch device"})
-
-
-PRESETS = {
-    # the documented CPU default: 16 users, 2 negative seeds, every variant; sized to finish within an
-    # hour on a 2-core machine (measured: 40.9 min, cold caches; bench/results/eval_ml100k_default)
-    "default": EvalConfig(),
-    # for a GPU machine: 256 users, three pairs per summary (3,072 training examples per model), three
-    # seeds; measured on an H200 in bf16 (bench/results/eval_ml100k_gpu): baselines, zero-shot and two
-    # LoRA variants in 8 min; a further variant (training and scoring) in about 1.6 min
-    "gpu": EvalConfig(users=256, next_items=3, seeds=(0, 1, 2), caption_tokens=32, generation_batch=256,
-                      train_batch=32),
-    # what the tests run: a tiny random LLaVA as the LLM, a handful of users
-    "smoke": EvalConfig(model="tiny-random-llava", users=6, window=6, seeds=(0, 1), caption_tokens=4,
-                        summary_tokens=6, epochs=1, train_batch=4, sasrec_epochs=3, bootstrap=50),
-}
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -194,11 +151,11 @@ class Texts:
     """Captions and summaries for the protocol, batched and cached."""
 
     def __init__(self, lm, data: Dataset, config: EvalConfig, cache: TextCache, log):
-        from models.item_summarizer import CaptionConfig, ItemSummarizer
+        from models.captioner import CaptionConfig, Captioner
         from models.user_summarizer import SummarizerConfig, UserSummarizer
 
         self.lm, self.data, self.config, self.cache, self.log = lm, data, config, cache, log
-        self.captioner = ItemSummarizer(lm, CaptionConfig(max_new_tokens=config.caption_tokens,
+        self.captioner = Captioner(lm, CaptionConfig(max_new_tokens=config.caption_tokens,
                                                           batch_size=config.generation_batch))
         self.summarizer = UserSummarizer(lm, SummarizerConfig(block_size=config.block,
                                                               max_new_tokens=config.summary_tokens,
@@ -206,7 +163,7 @@ class Texts:
         self.captions: dict[str, str] = {}
 
     def caption_all(self, item_ids: set[str]) -> None:
-        from models.item_summarizer import ItemInput
+        from models.captioner import ItemInput
 
         keys = {i: self.cache.key(self.lm.name, "caption", self.config.caption_tokens, self.data.items[i])
                 for i in item_ids}
@@ -218,15 +175,17 @@ class Texts:
             inputs = [ItemInput(i, self.data.items[i]["title"], self.data.items[i]["categories"],
                                 self.data.items[i].get("description")) for i in chunk]
             for i, caption in zip(chunk, self.captioner.caption(inputs)):
-                self.cache.data[keys[i]] = caption.text
+                self.cache.data[keys[i]] = "" if caption.rejected else caption.text
             self.cache.save()
             self.log(f"captions: {min(start + step, len(todo))}/{len(todo)}")
         self.captions = {i: self.cache.data[keys[i]] for i in item_ids}
 
+    def record(self, item_id: str) -> dict:
+        """The item in the shape the stream stores it (``pipeline``'s input), with its caption."""
+        return {**self.data.items[item_id], "item_id": item_id, "caption": self.captions.get(item_id)}
+
     def item_text(self, item_id: str, captions: bool) -> str:
-        item = self.data.items[item_id]
-        return prompts.describe_item(item["title"], item["categories"], item.get("description"),
-                                     self.captions.get(item_id) if captions else None)
+        return pipeline.item_text(self.record(item_id), item_id, captions)
 
     def summaries(self, cases: list[UserCase], mode: str, captions: bool) -> dict[str, list[str]]:
         """S_1..S_T per user: recurrent (one batched step per block) or direct (each prefix of blocks at once)."""
@@ -252,40 +211,34 @@ class Texts:
 
 # -- the LLM variants -------------------------------------------------------------------------------
 def candidate(texts: Texts, item_id: str, captions: bool):
-    from models.recommender import Candidate
-
-    item = texts.data.items[item_id]
-    return Candidate(item_id, item["title"], item["categories"], item.get("description"),
-                     texts.captions.get(item_id) if captions else None)
+    return pipeline.candidate(texts.record(item_id), item_id, captions)
 
 
-def recent_titles(texts: Texts, items: list[str], n: int) -> str:
-    return prompts.user_recent_items([texts.data.items[i]["title"] for i in items[-n:]])
+def recent_titles(texts: Texts, items: list[str], n: int) -> list[str]:
+    return [texts.data.items[i]["title"] for i in items[-n:]]
 
 
 def variant_prompts(name: str, texts: Texts, cases: list[UserCase], summaries: dict) -> tuple[list, list]:
     """(training examples, test requests) of one variant."""
-    from models.recommender import ScoreRequest
     from models.training import Example
 
     captions = name not in ("no-captions", "tallrec-style")  # TALLRec reads titles, as in its paper
+    tallrec = name == "tallrec-style"
     examples, requests = [], []
     for case in cases:
-        if name == "tallrec-style":
-            for t, positive, negative in case.train_pairs:
-                before = case.history[:case.history.index(positive)]
-                part = recent_titles(texts, before, texts.config.recent_titles)
-                examples += [Example(part, candidate(texts, positive, captions), True),
-                             Example(part, candidate(texts, negative, captions), False)]
-            part = recent_titles(texts, case.history, texts.config.recent_titles)
-        else:
-            user_summaries = summaries[case.user_id]
-            for t, positive, negative in case.train_pairs:
-                part = prompts.user_preferences(user_summaries[t])
-                examples += [Example(part, candidate(texts, positive, captions), True),
-                             Example(part, candidate(texts, negative, captions), False)]
-            part = prompts.user_preferences(user_summaries[-1])
-        requests.append(ScoreRequest(part, [candidate(texts, i, captions) for i in case.candidates()]))
+        def request(candidates, before=None, t=-1, case=case):
+            """The shared part as of summary S_t, or of the titles before item ``before`` (TALLRec)."""
+            if tallrec:
+                history = case.history if before is None else case.history[:case.history.index(before)]
+                return pipeline.recent_titles_request(recent_titles(texts, history, texts.config.recent_titles),
+                                                      candidates)
+            return pipeline.preference_request(summaries[case.user_id][t], candidates)
+
+        for t, positive, negative in case.train_pairs:
+            part = request([], before=positive, t=t).user_part
+            examples += [Example(part, candidate(texts, positive, captions), True),
+                         Example(part, candidate(texts, negative, captions), False)]
+        requests.append(request([candidate(texts, i, captions) for i in case.candidates()]))
     return examples, requests
 
 
@@ -325,7 +278,8 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     from models import registry
     from models.baselines import PopularityScorer, RandomScorer, SASRecConfig, SASRecScorer
     from models.recommender import Recommender
-    from models.training import LoraSettings, TrainConfig, git_revision, load_adapter, train
+    from models.serving import load_adapter
+    from models.training import LoraSettings, TrainConfig, git_revision, train
 
     started = time.time()
     out_dir = Path(out_dir)

@@ -15,6 +15,7 @@ import torch
 
 from models import prompts
 from models.generation import render
+from models.pipeline import TEXT
 from models.registry import LoadedModel
 
 
@@ -22,7 +23,7 @@ from models.registry import LoadedModel
 class ScorerConfig:
     users_per_batch: int = field(default=8, metadata={"help": "user prefixes run in one forward"})
     rows_per_batch: int = field(default=64, metadata={"help": "candidates run in one forward against copied prefix caches"})
-    caption_chars: int = field(default=600, metadata={"help": "longest item caption put in a candidate's part"})
+    caption_chars: int = field(default=TEXT.caption_chars, metadata={"help": "longest item caption put in a candidate's part"})
 
 
 @dataclass(frozen=True)

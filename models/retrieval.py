@@ -5,6 +5,7 @@ step with the item-profile table. Users without a usable history get popularity.
 """
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -95,21 +96,40 @@ def user_vector(index: CatalogIndex, recent_items: Sequence[str], half_life: flo
 
 
 class Popularity:
-    """Interaction counts per item, with the top list cached until the next change."""
+    """Interaction counts per item and a ranking of them.
 
-    def __init__(self):
+    With ``auto_rank`` (offline use) a change re-sorts at the next ``top_k``. A stream turns it off
+    and calls ``rank`` from a thread on a timer: a sort of 10^6 counts must not run on its loop.
+    """
+
+    def __init__(self, auto_rank: bool = True):
         self.counts: Counter[str] = Counter()
+        self.auto_rank = auto_rank
         self._ranked: list[tuple[str, int]] | None = None
+        self._ranked_total = 1
+        self._dirty = False
+        self._lock = threading.Lock()
 
     def add(self, item_id: str, n: int = 1) -> None:
-        self.counts[item_id] += n
-        self._ranked = None
+        with self._lock:
+            self.counts[item_id] += n
+            self._dirty = True
+
+    def remove(self, item_id: str) -> None:
+        with self._lock:
+            self._dirty = self.counts.pop(item_id, None) is not None or self._dirty
+
+    def rank(self) -> None:
+        with self._lock:
+            counts, self._dirty = list(self.counts.items()), False
+        self._ranked = sorted(counts, key=lambda kv: (-kv[1], kv[0]))
+        self._ranked_total = max(sum(c for _, c in counts), 1)
 
     def top_k(self, k: int, exclude: Iterable[str] = (), allowed: CatalogIndex | None = None) -> list[Scored]:
-        if self._ranked is None:
-            self._ranked = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if self._ranked is None or (self.auto_rank and self._dirty):
+            self.rank()
         excluded = set(exclude)
-        total = max(sum(self.counts.values()), 1)
+        total = self._ranked_total
         out = []
         for item_id, count in self._ranked:
             if item_id in excluded or (allowed is not None and item_id not in allowed):

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from models.recommender import Candidate, Recommender, ScorerConfig, full_inputs, yes_no_ids
+from models.pipeline import TEXT
+from models.recommender import Candidate, full_inputs, yes_no_ids
 from models.registry import LoadedModel
+from models.serving import ADAPTER_METADATA
 
-ADAPTER_METADATA = "mmsr-adapter.json"
 LANGUAGE_LINEAR = "language-linear"
 _NOT_LANGUAGE = ("vision", "visual", "multi_modal_projector", "mm_projector", "lm_head", "embed")
 
@@ -49,7 +50,7 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "data order and LoRA initialisation"})
     checkpoint_every: int = field(default=50, metadata={"help": "optimizer steps between checkpoints (0: none)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: all epochs)"})
-    caption_chars: int = field(default=600, metadata={"help": "longest caption in a candidate's part"})
+    caption_chars: int = field(default=TEXT.caption_chars, metadata={"help": "longest caption in a candidate's part"})
 
 
 @dataclass(frozen=True)
@@ -230,22 +231,6 @@ def _checkpoint(model, optimizer, schedule, state: dict, out_dir: Path, adapter_
     tmp.rename(target)
 
 
-def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig = ScorerConfig()) -> Recommender:
-    """A recommender over ``lm`` with a saved adapter; its version comes from the metadata."""
-    from peft import PeftModel
-
-    adapter_dir = Path(adapter_dir)
-    metadata = read_metadata(adapter_dir)
-    model = PeftModel.from_pretrained(lm.model, adapter_dir).eval()
-    wrapped = LoadedModel(lm.name, lm.path, model, lm.tokenizer, lm.processor, lm.device, lm.dtype, lm.lock)
-    return Recommender(wrapped, config, version=metadata.get("version", adapter_dir.name))
-
-
-def read_metadata(adapter_dir: Path | str) -> dict:
-    path = Path(adapter_dir) / ADAPTER_METADATA
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def save_adapter(model, out_dir: Path, metadata: dict) -> Path:
     """``save_pretrained`` plus the metadata, written beside the target and renamed into place, so a
     worker watching ``out_dir`` never loads a half-written adapter."""
@@ -261,41 +246,3 @@ def save_adapter(model, out_dir: Path, metadata: dict) -> Path:
     tmp.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return out_dir
-
-
-class AdapterSlot:
-    """A recommender whose LoRA adapter can be replaced while it serves (the worker's hot swap).
-
-    New adapters are loaded into the same peft model under their version's name, activated and
-    the previous one deleted, all under the model lock: no base-model reload, no scoring against
-    a half-loaded adapter.
-    """
-
-    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig()):
-        self.lm, self.config = lm, config
-        self.peft = None
-        self.recommender = Recommender(lm, config, version="base")
-
-    @property
-    def version(self) -> str:
-        return self.recommender.version
-
-    def swap(self, adapter_dir: Path | str) -> str:
-        from peft import PeftModel
-
-        adapter_dir = Path(adapter_dir)
-        version = read_metadata(adapter_dir).get("version") or adapter_dir.name
-        name = re.sub(r"\W", "_", version)
-        with self.lm.lock:
-            previous = self.peft.active_adapter if self.peft is not None else None
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.lm.model, adapter_dir, adapter_name=name).eval()
-            elif name != previous:
-                self.peft.load_adapter(adapter_dir, adapter_name=name)
-                self.peft.set_adapter(name)
-                self.peft.delete_adapter(previous)
-            self.peft.eval()
-            wrapped = LoadedModel(self.lm.name, self.lm.path, self.peft, self.lm.tokenizer, self.lm.processor,
-                                  self.lm.device, self.lm.dtype, self.lm.lock)
-            self.recommender = Recommender(wrapped, self.config, version=version)
-        return version

@@ -11,15 +11,16 @@ from dataclasses import dataclass, field
 
 from models import prompts
 from models.generation import GenerationConfig, generate, render
+from models.pipeline import TEXT
 from models.registry import LoadedModel
 
 
 @dataclass(frozen=True)
 class SummarizerConfig:
-    block_size: int = field(default=3, metadata={"help": "items per recurrent block (paper: B = 3)"})
-    max_new_tokens: int = field(default=256, metadata={"help": "generated tokens per summary"})
+    block_size: int = field(default=TEXT.block_size, metadata={"help": "items per recurrent block (paper: B = 3)"})
+    max_new_tokens: int = field(default=TEXT.summary_tokens, metadata={"help": "generated tokens per summary"})
     batch_size: int = field(default=16, metadata={"help": "users per model call"})
-    max_chars: int = field(default=1200, metadata={"help": "summary length cap, cut at a sentence end"})
+    max_chars: int = field(default=TEXT.summary_chars, metadata={"help": "summary length cap, cut at a sentence end"})
 
 
 @dataclass(frozen=True)

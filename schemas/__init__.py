@@ -11,6 +11,9 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 KINDS = ("item", "interaction", "recommendation", "user_summary", "dead_letter")
 MAX_EVENT_BYTES = 1_000_000
+# the replay's end-of-backfill marker: an interactions-topic message with this header and value
+CONTROL_HEADER = "mmsr-control"
+BACKFILL_END = b"backfill-end"
 
 
 class InvalidEvent(ValueError):

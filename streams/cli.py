@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from models.eval_config import LLM_VARIANTS, PRESETS, EvalConfig
 from streams.settings import Settings, load
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -27,32 +28,29 @@ def one_line_errors(fn):
     return wrapper
 
 
-def common(fn):
-    """Options every command shares; each maps onto an MMSR_ setting."""
-    fn = click.option("--bootstrap-servers", envvar="MMSR_BOOTSTRAP_SERVERS", default="127.0.0.1:9092",
-                      help="Kafka bootstrap servers")(fn)
-    fn = click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path),
-                      help="state, broker data and caches")(fn)
-    return fn
-
-
 def settings_options(*names: str):
-    """Click options for Settings fields: flag, MMSR_ variable, default and help all from the field."""
+    """Click options for Settings fields: flag, MMSR_ variable, default and help all from the field.
+
+    The only way options are made from settings, so a flag can never disagree with its variable.
+    """
 
     def decorate(fn):
         for name in reversed(names):
             field = Settings.model_fields[name]
-            fn = click.option(f"--{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}",
-                              type=field.annotation if field.annotation in (int, float, str) else str,
+            kind = field.annotation
+            click_type = click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
+            fn = click.option(f"--{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}", type=click_type,
                               default=field.default, show_default=True, help=field.description)(fn)
         return fn
 
     return decorate
 
 
-MODEL_OPTIONS = ("summary_model", "summary_block", "summary_batch", "summary_max_new_tokens", "caption_model",
-                 "caption_batch", "caption_max_new_tokens", "recommender_model", "recommender_adapter",
-                 "rerank_candidates", "rerank_users", "adapter_poll_seconds", "device", "model_dtype")
+common = settings_options("bootstrap_servers", "data_dir")
+
+
+# every setting is a flag of the worker (the connection and web flags are declared on it apart)
+WORKER_OPTIONS = tuple(n for n in Settings.model_fields if n not in ("bootstrap_servers", "data_dir", "web_port"))
 
 
 @click.group(context_settings=CONTEXT)
@@ -74,7 +72,7 @@ def _launcher(data_dir: Path):
 
 
 @kafka.command("start")
-@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@settings_options("data_dir")
 @click.option("--port", default=9092, help="listener port; 0 picks a free one")
 @click.option("--timeout", default=60.0, help="seconds to wait for the broker to answer")
 @one_line_errors
@@ -85,7 +83,7 @@ def kafka_start(data_dir, port, timeout):
 
 
 @kafka.command("stop")
-@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@settings_options("data_dir")
 @one_line_errors
 def kafka_stop(data_dir):
     """Graceful shutdown; waits until the process is gone."""
@@ -93,7 +91,7 @@ def kafka_stop(data_dir):
 
 
 @kafka.command("status")
-@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@settings_options("data_dir")
 @one_line_errors
 def kafka_status(data_dir):
     info = _launcher(data_dir).status()
@@ -104,7 +102,7 @@ def kafka_status(data_dir):
 
 
 @kafka.command("tool", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr", type=click.Path(path_type=Path))
+@settings_options("data_dir")
 @click.argument("tool")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @one_line_errors
@@ -122,8 +120,7 @@ def topics():
 
 @topics.command("create")
 @common
-@click.option("--user-partitions", envvar="MMSR_USER_PARTITIONS", type=int, default=None)
-@click.option("--item-partitions", envvar="MMSR_ITEM_PARTITIONS", type=int, default=None)
+@settings_options("user_partitions", "item_partitions")
 @one_line_errors
 def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions):
     """Create items, interactions, user-summaries, recommendations, dead-letters (idempotent)."""
@@ -138,19 +135,18 @@ def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions)
 # -- worker -----------------------------------------------------------------------------------
 @main.command()
 @common
-@click.option("--web-port", envvar="MMSR_WEB_PORT", type=int, default=None)
-@settings_options(*MODEL_OPTIONS)
+@settings_options("web_port", *WORKER_OPTIONS)
 @click.option("--loglevel", default="warning")
 @one_line_errors
-def worker(bootstrap_servers, data_dir, web_port, loglevel, **models):
+def worker(bootstrap_servers, data_dir, web_port, loglevel, **options):
     """Run the Faust worker (RocksDB state under DATA_DIR/state)."""
     from streams.app import build_worker
     from streams.kafka.admin import create_topics
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **models)
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options)
     create_topics(s)
     w = build_worker(s)
-    w.load_models()  # before joining the group, not inside the first rebalance
+    w.services.models.load_all()  # before joining the group, not inside the first rebalance
     from faust.worker import Worker as FaustWorker
 
     FaustWorker(w.app, loglevel=loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
@@ -287,8 +283,6 @@ def eval_config(preset: str, values: dict):
     """A preset with the options the user gave on top (None: keep the preset's value)."""
     import dataclasses
 
-    from models.evaluation import PRESETS
-
     config = PRESETS[preset]
     changes = {}
     for name, value in values.items():
@@ -327,7 +321,7 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
 @click.option("--lora-alpha", default=32, help="LoRA alpha")
 @click.option("--lora-dropout", default=0.1, help="LoRA dropout")
 @click.option("--target-modules", default="language-linear", help="'language-linear', module names or a regex")
-@dataclass_options(__import__("models.evaluation", fromlist=["EvalConfig"]).EvalConfig, *EVAL_FIELDS)
+@dataclass_options(EvalConfig, *EVAL_FIELDS)
 @one_line_errors
 def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, target_modules, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
@@ -354,15 +348,15 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, ta
               help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
 @click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
               help="interaction events (JSON lines)")
-@click.option("--variants", default=",".join(__import__("models.evaluation", fromlist=["LLM_VARIANTS"]).LLM_VARIANTS),
+@click.option("--variants", default=",".join(LLM_VARIANTS),
               show_default=True, help="LoRA-trained models to run (comma-separated)")
-@dataclass_options(__import__("models.evaluation", fromlist=["EvalConfig"]).EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
+@dataclass_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
                    "bootstrap", "zero_shot")
 @one_line_errors
 def evaluate(out, preset, items, interactions, variants, **values):
     """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its
     ablations and the baselines; a markdown table and a PNG chart."""
-    from models.evaluation import LLM_VARIANTS, run
+    from models.evaluation import run
 
     values["variants"] = tuple(v for v in variants.split(",") if v)
     unknown = set(values["variants"]) - set(LLM_VARIANTS)
@@ -389,7 +383,7 @@ def evaluate(out, preset, items, interactions, variants, **values):
 @one_line_errors
 def demo(data_dir, users, per_user, show, adapter, rerank_candidates):
     """Broker, topics, worker, a MovieLens slice, re-ranked top-10 lists with titles; then stop everything."""
-    from streams.demo import run_demo
+    from streams.harness.demo import run_demo
 
     if not adapter and (Path("adapters/mllm-msr/adapter") / "mmsr-adapter.json").is_file():
         adapter = str(Path("adapters/mllm-msr/adapter").resolve())

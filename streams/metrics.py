@@ -1,80 +1,92 @@
-"""Counters, gauges and a latency reservoir, rendered as Prometheus text for GET /metrics."""
+"""The worker's Prometheus metrics, through prometheus-client (standard exposition, process metrics).
+
+Every metric is declared here with its help and labels, so a typo in a name fails at once
+instead of exporting a new series; each worker has its own registry (several workers can share
+a test process).
+"""
 from __future__ import annotations
 
-import random
-from collections import defaultdict
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import PlatformCollector, ProcessCollector
 
-import numpy as np
-
-QUANTILES = (0.5, 0.9, 0.99)
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "events_applied_total": ("interactions applied to user state", ()),
+    "duplicates_skipped_total": ("redelivered interactions skipped (offset already applied)", ()),
+    "stale_events_total": ("interactions older than the freshness window (backfill)", ()),
+    "unknown_items_total": ("interactions with an item not in the catalog", ()),
+    "dead_letters_total": ("events rejected to the dead-letter topic", ("reason", "topic")),
+    "items_applied_total": ("item events applied to the catalog", ()),
+    "items_deleted_total": ("item deletions applied", ()),
+    "items_embedded_total": ("item embeddings computed (text, or text and caption)", ()),
+    "caption_requests_total": ("items sent to the captioner", ()),
+    "captions_total": ("captions generated", ()),
+    "captions_applied_total": ("captions applied to a profile and re-embedded", ()),
+    "captions_outdated_total": ("captions dropped because the item changed meanwhile", ()),
+    "captions_rejected_total": ("generated captions not used (empty or degenerate)", ("reason",)),
+    "caption_image_fallbacks_total": ("items captioned from text because their image failed", ()),
+    "caption_seconds_total": ("seconds spent captioning", ()),
+    "summaries_total": ("user summaries generated", ()),
+    "summary_failures_total": ("summarizer inputs that failed alone (after splitting the batch)", ()),
+    "summary_seconds_total": ("seconds spent summarizing", ()),
+    "summary_unknown_items_total": ("summary inputs naming an item not in the catalog", ()),
+    "recommendations_emitted_total": ("lists published", ("strategy",)),
+    "lists_owed_total": ("lists owed and recorded in user state", ("reason",)),
+    "rerank_seconds_total": ("seconds spent re-ranking", ()),
+    "reranked_candidates_total": ("candidates scored by the re-ranker", ()),
+    "rerank_failures_total": ("re-rank batches that fell back to candidate-stage lists", ()),
+    "adapter_swaps_total": ("adapter versions swapped in", ()),
+    "adapter_failures_total": ("adapters that could not be loaded", ()),
+    "backfill_markers_total": ("end-of-backfill markers applied", ()),
+    "index_rebuilds_total": ("full catalog index rebuilds (off the event loop)", ()),
+}
+GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "catalog_items": ("items in this worker's retrieval index", ()),
+    "consumer_lag": ("high watermark minus the next offset to process", ("topic", "partition")),
+    "lists_pending": ("users with a list due in this worker", ()),
+}
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
 class Metrics:
-    def __init__(self, reservoir: int = 10_000):
-        self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
-        self.gauges: dict[str, float] = {}
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._counters = {n: Counter(f"mmsr_{n}", doc, labels, registry=self.registry)
+                          for n, (doc, labels) in COUNTERS.items()}
+        self._gauges = {n: Gauge(f"mmsr_{n}", doc, labels, registry=self.registry) for n, (doc, labels) in GAUGES.items()}
+        self.latency = Histogram("mmsr_event_to_recommendation_seconds",
+                                 "broker time of the triggering event to the list's publication",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self.last_offsets: dict[tuple[str, int], int] = {}
-        self._latencies: list[float] = []
-        self._latency_count = 0
-        self._latency_sum = 0.0
-        self._reservoir = reservoir
 
     def inc(self, name: str, n: float = 1, **labels: str) -> None:
-        self.counters[(name, tuple(sorted(labels.items())))] += n
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(n)
 
     def get(self, name: str, **labels: str) -> float:
-        """Sum over every label set that contains the given labels."""
-        want = set(labels.items())
-        return sum(v for (n, lab), v in self.counters.items() if n == name and want <= set(lab))
+        """A counter's value, summed over the label sets that contain the given labels."""
+        total = 0.0
+        for family in self._counters[name].collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
-    def gauge(self, name: str, value: float) -> None:
-        self.gauges[name] = value
+    def gauge(self, name: str, value: float, **labels: str) -> None:
+        gauge = self._gauges[name]
+        (gauge.labels(**labels) if labels else gauge).set(value)
 
     def observe_offset(self, topic: str, partition: int, offset: int) -> None:
         self.last_offsets[(topic, partition)] = offset
 
     def observe_latency(self, seconds: float) -> None:
-        """Reservoir sampling keeps the quantiles honest over long runs in bounded memory."""
-        self._latency_count += 1
-        self._latency_sum += seconds
-        if len(self._latencies) < self._reservoir:
-            self._latencies.append(seconds)
-        else:
-            slot = random.randrange(self._latency_count)
-            if slot < self._reservoir:
-                self._latencies[slot] = seconds
+        self.latency.observe(seconds)
 
-    def latency_quantiles(self) -> dict[float, float]:
-        if not self._latencies:
-            return {}
-        values = np.quantile(np.asarray(self._latencies), QUANTILES)
-        return dict(zip(QUANTILES, map(float, values)))
-
-    def render(self, lag: dict[str, int]) -> str:
-        lines = []
-        seen_types = set()
-        for (name, labels), value in sorted(self.counters.items()):
-            metric = f"mmsr_{name}"
-            if metric not in seen_types:
-                lines.append(f"# TYPE {metric} counter")
-                seen_types.add(metric)
-            lines.append(f"{metric}{_labels(labels)} {value:g}")
-        for name, value in sorted(self.gauges.items()):
-            lines += [f"# TYPE mmsr_{name} gauge", f"mmsr_{name} {value:g}"]
-        lines.append("# TYPE mmsr_consumer_lag gauge")
-        for tp, value in sorted(lag.items()):
+    def render(self, lag: dict[str, int]) -> bytes:
+        """The Prometheus text exposition, with the consumer lag read at scrape time."""
+        self._gauges["consumer_lag"].clear()
+        for tp, value in lag.items():
             topic, partition = tp.rsplit("/", 1)
-            lines.append(f'mmsr_consumer_lag{{topic="{topic}",partition="{partition}"}} {value}')
-        lines.append("# TYPE mmsr_event_to_recommendation_seconds summary")
-        for q, v in self.latency_quantiles().items():
-            lines.append(f'mmsr_event_to_recommendation_seconds{{quantile="{q}"}} {v:.6f}')
-        lines.append(f"mmsr_event_to_recommendation_seconds_count {self._latency_count}")
-        lines.append(f"mmsr_event_to_recommendation_seconds_sum {self._latency_sum:.6f}")
-        return "\n".join(lines) + "\n"
-
-
-def _labels(labels: tuple) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in labels)
-    return "{" + inner + "}"
+            self.gauge("consumer_lag", value, topic=topic, partition=partition)
+        return generate_latest(self.registry)

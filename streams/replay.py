@@ -18,7 +18,6 @@ from typing import Iterable
 from tqdm import tqdm
 
 import schemas
-from streams.app import BACKFILL_END, CONTROL_HEADER
 from streams.kafka.client import InteractionProducer, ItemProducer
 
 
@@ -114,7 +113,7 @@ def send_backfill_end(producer: InteractionProducer) -> int:
     """One control message per partition, after the data, so it is read after that partition's events."""
     count = producer.partitions()
     for partition in range(count):
-        producer.send_raw(None, b"", headers={CONTROL_HEADER: BACKFILL_END}, partition=partition)
+        producer.send_raw(None, b"", headers={schemas.CONTROL_HEADER: schemas.BACKFILL_END}, partition=partition)
     producer.flush()
     return count
 

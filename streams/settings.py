@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.pipeline import TEXT
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMSR_", extra="ignore")
@@ -21,6 +23,9 @@ class Settings(BaseSettings):
     topic_user_summaries: str = Field("user-summaries", description="summary events, keyed by user_id")
     topic_recommendations: str = Field("recommendations", description="top-k lists, keyed by user_id")
     topic_dead_letters: str = Field("dead-letters", description="rejected events with the reason")
+    topic_caption_requests: str = Field(
+        "caption-requests", description="items waiting for a caption, keyed by item_id (partitioned like items)"
+    )
     user_partitions: int = Field(4, description="partitions of the user-keyed topics (co-partitioned)")
     item_partitions: int = Field(2, description="partitions of the items topic")
     session_timeout: float = Field(
@@ -28,23 +33,27 @@ class Settings(BaseSettings):
     )
     replication_factor: int = Field(1, description="replication factor for created topics")
 
-    top_k: int = Field(10, description="items per recommendation list")
-    history_tail: int = Field(50, description="recent interactions kept per user")
-    seen_cap: int = Field(5000, description="most item ids remembered per user for history exclusion")
+    top_k: int = Field(10, gt=0, description="items per recommendation list")
+    history_tail: int = Field(50, gt=0, description="recent interactions kept per user")
+    seen_cap: int = Field(5000, gt=0, description="most item ids remembered per user for history exclusion")
     recency_half_life: float = Field(10.0, description="half-life, in interactions, of the user vector's recency weights")
-    recent_for_vector: int = Field(20, description="recent items averaged into the user vector")
+    recent_for_vector: int = Field(20, gt=0, description="recent items averaged into the user vector")
     debounce_seconds: float = Field(0.5, description="quiet time per user before a list is emitted")
     freshness_seconds: float = Field(
         3600.0, description="events older than this (by event_time) emit no list: backfill"
     )
-    summary_block: int = Field(3, description="interactions per recurrent summary block (B)")
+    summary_block: int = Field(TEXT.block_size, gt=0, description="interactions per recurrent summary block (B)")
     index_resync_seconds: float = Field(
-        30.0, description="rebuild the retrieval index from the item table this often (0: never)"
+        300.0, ge=0, description="also rebuild the retrieval index from the item table this often, off the event "
+        "loop (0: never; the index follows the table's changelog between rebuilds)"
     )
-    interaction_batch: int = Field(500, description="interactions applied per micro-batch (one state write per user)")
+    popularity_refresh_seconds: float = Field(
+        2.0, gt=0, description="how often the popularity ranking is re-sorted, off the event loop"
+    )
+    interaction_batch: int = Field(500, gt=0, description="interactions applied per micro-batch (one state write per user)")
     interaction_within: float = Field(0.02, description="seconds to wait while filling an interaction batch")
     embed_model: str = Field("minilm", description="text embedding model: 'minilm', a hub id or a path")
-    embed_batch: int = Field(64, description="items embedded per model call")
+    embed_batch: int = Field(64, gt=0, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")
     device: str = Field("auto", description="torch device: auto, cpu, cuda")
     model_dtype: str = Field("auto", description="torch dtype of the LLMs: auto (bf16 on CUDA, else fp32), float32, bfloat16")
@@ -52,16 +61,16 @@ class Settings(BaseSettings):
     summary_model: str = Field(
         "smollm2-135m-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries off"
     )
-    summary_batch: int = Field(16, description="users per summarizer call")
-    summary_max_new_tokens: int = Field(256, description="generated tokens per summary")
-    summary_max_chars: int = Field(1200, description="summary length cap")
+    summary_batch: int = Field(16, gt=0, description="users per summarizer call")
+    summary_max_new_tokens: int = Field(TEXT.summary_tokens, gt=0, description="generated tokens per summary")
+    summary_max_chars: int = Field(TEXT.summary_chars, gt=0, description="summary length cap")
     caption_model: str = Field(
         "smollm2-135m-instruct",
         description="item summarizer: a vision-language model (captions images) or a text LLM (title, categories, "
         "description); registry name, hub id or path; 'none' turns captions off",
     )
-    caption_batch: int = Field(16, description="items per captioner call")
-    caption_max_new_tokens: int = Field(200, description="generated tokens per caption")
+    caption_batch: int = Field(16, gt=0, description="items per captioner call")
+    caption_max_new_tokens: int = Field(TEXT.caption_tokens, gt=0, description="generated tokens per caption")
     image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
@@ -73,14 +82,36 @@ class Settings(BaseSettings):
     recommender_adapter: str = Field(
         "", description="LoRA adapter directory (from `mmsr train`); watched, and a new version is swapped in live"
     )
-    rerank_candidates: int = Field(50, description="retrieval candidates (N) re-ranked per list")
-    rerank_users: int = Field(8, description="users whose candidates are scored in one batched call")
+    rerank_candidates: int = Field(50, gt=0, description="retrieval candidates (N) re-ranked per list")
+    rerank_users: int = Field(8, gt=0, description="users whose candidates are scored in one batched call")
+    rerank_rows: int = Field(64, gt=0, description="candidate rows run in one forward against copied prefix caches")
+    rerank_caption_chars: int = Field(TEXT.caption_chars, ge=0, description="longest caption in a candidate's part")
     adapter_poll_seconds: float = Field(2.0, description="how often the adapter directory is checked for a new version")
 
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local broker")
     kafka_home: Path = Field(
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"
     )
+
+    # -- the model configs, built here so every option of theirs is a setting ---------------------
+    def summarizer_config(self):
+        from models.user_summarizer import SummarizerConfig
+
+        return SummarizerConfig(block_size=self.summary_block, max_new_tokens=self.summary_max_new_tokens,
+                                batch_size=self.summary_batch, max_chars=self.summary_max_chars)
+
+    def caption_config(self):
+        from models.captioner import CaptionConfig
+        from models.images import ImageLimits
+
+        return CaptionConfig(max_new_tokens=self.caption_max_new_tokens, batch_size=self.caption_batch,
+                             limits=ImageLimits(self.image_timeout, self.image_max_bytes, self.image_max_pixels))
+
+    def scorer_config(self):
+        from models.recommender import ScorerConfig
+
+        return ScorerConfig(users_per_batch=self.rerank_users, rows_per_batch=self.rerank_rows,
+                            caption_chars=self.rerank_caption_chars)
 
     def to_env(self) -> dict[str, str]:
         """These settings as MMSR_ variables, so a child process (a worker) gets exactly them."""

@@ -23,7 +23,7 @@ class UserState:
     last_offset: int = -1  # offset of the last applied interaction in that partition
     unknown_items: int = 0
     backfill_pending: bool = False  # touched by stale events; owes one list at the end of a backfill
-    last_recommendation: dict | None = None
+    owed: dict | None = None  # the trigger (``Trigger.to_state``) of a list not yet published
 
     @classmethod
     def from_dict(cls, data: dict | None, user_id: str) -> "UserState":
@@ -48,7 +48,9 @@ class UserState:
         """Apply one interaction; True when its item is new to this user.
 
         The pending block keeps its entries (with their offsets) until the summarizer consumes
-        full blocks; ``pending_cap`` bounds it (the block size when summaries are off).
+        full blocks; ``pending_cap`` bounds it (the block size when summaries are off). A repeat
+        of an item the user has seen does not enter it: summaries describe distinct items, as the
+        training and evaluation histories do (``models.evaluation.sequences_of``).
         """
         entry = {"item_id": event["item_id"], "type": event["type"], "value": event.get("value"),
                  "event_time": event["event_time"]}
@@ -59,8 +61,8 @@ class UserState:
         if is_new:
             self.seen.append(event["item_id"])
             del self.seen[:-seen_cap]
-        self.pending_block.append({**entry, "offset": offset})
-        del self.pending_block[:-max(pending_cap, 1)]
+            self.pending_block.append({**entry, "offset": offset})
+            del self.pending_block[:-max(pending_cap, 1)]
         self.partition, self.last_offset = partition, offset
         return is_new
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.process import WorkerProcess, wait_until  # noqa: F401 (re-exported for tests)
+from streams.harness.process import WorkerProcess, wait_until  # noqa: F401 (re-exported for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,8 @@ def topic_factory(kafka_broker, tmp_path):
             "app_id": f"{prefix}-app", "web_port": free_port(),
             "topic_items": f"{prefix}-items", "topic_interactions": f"{prefix}-interactions",
             "topic_user_summaries": f"{prefix}-user-summaries", "topic_recommendations": f"{prefix}-recommendations",
-            "topic_dead_letters": f"{prefix}-dead-letters", "debounce_seconds": 0.2,
+            "topic_dead_letters": f"{prefix}-dead-letters", "topic_caption_requests": f"{prefix}-caption-requests",
+            "debounce_seconds": 0.2,
             # the backbone tests run without the LLM stages; tests of those stages turn them on
             "summary_model": "none", "caption_model": "none",
             **overrides,

@@ -25,6 +25,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     big = {"max.message.bytes": str(INPUT_MAX_BYTES)}
     return [
         TopicSpec(settings.topic_items, settings.item_partitions, big),
+        TopicSpec(settings.topic_caption_requests, settings.item_partitions, big),
         TopicSpec(settings.topic_interactions, users, big),
         TopicSpec(settings.topic_user_summaries, users, {}),
         TopicSpec(settings.topic_recommendations, users, {}),

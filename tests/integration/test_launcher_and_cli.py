@@ -54,7 +54,7 @@ def test_start_tool_stop_leaves_no_process(tmp_path, kafka_broker):
 def test_topics_create_is_idempotent_and_copartitioned(topic_factory):
     env = topic_factory()
     first = mmsr("topics", "create", env=env.env)
-    assert first.returncode == 0 and first.stdout.count(": exists") == 5
+    assert first.returncode == 0 and first.stdout.count(": exists") == 6
     assert set(create_topics(env.settings).values()) == {"exists"}
     from confluent_kafka.admin import AdminClient
 
@@ -62,6 +62,8 @@ def test_topics_create_is_idempotent_and_copartitioned(topic_factory):
     counts = {name: len(md[name].partitions) for name in (env.topic_interactions, env.topic_user_summaries,
                                                            env.topic_recommendations)}
     assert set(counts.values()) == {env.user_partitions}
+    # caption requests are partitioned like items, so a caption is written where its item's profile is
+    assert len(md[env.topic_caption_requests].partitions) == len(md[env.topic_items].partitions)
 
 
 def test_produce_reports_rejected_lines_and_delivers_the_rest(topic_factory, tmp_path):

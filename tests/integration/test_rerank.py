@@ -6,7 +6,8 @@ import torch
 
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest
-from models.training import LoraSettings, attach_lora, load_adapter, save_adapter
+from models.serving import load_adapter
+from models.training import LoraSettings, attach_lora, save_adapter
 from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until
 from tests.integration import helpers

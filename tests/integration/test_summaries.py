@@ -38,15 +38,19 @@ def test_nine_interactions_make_summary_version_three(topic_factory, worker_fact
     with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
         for item in items:
             producer.send(item)
-    wait_until(lambda: worker.metric("items_applied_total") >= 12, timeout=300, message="catalog captioned")
+    wait_until(lambda: worker.metric("captions_total") >= 12, timeout=300, message="catalog captioned")
+    wait_until(lambda: not worker.get("/items/i0")["caption_pending"], timeout=30, message="caption applied")
     profile = worker.get("/items/i0")
-    assert profile["caption"] and profile["caption_source"] == "text" and profile["caption"] in profile["text"]
-    assert worker.metric("captions_total") == 12
+    assert profile["caption"] and profile["caption_source"] == "text"
+    # a usable caption is embedded with the item's text; a degenerate one is kept out of it, and counted
+    assert (profile["caption"] in profile["text"]) == (profile["caption_rejected"] is None)
+    applied, rejected = worker.metric("captions_applied_total"), worker.metric("captions_rejected_total")
+    assert applied + rejected == 12 and worker.metric("captions_total") == 12
     with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
         producer.send({**items[0], "event_time": helpers.now(5)})  # same content: not captioned again
         producer.send({**items[1], "title": "A changed title"})  # new content: captioned again
-    wait_until(lambda: worker.metric("items_applied_total") >= 14, timeout=300, message="item updates")
-    assert worker.metric("captions_total") == 13
+    wait_until(lambda: worker.metric("captions_total") >= 13, timeout=300, message="item updates")
+    assert worker.metric("items_applied_total") == 14
     changed = worker.get("/items/i1")
     assert changed["title"] == "A changed title" and "A changed title" in changed["text"]
 

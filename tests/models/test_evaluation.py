@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from models.evaluation import ORDER
-from models.training import ADAPTER_METADATA
+from models.serving import ADAPTER_METADATA
 from streams.cli import main
 
 pytestmark = pytest.mark.slow

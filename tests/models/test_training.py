@@ -11,8 +11,9 @@ from PIL import Image
 
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest, full_inputs, yes_no_ids
-from models.training import (ADAPTER_METADATA, Example, LoraSettings, TrainConfig, answer_loss, attach_lora, collate,
-                             encode_example, load_adapter, optimizer_steps, train)
+from models.serving import ADAPTER_METADATA, load_adapter
+from models.training import (Example, LoraSettings, TrainConfig, answer_loss, attach_lora, collate, encode_example,
+                             optimizer_steps, train)
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,8 @@ import json
 import pytest
 
 import schemas
-from streams.app import Debouncer, Trigger, dead_letter_record
+from streams.events import Trigger, dead_letter_record
+from streams.services import DueLists
 
 GOOD = {"user_id": "u1", "item_id": "i1", "type": "click", "event_time": "2026-03-01T10:00:00Z"}
 
@@ -50,20 +51,25 @@ class FakeMessage:
 def test_dead_letter_record_matches_its_schema_and_keeps_the_bytes():
     import base64
 
-    record = dead_letter_record(FakeMessage, schemas.InvalidEvent("NotUTF8", "bad bytes"))
+    record = dead_letter_record(FakeMessage, "NotUTF8", "bad bytes")
     schemas.validate("dead_letter", record)
     assert base64.b64decode(record["original"]) == FakeMessage.value
     assert record["source"] == {"topic": "interactions", "partition": 2, "offset": 41}
     assert record["error"] == {"class": "NotUTF8", "message": "bad bytes"}
 
 
-def test_debouncer_coalesces_a_burst_per_user():
-    d = Debouncer()
-    t = Trigger("interactions", 0, 1, None, "interaction", None)
-    d.schedule("u1", t, 10.0)
-    d.schedule("u1", Trigger("interactions", 0, 2, None, "interaction", None), 10.0)
-    d.schedule("u2", t, 0.0)
-    assert [u for u, _ in d.pop_due()] == ["u2"]
-    due = d.pop_due(now=float("inf"))
-    assert [(u, tr.offset) for u, tr in due] == [("u1", 2)]
+def test_due_lists_coalesce_a_burst_per_user():
+    d = DueLists()
+    d.schedule("u1", 10.0)
+    d.schedule("u1", 10.0)
+    d.schedule("u2", 0.0)
+    assert d.pop_due() == ["u2"]
+    assert d.pop_due(now=float("inf")) == ["u1"]
     assert len(d) == 0
+
+
+def test_a_trigger_survives_the_round_trip_through_state():
+    t = Trigger("interactions", 3, 41, "2026-03-01T10:00:00Z", "interaction", 1000.5)
+    assert Trigger.from_state(t.to_state()) == t
+    assert t.to_dict() == {"topic": "interactions", "partition": 3, "offset": 41,
+                           "event_time": "2026-03-01T10:00:00Z", "kind": "interaction"}

@@ -6,7 +6,7 @@ from pathlib import Path
 from streams.kafka.admin import create_topics
 from streams.kafka.client import latest_by_user
 from streams.kafka.launcher import LocalKafka, free_port, port_is_free
-from streams.process import WorkerProcess, wait_until
+from streams.harness.process import WorkerProcess, wait_until
 from streams.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Item captions (MLLM-MSR stage 1): a vision-language model describes each item's image.
+"""The captioner (MLLM-MSR stage 1, the paper's item summarizer): a vision-language model describes each item's image.
 
 With a vision model, items whose image loads are captioned from image and title; a missing or
 broken image falls back to a text-only prompt to the same model, with the reason recorded. With
@@ -6,17 +6,19 @@ a text LM (the offline default) every item is summarized from title, categories 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from models import prompts
 from models.generation import GenerationConfig, generate, render
 from models.images import ImageError, ImageLimits, load_image
+from models.pipeline import TEXT
 from models.registry import LoadedModel
 
 
 @dataclass(frozen=True)
 class CaptionConfig:
-    max_new_tokens: int = field(default=200, metadata={"help": "generated tokens per caption"})
+    max_new_tokens: int = field(default=TEXT.caption_tokens, metadata={"help": "generated tokens per caption"})
     batch_size: int = field(default=16, metadata={"help": "items per model call"})
     max_chars: int = field(default=2000, metadata={"help": "caption length cap"})
     limits: ImageLimits = field(default_factory=ImageLimits, metadata={"help": "image fetch and size limits"})
@@ -36,12 +38,36 @@ class Caption:
     text: str
     source: str  # "image": the model saw the image; "text": title, categories and description only
     image_error: str | None = None  # why an image the item names was not used
+    rejected: str | None = None  # why the text should not be used as a caption: empty or degenerate
 
     def to_dict(self) -> dict:
-        return {"caption": self.text, "caption_source": self.source, "image_error": self.image_error}
+        return {"caption": self.text, "caption_source": self.source, "image_error": self.image_error,
+                "caption_rejected": self.rejected}
 
 
-class ItemSummarizer:
+def degenerate_reason(text: str, min_words: int = 4, max_run: int = 3, min_distinct: float = 0.3) -> str | None:
+    """Why a generated caption carries no usable content, or None.
+
+    Small models loop ("noir noir noir ...") or stop at once; such text would only add noise to
+    the item's embedding and to every prompt that shows it.
+    """
+    words = re.findall(r"\w+", text.lower())
+    if len(words) < min_words:
+        return f"too short ({len(words)} words)"
+    run = longest = 1
+    for before, word in zip(words, words[1:]):
+        run = run + 1 if word == before else 1
+        longest = max(longest, run)
+    if longest > max_run:
+        return f"a word repeated {longest} times in a row"
+    for n in (2, 3, 4):
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if len(grams) >= 6 and len(set(grams)) / len(grams) < min_distinct:
+            return f"repeated {n}-word phrases ({len(set(grams))} distinct of {len(grams)})"
+    return None
+
+
+class Captioner:
     def __init__(self, lm: LoadedModel, config: CaptionConfig = CaptionConfig()):
         self.lm, self.config = lm, config
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
@@ -67,9 +93,9 @@ class ItemSummarizer:
         for item, (image, error), text in zip(items, loaded, texts):
             text = prompts.normalize_caption(text, self.config.max_chars)
             if not text:  # a model that says nothing still leaves the item a usable description
-                text = prompts.describe_item(item.title, item.categories, item.description)
-                error = error or "the model generated an empty caption"
-                captions.append(Caption(text, "text", error))
+                captions.append(Caption(prompts.describe_item(item.title, item.categories, item.description),
+                                        "text", error or "the model generated an empty caption", "empty"))
             else:
-                captions.append(Caption(text, "image" if image is not None else "text", error))
+                captions.append(Caption(text, "image" if image is not None else "text", error,
+                                        degenerate_reason(text)))
         return captions

@@ -1,0 +1,51 @@
+"""The protocol's settings and presets, apart from the protocol so the CLI can offer them as
+options without importing the evaluation (or torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from models.pipeline import TEXT
+
+KS = (3, 5, 10)
+LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "LLM for captions, summaries and scoring"})
+    users: int = field(default=16, metadata={"help": "users evaluated (a seeded sample; 0: every eligible user)"})
+    window: int = field(default=9, metadata={"help": "most recent history items summarized"})
+    block: int = field(default=TEXT.block_size, metadata={"help": "items per recurrent block (B)"})
+    next_items: int = field(default=1, metadata={
+        "help": "training positives per summary S_t: the first n items of block t+1, each with one negative"})
+    seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "seeds of the test negatives"})
+    negatives: int = field(default=20, metadata={"help": "sampled negatives per test positive"})
+    recent_titles: int = field(default=10, metadata={"help": "titles in the TALLRec-style prompt"})
+    caption_tokens: int = field(default=24, metadata={"help": "generated tokens per item caption"})
+    summary_tokens: int = field(default=64, metadata={"help": "generated tokens per summary"})
+    generation_batch: int = field(default=32, metadata={"help": "prompts per generation call"})
+    epochs: int = field(default=2, metadata={"help": "LoRA training epochs"})
+    train_batch: int = field(default=8, metadata={"help": "examples per forward in training"})
+    grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
+    lr: float = field(default=5e-4, metadata={"help": "LoRA learning rate"})
+    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
+    variants: tuple[str, ...] = field(default=LLM_VARIANTS, metadata={"help": "LoRA-trained models to run"})
+    zero_shot: bool = field(default=True, metadata={"help": "also score with the base model, no adapter"})
+    seed: int = field(default=0, metadata={"help": "user sample, training negatives and training order"})
+    device: str = field(default="auto", metadata={"help": "torch device"})
+
+
+PRESETS = {
+    # the documented CPU default: 16 users, 2 negative seeds, every variant; sized to finish within an
+    # hour on a 2-core machine (measured: 40.9 min, cold caches; bench/results/eval_ml100k_default)
+    "default": EvalConfig(),
+    # for a GPU machine: 256 users, three pairs per summary (3,072 training examples per model), three
+    # seeds; measured on an H200 in bf16 (bench/results/eval_ml100k_gpu): baselines, zero-shot and two
+    # LoRA variants in 8 min; a further variant (training and scoring) in about 1.6 min
+    "gpu": EvalConfig(users=256, next_items=3, seeds=(0, 1, 2), caption_tokens=32, generation_batch=256,
+                      train_batch=32),
+    # what the tests run: a tiny random LLaVA as the LLM, a handful of users
+    "smoke": EvalConfig(model="tiny-random-llava", users=6, window=6, seeds=(0, 1), caption_tokens=4,
+                        summary_tokens=6, epochs=1, train_batch=4, sasrec_epochs=3, bootstrap=50),
+}

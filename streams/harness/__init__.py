@@ -1,0 +1,1 @@
+"""Tools that drive a worker from outside (child processes, the demo): used by tests, benchmarks and `mmsr demo`."""

@@ -1,0 +1,310 @@
+"""What the stages stand on: models, the catalog index, publishing and the lists owed.
+
+Stages (``streams.stages``) take a ``Services`` and never each other or the Faust app, so each
+can be driven in a test with plain mappings for tables and a recording publisher.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Callable, Iterable, MutableMapping
+
+from models.retrieval import CatalogIndex, Popularity
+from streams.events import Trigger, decode_vector, dead_letter_record, key_text
+from streams.metrics import Metrics
+from streams.settings import Settings
+
+log = logging.getLogger("mmsr.worker")
+
+# what a model call is expected to raise on a bad input (torch and tokenizers raise RuntimeError
+# and ValueError, image and file access OSError); anything else is a programming error and propagates
+MODEL_ERRORS = (RuntimeError, ValueError, OSError)
+
+
+class Models:
+    """Every model the worker runs, loaded once. The recommender gets its own instance of its base
+    model: peft puts adapters into a model in place, and captions and summaries must come from the
+    base weights."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, embedder=None):
+        self.settings, self.metrics = settings, metrics
+        self._embedder = embedder
+        self._generators: dict[str, object] = {}
+
+    def _load(self, name: str):
+        from models import registry
+
+        return registry.load(name, self.settings.device, self.settings.model_dtype)
+
+    def generator(self, name: str):
+        """One loaded instance per model name for the stages that generate (never carries an adapter)."""
+        if name not in self._generators:
+            self._generators[name] = self._load(name)
+        return self._generators[name]
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from models.embeddings import TextEmbedder
+
+            self._embedder = TextEmbedder(self.settings.embed_model, device=self.settings.device)
+        return self._embedder
+
+    @functools.cached_property
+    def summarizer(self):
+        """The recurrent user summarizer, or None when MMSR_SUMMARY_MODEL is 'none'."""
+        if self.settings.summary_model == "none":
+            return None
+        from models.user_summarizer import UserSummarizer
+
+        return UserSummarizer(self.generator(self.settings.summary_model), self.settings.summarizer_config())
+
+    @functools.cached_property
+    def captioner(self):
+        """The captioner, or None when MMSR_CAPTION_MODEL is 'none'."""
+        if self.settings.caption_model == "none":
+            return None
+        from models.captioner import Captioner
+
+        return Captioner(self.generator(self.settings.caption_model), self.settings.caption_config())
+
+    @functools.cached_property
+    def reranker(self):
+        """The LoRA recommender's slot (hot-swappable adapter), or None when MMSR_RECOMMENDER_MODEL is 'none'."""
+        if self.settings.recommender_model == "none":
+            return None
+        from models.serving import AdapterSlot
+
+        return AdapterSlot(self._load(self.settings.recommender_model), self.settings.scorer_config())
+
+    def load_all(self) -> None:
+        """Load (and on first use convert or build) every configured model before consuming."""
+        _ = self.embedder, self.summarizer, self.captioner, self.reranker
+        self.check_adapter()
+
+    def check_adapter(self) -> bool:
+        """Swap in the adapter directory's version when it differs from the one serving; True on a swap.
+
+        A missing or unreadable directory keeps the current adapter (a retrain may be mid-rename).
+        """
+        path = self.settings.recommender_adapter
+        if self.reranker is None or not path:
+            return False
+        from models.serving import read_metadata
+
+        try:
+            version = read_metadata(path).get("version")
+        except (OSError, ValueError):
+            return False
+        if not version or version == self.reranker.version:
+            return False
+        try:
+            self.reranker.swap(path)
+        except MODEL_ERRORS as exc:  # a bad adapter must not stop the worker
+            log.exception("adapter %s (version %s) could not be loaded: %s", path, version, exc)
+            self.metrics.inc("adapter_failures_total")
+            return False
+        self.metrics.inc("adapter_swaps_total")
+        log.info("recommender adapter version %s in use", version)
+        return True
+
+
+class Catalog:
+    """The retrieval index and popularity, kept incrementally; full rebuilds and sorts run in a thread.
+
+    The index follows the item-profile GlobalTable: this worker's own writes and every other
+    worker's (through the table's changelog) are applied one item at a time, so the loop never
+    scans the catalog. Popularity counts catalog items only (ids unknown or deleted add nothing).
+    """
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.index: CatalogIndex | None = None
+        # updates that arrive before the first build or while a rebuild runs, replayed on its result
+        self._journal: list[tuple[str, object]] | None = []
+        self.popularity = Popularity(auto_rank=False)  # ranked by a timer, in a thread
+
+    @property
+    def ready(self) -> bool:
+        return self.index is not None
+
+    def __contains__(self, item_id: str) -> bool:
+        return self.index is not None and item_id in self.index
+
+    def __len__(self) -> int:
+        return 0 if self.index is None else len(self.index)
+
+    # -- the index -----------------------------------------------------------------------------
+    def upsert(self, item_id: str, vector) -> None:
+        if self._journal is not None:
+            self._journal.append((item_id, vector))
+        if self.index is not None:
+            self.index.upsert(item_id, vector)
+            self.metrics.gauge("catalog_items", len(self.index))
+
+    def remove(self, item_id: str) -> None:
+        if self._journal is not None:
+            self._journal.append((item_id, None))
+        self.popularity.remove(item_id)
+        if self.index is not None:
+            self.index.remove(item_id)
+            self.metrics.gauge("catalog_items", len(self.index))
+
+    def apply_profile(self, item_id: str, profile: dict | None) -> None:
+        """One item-profile value as the table stores it (None: deleted)."""
+        if profile and profile.get("embedding"):
+            self.upsert(item_id, decode_vector(profile["embedding"]))
+        elif profile is None:
+            self.remove(item_id)
+
+    @staticmethod
+    def build(dim: int, profiles: Iterable[tuple[object, dict]]) -> CatalogIndex:
+        """A whole index from (key, profile) pairs: the work of a rebuild, meant for a thread."""
+        index = CatalogIndex(dim)
+        for key, profile in profiles:
+            if profile and profile.get("embedding"):
+                index.upsert(key_text(key), decode_vector(profile["embedding"]))
+        return index
+
+    async def rebuild(self, dim: int, profiles: Callable[[], Iterable[tuple[object, dict]]]) -> None:
+        """Rebuild in an executor thread and swap it in; updates made meanwhile are replayed on top."""
+        if self._journal is None:
+            self._journal = []
+        journal = self._journal
+        index = await asyncio.get_running_loop().run_in_executor(None, lambda: self.build(dim, list(profiles())))
+        for item_id, vector in journal:
+            index.upsert(item_id, vector) if vector is not None else index.remove(item_id)
+        self._journal = None
+        self.index = index
+        self.metrics.inc("index_rebuilds_total")
+        self.metrics.gauge("catalog_items", len(index))
+
+    # -- popularity ----------------------------------------------------------------------------
+    def count(self, item_id: str, n: int = 1) -> None:
+        """Count an interaction for popularity, if the item is in the catalog."""
+        if item_id in self:
+            self.popularity.add(item_id, n)
+
+
+class Publisher:
+    """Everything the worker sends: lists, summary events, caption requests, dead letters."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, topics: dict):
+        self.settings, self.metrics, self.topics = settings, metrics, topics
+        self.last_recommendations: OrderedDict[str, dict] = OrderedDict()
+
+    async def dead_letter(self, message, error_class: str, error_message: str) -> None:
+        record = dead_letter_record(message, error_class, error_message)
+        await self.topics["dead_letters"].send(key=message.key, value=json.dumps(record).encode())
+        self.metrics.inc("dead_letters_total", reason=error_class, topic=message.topic)
+        log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset,
+                    error_class, error_message)
+
+    async def send(self, topic: str, key: str, value: dict):
+        """Queue one JSON event; the returned future resolves when the broker acknowledges it."""
+        return await self.topics[topic].send(key=key.encode(), value=json.dumps(value).encode())
+
+    async def recommendation(self, rec: dict) -> None:
+        await (await self.send("recommendations", rec["user_id"], rec))
+        user_id = rec["user_id"]
+        self.last_recommendations[user_id] = rec
+        self.last_recommendations.move_to_end(user_id)
+        while len(self.last_recommendations) > 100_000:
+            self.last_recommendations.popitem(last=False)
+        self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
+        if rec["latency_ms"] is not None and rec["trigger"]["kind"] in ("interaction", "summary"):
+            self.metrics.observe_latency(rec["latency_ms"] / 1000)
+
+
+class DueLists:
+    """When each owed list is due, in memory; what is owed lives in user state (``UserState.owed``),
+    and this schedule is rebuilt from it after a restart or a rebalance."""
+
+    def __init__(self):
+        self._due: dict[str, float] = {}
+
+    def schedule(self, user_id: str, delay: float) -> None:
+        due = time.monotonic() + delay
+        self._due[user_id] = min(due, self._due.get(user_id, due)) if delay == 0 else due
+
+    def pop_due(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        due = [u for u, d in self._due.items() if d <= now]
+        for user_id in due:
+            del self._due[user_id]
+        return due
+
+    def clear(self) -> None:
+        self._due.clear()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+class Services:
+    """The worker's shared parts; tables are any mutable mappings (Faust tables in the worker)."""
+
+    def __init__(self, settings: Settings, user_state: MutableMapping, item_profiles: MutableMapping,
+                 publisher: Publisher, metrics: Metrics, models: Models):
+        self.settings, self.user_state, self.item_profiles = settings, user_state, item_profiles
+        self.publisher, self.metrics, self.models = publisher, metrics, models
+        self.catalog = Catalog(metrics)
+        self.due = DueLists()
+        self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
+        self.restored = asyncio.Event()  # the schedule and the backfill sets have been derived from state
+
+    async def off_loop(self, fn, *args):
+        """Run blocking work (models, scans, matrix products) in a thread so heartbeats keep going."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    def trigger_of(self, state) -> Trigger | None:
+        return None if not state.owed else Trigger.from_state(state.owed)
+
+
+async def isolate(services: "Services", fn, inputs: list) -> tuple[list, dict[int, Exception]]:
+    """``fn(batch) -> results`` (one per input) off the loop; when a batch raises a model error it is
+    split in halves and retried, so one bad input fails alone. Returns the results (None where
+    failed) and the exception of each failed input by position."""
+    results: list = [None] * len(inputs)
+    failures: dict[int, Exception] = {}
+
+    async def run(lo: int, hi: int) -> None:
+        try:
+            out = await services.off_loop(fn, inputs[lo:hi])
+        except MODEL_ERRORS as exc:
+            if hi - lo == 1:
+                failures[lo] = exc
+                log.warning("model call failed for one input: %s: %s", type(exc).__name__, exc)
+                return
+            mid = (lo + hi) // 2
+            await run(lo, mid)
+            await run(mid, hi)
+            return
+        results[lo:hi] = out
+
+    if inputs:
+        await run(0, len(inputs))
+    return results, failures
+
+
+def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> tuple[list[str], dict[int, set[str]], list[str]]:
+    """What a restart or rebalance must rebuild from user state (a full scan: run it in a thread):
+    users owed a list, users owed one at their partition's backfill end, and every seen item
+    (popularity over the users this worker holds)."""
+    owed: list[str] = []
+    backfill: dict[int, set[str]] = {}
+    seen: list[str] = []
+    for key, data in list(user_state.items()):
+        if not data or (partitions is not None and data.get("partition") not in partitions):
+            continue
+        user_id = key_text(key)
+        if data.get("owed"):
+            owed.append(user_id)
+        if data.get("backfill_pending"):
+            backfill.setdefault(data.get("partition"), set()).add(user_id)
+        seen += data.get("seen", [])
+    return owed, backfill, seen

@@ -1,0 +1,197 @@
+"""Interactions stage: user state, recurrent summaries, and the lists each event makes owed.
+
+Effectively-once: each user records the offset of the last interaction it applied, and a
+redelivered one is skipped. A user's state, summary, pending block, offsets and owed list are
+one record, written once per user per batch after the summary events are acknowledged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import schemas
+from models import pipeline
+from schemas import BACKFILL_END, CONTROL_HEADER
+from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
+from streams.services import Services, isolate
+from streams.state import UserState
+
+log = logging.getLogger("mmsr.worker")
+
+OWED_CHUNK = 500  # users marked per loop turn at a backfill's end (the loop stays responsive)
+
+
+class InteractionsStage:
+    def __init__(self, services: Services):
+        self.s = services
+
+    @property
+    def summarizing(self) -> bool:
+        return self.s.models.summarizer is not None
+
+    async def process(self, events) -> None:
+        """One batch, in order: valid events grouped per user (one state read and one write per
+        user), dead letters sent as met, and a backfill-end marker applied only after every event
+        before it in the batch."""
+        by_user: dict[str, list] = {}
+        for event in events:
+            message = event.message
+            self.s.metrics.observe_offset(message.topic, message.partition, message.offset)
+            if header(message, CONTROL_HEADER) == BACKFILL_END:
+                await self.apply_user_groups(by_user)
+                by_user = {}
+                await self.finish_backfill(event)
+                continue
+            try:
+                interaction = accept(message, "interaction", "user_id")
+            except schemas.InvalidEvent as error:
+                await self.s.publisher.dead_letter(message, error.kind, str(error))
+                continue
+            by_user.setdefault(interaction["user_id"], []).append((event, interaction))
+        await self.apply_user_groups(by_user)
+
+    def apply_group(self, state: UserState, group: list, pending_cap: int) -> Trigger | None:
+        """Apply one user's events of a batch; the trigger of the newest recent one, if any."""
+        s, metrics = self.s.settings, self.s.metrics
+        trigger = None
+        for event, interaction in group:
+            message = event.message
+            if state.already_applied(message.partition, message.offset):
+                # still rewritten by the caller, so a changelog record lost in a crash is sent again
+                metrics.inc("duplicates_skipped_total")
+                continue
+            state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
+                        seen_cap=s.seen_cap, pending_cap=pending_cap)
+            self.s.catalog.count(interaction["item_id"])
+            if interaction["item_id"] not in self.s.catalog:
+                state.unknown_items += 1
+                metrics.inc("unknown_items_total")
+            if is_recent(interaction["event_time"], s.freshness_seconds):
+                trigger = Trigger(message.topic, message.partition, message.offset,
+                                  interaction["event_time"], "interaction", message.timestamp)
+            else:
+                state.backfill_pending = True
+                self.s.backfill_pending.setdefault(message.partition, set()).add(state.user_id)
+                metrics.inc("stale_events_total")
+            metrics.inc("events_applied_total")
+        return trigger
+
+    async def apply_user_groups(self, by_user: dict[str, list]) -> None:
+        """Apply each user's events, run the summarizer over every block they completed, then
+        write each user's state once: state, summary, offsets and owed list change together."""
+        if not by_user:
+            return
+        s = self.s.settings
+        pending_cap = 100 * s.summary_block if self.summarizing else s.summary_block
+        states: dict[str, UserState] = {}
+        triggers: dict[str, Trigger] = {}
+        for user_id, group in by_user.items():
+            in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
+            state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
+            trigger = self.apply_group(state, group, pending_cap)
+            if trigger is not None:
+                triggers[user_id] = trigger
+            states[user_id] = state
+        arrivals = {(e.message.partition, e.message.offset): e.message.timestamp
+                    for group in by_user.values() for e, _ in group}
+        summary_events = await self.summarize(states, arrivals) if self.summarizing else []
+        # the summary events must be on the broker before the state that records them: if the
+        # changelog write landed first and the worker died, the redelivered interactions would be
+        # skipped as applied and the events never sent
+        pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
+        if pending:
+            await asyncio.gather(*pending)
+        # with the re-ranker on, a user whose summary moved gets a list at once, re-ranked with it
+        summarized = {e["user_id"] for e in summary_events} if self.s.models.reranker is not None else set()
+        for user_id, trigger in triggers.items():
+            if user_id in summarized:
+                trigger = Trigger(trigger.topic, trigger.partition, trigger.offset, trigger.event_time, "summary",
+                                  trigger.broker_timestamp)
+            states[user_id].owed = trigger.to_state()
+            self.s.metrics.inc("lists_owed_total", reason=trigger.kind)
+        for user_id, state in states.items():
+            in_partition_of(by_user[user_id][-1][0])
+            self.s.user_state[user_id] = state.to_dict()
+        for user_id in triggers:
+            self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
+
+    def block_texts(self, block: list[dict]) -> list[str]:
+        """A block as the summarizer reads it (``models.pipeline``, as in training and evaluation)."""
+        records = []
+        for entry in block:
+            profile = self.s.item_profiles.get(entry["item_id"])
+            if not profile:
+                self.s.metrics.inc("summary_unknown_items_total")
+            records.append((entry["item_id"], profile))
+        return pipeline.summary_inputs(records)
+
+    def summarize_users(self, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
+        """The summarizer over (item texts of every full block, previous summary) per user; a thread."""
+        return self.s.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs])
+
+    async def summarize(self, states: dict[str, UserState], arrivals: dict[tuple[int, int], float | None]) -> list[dict]:
+        """Every full pending block, recurrently, batched across users; one summary event per block.
+
+        A failing input is isolated by splitting the batch: the other users' summaries go ahead,
+        the failing user's blocks stay pending (retried with their next interaction) and the
+        failure is counted. The interactions themselves are applied either way.
+        """
+        s = self.s.settings
+        blocks = {u: st.full_blocks(s.summary_block) for u, st in states.items()}
+        users = [u for u, b in blocks.items() if b]
+        if not users:
+            return []
+        started = time.perf_counter()
+        inputs = [([t for block in blocks[u] for t in self.block_texts(block)], states[u].summary) for u in users]
+        results, failures = await isolate(self.s, self.summarize_users, inputs)
+        self.s.metrics.inc("summary_seconds_total", time.perf_counter() - started)
+        if failures:
+            self.s.metrics.inc("summary_failures_total", len(failures))
+        events = []
+        for n, (user_id, summaries) in enumerate(zip(users, results)):
+            if n in failures:
+                continue
+            state = states[user_id]
+            for block, summary in zip(blocks[user_id], summaries):
+                state.record_summary(summary, s.summary_block)
+                self.s.metrics.inc("summaries_total")
+                last = block[-1]
+                events.append({
+                    "trigger": {"topic": s.topic_interactions, "partition": state.partition, "offset": last["offset"],
+                                "event_time": last["event_time"], "timestamp": arrivals.get((state.partition,
+                                                                                            last["offset"]))},
+                    "user_id": user_id, "summary": summary, "summary_version": state.summary_version,
+                    "interaction_count": state.interaction_count - len(state.pending_block),
+                    "block": [{"item_id": e["item_id"], "event_time": e["event_time"], "offset": e["offset"]}
+                              for e in block],
+                    "partition": state.partition, "model": s.summary_model, "generated_at": utcnow(),
+                })
+        return events
+
+    async def finish_backfill(self, event) -> None:
+        """A replay's end marker for one partition: each user its backfill touched is owed one list.
+
+        The users come from an in-memory set per partition (derived from state after a restart),
+        not from a table scan; they are marked a chunk per loop turn, and the mark is in their
+        state, so a crash after the marker's offset is committed still owes them the list.
+        """
+        await self.s.restored.wait()
+        message = event.message
+        trigger = Trigger(message.topic, message.partition, message.offset, None, "backfill-end", message.timestamp)
+        users = sorted(self.s.backfill_pending.pop(message.partition, set()))
+        for start in range(0, len(users), OWED_CHUNK):
+            for user_id in users[start:start + OWED_CHUNK]:
+                in_partition_of(event)
+                data = self.s.user_state.get(user_id)
+                if not data:
+                    continue
+                state = UserState.from_dict(data, user_id)
+                state.backfill_pending = False
+                state.owed = trigger.to_state()
+                self.s.user_state[user_id] = state.to_dict()
+                self.s.due.schedule(user_id, 0.0)
+            await asyncio.sleep(0)
+        self.s.metrics.inc("lists_owed_total", len(users), reason="backfill-end")
+        self.s.metrics.inc("backfill_markers_total")
+        log.info("backfill end on partition %d: %d users owed a list", message.partition, len(users))

@@ -1,0 +1,151 @@
+"""Catalog stage: items are applied and embedded from their text at once; captions come later.
+
+A new item is recommendable as soon as its event is applied. Captioning (seconds per item on a
+CPU) runs from the caption-requests topic in its own agent; when a caption arrives for the
+content it was asked for, the item is re-embedded with it. A caption the captioner marks as
+degenerate (empty, or looping) is not used: the item keeps its text-only profile.
+"""
+from __future__ import annotations
+
+import json
+
+import schemas
+from models.embeddings import item_text as embedding_text
+from models.pipeline import usable_caption
+from streams.events import accept, encode_vector, in_partition_of
+from streams.services import Services, isolate
+from streams.state import content_hash
+
+
+def embedded_text(item: dict, caption: str | None = None) -> str:
+    """What an item is embedded from: title, categories, description, then the caption if usable."""
+    text = embedding_text(item["title"], item.get("categories"), item.get("description"))
+    return f"{text}. {caption}" if caption else text
+
+
+class ItemsStage:
+    def __init__(self, services: Services):
+        self.s = services
+
+    def embed(self, texts: list[str]):
+        return self.s.models.embedder.embed(texts, self.s.settings.embed_batch)
+
+    async def process(self, events) -> None:
+        """Validate, embed what changed (one model call, a failing item isolated and dead-lettered),
+        apply in order, and ask for captions of what changed."""
+        s, metrics = self.s, self.s.metrics
+        accepted = []
+        for event in events:
+            message = event.message
+            metrics.observe_offset(message.topic, message.partition, message.offset)
+            try:
+                accepted.append((event, accept(message, "item", "item_id")))
+            except schemas.InvalidEvent as error:
+                await s.publisher.dead_letter(message, error.kind, str(error))
+        digests = {id(item): content_hash(item) for _, item in accepted if item.get("op") != "delete"}
+        changed = []
+        for event, item in accepted:
+            if id(item) in digests:
+                old = s.item_profiles.get(item["item_id"])
+                if not old or old.get("content_hash") != digests[id(item)] or "embedding" not in old:
+                    changed.append((event, item))
+        vectors, failures = await isolate(s, self.embed, [embedded_text(item) for _, item in changed])
+        failed = {id(changed[i][1]): exc for i, exc in failures.items()}
+        fresh = {id(item): vec for (_, item), vec in zip(changed, vectors) if id(item) not in failed}
+        for event, item in accepted:
+            if id(item) in failed:
+                exc = failed[id(item)]
+                await s.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
+                continue
+            in_partition_of(event)
+            self.apply(item, digests.get(id(item)), fresh.get(id(item)))
+        if s.models.captioner is not None:
+            for event, item in changed:
+                if id(item) in fresh:
+                    await s.publisher.send("caption_requests", item["item_id"],
+                                           {**item, "content_hash": digests[id(item)]})
+                    metrics.inc("caption_requests_total")
+
+    def apply(self, item: dict, digest: str | None, vector) -> None:
+        s, item_id = self.s, item["item_id"]
+        if item.get("op") == "delete":
+            s.item_profiles.pop(item_id, None)
+            s.catalog.remove(item_id)
+            s.metrics.inc("items_deleted_total")
+            return
+        profile = dict(s.item_profiles.get(item_id) or {})
+        profile.update({
+            "item_id": item_id, "title": item["title"], "categories": item.get("categories", []),
+            "description": item.get("description"), "image": item.get("image"),
+            "content_hash": digest, "event_time": item["event_time"],
+        })
+        if vector is not None:  # new or changed content: the caption is redone, the text embedded now
+            for key in ("caption", "caption_source", "image_error", "caption_rejected"):
+                profile.pop(key, None)
+            profile["caption_pending"] = s.models.captioner is not None
+            profile["text"] = embedded_text(item)
+            profile["embedding"] = encode_vector(vector)
+            s.catalog.upsert(item_id, vector)
+            s.metrics.inc("items_embedded_total")
+        s.item_profiles[item_id] = profile
+        s.metrics.inc("items_applied_total")
+
+
+class CaptionsStage:
+    """Caption requests -> captions -> re-embedding, batched; a failing item is isolated and dead-lettered."""
+
+    def __init__(self, services: Services):
+        self.s = services
+
+    def caption(self, requests: list[dict]):
+        from models.captioner import ItemInput
+
+        return self.s.models.captioner.caption([
+            ItemInput(r["item_id"], r["title"], r.get("categories"), r.get("description"), r.get("image"))
+            for r in requests])
+
+    async def process(self, events) -> None:
+        s, metrics = self.s, self.s.metrics
+        requests = []
+        for event in events:
+            try:
+                requests.append((event, json.loads(event.message.value)))
+            except ValueError as exc:
+                await s.publisher.dead_letter(event.message, "MalformedJSON", str(exc))
+        captions, failures = await isolate(s, self.caption, [r for _, r in requests])
+        metrics.inc("captions_total", len(requests) - len(failures))
+        usable = []
+        for i, ((event, request), caption) in enumerate(zip(requests, captions)):
+            if i in failures:
+                exc = failures[i]
+                await s.publisher.dead_letter(event.message, "CaptionFailed", f"{type(exc).__name__}: {exc}")
+                continue
+            if caption.image_error:
+                metrics.inc("caption_image_fallbacks_total")
+            if caption.rejected:
+                metrics.inc("captions_rejected_total", reason=caption.rejected.split(" (")[0])
+            usable.append((event, request, caption))
+        texts = [embedded_text(r, usable_caption(c.to_dict())) for _, r, c in usable]
+        vectors, failures = await isolate(s, lambda batch: self.s.models.embedder.embed(batch), texts)
+        for i, ((event, request, caption), text, vector) in enumerate(zip(usable, texts, vectors)):
+            if i in failures:
+                exc = failures[i]
+                await s.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
+                continue
+            in_partition_of(event)
+            self.apply(request, caption, text, vector)
+
+    def apply(self, request: dict, caption, text: str, vector) -> None:
+        s, item_id = self.s, request["item_id"]
+        profile = s.item_profiles.get(item_id)
+        if not profile or profile.get("content_hash") != request["content_hash"]:
+            s.metrics.inc("captions_outdated_total")  # changed or deleted meanwhile: a newer request exists
+            return
+        profile = {**profile, **caption.to_dict(), "caption_pending": False}
+        if caption.rejected:
+            s.item_profiles[item_id] = profile
+            return
+        profile.update(text=text, embedding=encode_vector(vector))
+        s.item_profiles[item_id] = profile
+        s.catalog.upsert(item_id, vector)
+        s.metrics.inc("captions_applied_total")
