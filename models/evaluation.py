@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models import pipeline
-from models.eval_config import KS, LLM_VARIANTS, PRESETS, EvalConfig  # noqa: F401 (the protocol's settings)
+from models.config import KS, LLM_VARIANTS, PRESETS, EvalConfig  # noqa: F401 (the protocol's settings)
 from models.ranking import auc, bootstrap_interval, user_metrics
 
 
@@ -279,7 +279,8 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     from models.baselines import PopularityScorer, RandomScorer, SASRecConfig, SASRecScorer
     from models.recommender import Recommender
     from models.serving import load_adapter
-    from models.training import LoraSettings, TrainConfig, git_revision, train
+    from models.config import LoraSettings
+    from models.training import TrainConfig, git_revision, train
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -392,7 +393,8 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     from the summarized history only (1 positive : 1 sampled negative).
     """
     from models import registry
-    from models.training import LoraSettings, TrainConfig, train
+    from models.config import LoraSettings
+    from models.training import TrainConfig, train
 
     dataset_name = "movielens-100k" if data is None else "events"
     data = data or Dataset.movielens()

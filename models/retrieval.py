@@ -102,9 +102,9 @@ class Popularity:
     and calls ``rank`` from a thread on a timer: a sort of 10^6 counts must not run on its loop.
     """
 
-    def __init__(self, auto_rank: bool = True):
+    def __init__(self, auto_rank: bool = True, keep: int = 20_000):
         self.counts: Counter[str] = Counter()
-        self.auto_rank = auto_rank
+        self.auto_rank, self.keep = auto_rank, keep
         self._ranked: list[tuple[str, int]] | None = None
         self._ranked_total = 1
         self._dirty = False
@@ -120,10 +120,18 @@ class Popularity:
             self._dirty = self.counts.pop(item_id, None) is not None or self._dirty
 
     def rank(self) -> None:
+        """Rank the ``keep`` most popular items (ties by id): lists never reach further down, and a
+        partial selection in numpy (which releases the GIL) keeps a 10^6-item ranking off the loop."""
         with self._lock:
-            counts, self._dirty = list(self.counts.items()), False
+            ids, self._dirty = list(self.counts), False
+            values = np.fromiter(self.counts.values(), dtype=np.int64, count=len(ids))
+        if len(ids) > self.keep:
+            top = np.argpartition(-values, self.keep - 1)[:self.keep]
+            counts = [(ids[i], int(values[i])) for i in top.tolist()]
+        else:
+            counts = list(zip(ids, values.tolist()))
         self._ranked = sorted(counts, key=lambda kv: (-kv[1], kv[0]))
-        self._ranked_total = max(sum(c for _, c in counts), 1)
+        self._ranked_total = max(int(values.sum()), 1)
 
     def top_k(self, k: int, exclude: Iterable[str] = (), allowed: CatalogIndex | None = None) -> list[Scored]:
         if self._ranked is None or (self.auto_rank and self._dirty):

@@ -21,23 +21,13 @@ from pathlib import Path
 
 import torch
 
+from models.config import LANGUAGE_LINEAR, LoraSettings
 from models.pipeline import TEXT
 from models.recommender import Candidate, full_inputs, yes_no_ids
 from models.registry import LoadedModel
 from models.serving import ADAPTER_METADATA
 
-LANGUAGE_LINEAR = "language-linear"
 _NOT_LANGUAGE = ("vision", "visual", "multi_modal_projector", "mm_projector", "lm_head", "embed")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = field(default=16, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
-    target_modules: str = field(default=LANGUAGE_LINEAR, metadata={
-        "help": "'language-linear' (every linear layer of the language model; vision tower, projector and "
-                "output head excluded), or comma-separated module names, or a regex"})
 
 
 @dataclass(frozen=True)

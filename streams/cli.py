@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from models.eval_config import LLM_VARIANTS, PRESETS, EvalConfig
+from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings
 from streams.settings import Settings, load
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -279,6 +279,16 @@ def dataclass_options(cls, *names: str):
     return decorate
 
 
+def lora_options(fn):
+    """--lora-* flags with LoraSettings' own defaults and help (defined once, there)."""
+    import dataclasses
+
+    for f in reversed(dataclasses.fields(LoraSettings)):
+        fn = click.option(f"--lora-{f.name.replace('_', '-')}", f"lora_{f.name}", default=f.default,
+                          type=type(f.default), show_default=True, help=f.metadata.get("help"))(fn)
+    return fn
+
+
 def eval_config(preset: str, values: dict):
     """A preset with the options the user gave on top (None: keep the preset's value)."""
     import dataclasses
@@ -317,22 +327,18 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
               help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
 @click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
               help="interaction events (JSON lines)")
-@click.option("--lora-r", default=16, help="LoRA rank")
-@click.option("--lora-alpha", default=32, help="LoRA alpha")
-@click.option("--lora-dropout", default=0.1, help="LoRA dropout")
-@click.option("--target-modules", default="language-linear", help="'language-linear', module names or a regex")
+@lora_options
 @dataclass_options(EvalConfig, *EVAL_FIELDS)
 @one_line_errors
-def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, target_modules, **values):
+def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
 
     Resumes from the run directory's last checkpoint when one is there.
     """
     from models.evaluation import train_adapter
-    from models.training import LoraSettings
 
     config = eval_config(preset, values)
-    lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+    lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
     metadata = train_adapter(config, out, lora, event_data(items, interactions), log=click.echo)
     click.echo(f"adapter {metadata['version']} in {out / 'adapter'} (loss {metadata['metrics']['first_loss']:.4f} "
                f"-> {metadata['metrics']['final_loss']:.4f})")

@@ -36,6 +36,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rerank_failures_total": ("re-rank batches that fell back to candidate-stage lists", ()),
     "adapter_swaps_total": ("adapter versions swapped in", ()),
     "adapter_failures_total": ("adapters that could not be loaded", ()),
+    "adapter_text_mismatches_total": ("settings in which a served adapter's training texts differ", ()),
     "backfill_markers_total": ("end-of-backfill markers applied", ()),
     "index_rebuilds_total": ("full catalog index rebuilds (off the event loop)", ()),
 }

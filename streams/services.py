@@ -110,7 +110,20 @@ class Models:
             return False
         self.metrics.inc("adapter_swaps_total")
         log.info("recommender adapter version %s in use", version)
+        for difference in text_mismatches(read_metadata(path), self.settings):
+            self.metrics.inc("adapter_text_mismatches_total")
+            log.warning("adapter %s was trained on other texts than this worker writes: %s", version, difference)
         return True
+
+
+def text_mismatches(metadata: dict, settings: Settings) -> list[str]:
+    """Where the texts an adapter was trained on (its protocol's block and generation lengths)
+    differ from what this worker writes: such an adapter is served out of its training distribution."""
+    protocol = (metadata.get("data") or {}).get("protocol") or {}
+    served = {"block": settings.summary_block, "caption_tokens": settings.caption_max_new_tokens,
+              "summary_tokens": settings.summary_max_new_tokens}
+    return [f"{name}: trained {protocol[name]}, served {value}" for name, value in served.items()
+            if name in protocol and protocol[name] != value]
 
 
 class Catalog:

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     summary_max_chars: int = Field(TEXT.summary_chars, gt=0, description="summary length cap")
     caption_model: str = Field(
         "smollm2-135m-instruct",
-        description="item summarizer: a vision-language model (captions images) or a text LLM (title, categories, "
+        description="captioner (the paper's item summarizer): a vision-language model (captions images) or a text LLM (title, categories, "
         "description); registry name, hub id or path; 'none' turns captions off",
     )
     caption_batch: int = Field(16, gt=0, description="items per captioner call")

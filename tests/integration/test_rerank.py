@@ -2,31 +2,18 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest
 from models.serving import load_adapter
-from models.training import LoraSettings, attach_lora, save_adapter
 from streams.kafka.client import InteractionProducer, ItemProducer
+from tests.adapters import make_adapter
 from tests.conftest import wait_until
 from tests.integration import helpers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LLM = registry.SMOLLM2
-
-
-def make_adapter(directory, version: str, seed: int) -> None:
-    """A LoRA adapter with small random B matrices (a fresh one is an exact no-op), saved as `mmsr train` does."""
-    lm = registry.load(LLM, device="cpu")
-    model = attach_lora(lm, LoraSettings(), seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
-    save_adapter(model, directory, {"base_model": LLM, "version": version})
 
 
 def recommendations(env, user: str) -> list[dict]:

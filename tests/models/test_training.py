@@ -12,7 +12,8 @@ from PIL import Image
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest, full_inputs, yes_no_ids
 from models.serving import ADAPTER_METADATA, load_adapter
-from models.training import (Example, LoraSettings, TrainConfig, answer_loss, attach_lora, collate, encode_example,
+from models.config import LoraSettings
+from models.training import (Example, TrainConfig, answer_loss, attach_lora, collate, encode_example,
                              optimizer_steps, train)
 
 pytestmark = pytest.mark.slow

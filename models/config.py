@@ -1,10 +1,23 @@
-"""The protocol's settings and presets, apart from the protocol so the CLI can offer them as
-options without importing the evaluation (or torch)."""
+"""Configs the CLI offers as options (LoRA, the protocol and its presets), kept free of torch so
+that importing the CLI stays fast."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from models.pipeline import TEXT
+
+LANGUAGE_LINEAR = "language-linear"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout on the LoRA input"})
+    target_modules: str = field(default=LANGUAGE_LINEAR, metadata={
+        "help": "'language-linear' (every linear layer of the language model; vision tower, projector and "
+                "output head excluded), or comma-separated module names, or a regex"})
+
 
 KS = (3, 5, 10)
 LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")

@@ -1,0 +1,84 @@
+"""Serving adapters next to generation: captions and summaries keep the base weights, and a hot
+swap never mixes two adapters in one scoring call."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from models import registry
+from models.pipeline import preference_request
+from models.recommender import Candidate, Recommender
+from models.serving import load_adapter
+from models.user_summarizer import SummarizerConfig, UserSummarizer
+from streams.metrics import Metrics
+from streams.services import Models
+from streams.settings import Settings
+from tests.adapters import make_adapter
+
+pytestmark = pytest.mark.slow
+
+HISTORY = [["Title: Heat (1995); Categories: Action, Crime", "Title: Fargo (1996); Categories: Crime, Drama",
+            "Title: Clueless (1995); Categories: Comedy"]]
+
+
+def test_with_an_adapter_loaded_summaries_come_from_the_base_weights(tmp_path):
+    make_adapter(tmp_path / "adapter", "v1", seed=1, scale=0.1)  # strong enough to change greedy text
+    settings = Settings(summary_model=registry.SMOLLM2, caption_model="none", recommender_model=registry.SMOLLM2,
+                        recommender_adapter=str(tmp_path / "adapter"), summary_max_new_tokens=16, device="cpu",
+                        data_dir=tmp_path)
+    models = Models(settings, Metrics(), embedder=object())
+    assert models.check_adapter() and models.reranker.version == "v1"
+    served = models.summarizer.recurrent(HISTORY)
+    base = UserSummarizer(registry.load(registry.SMOLLM2, device="cpu"), SummarizerConfig(max_new_tokens=16))
+    assert served == base.recurrent(HISTORY)
+    # what df091ed served: the summarizer over the adapted model writes something else
+    through_adapter = UserSummarizer(models.reranker.recommender.lm, SummarizerConfig(max_new_tokens=16))
+    assert through_adapter.recurrent(HISTORY) != served
+    # and the adapter is really in use for scoring (it changes the scores)
+    request = preference_request(served[0][-1], [Candidate("1", "Heat (1995)", ("Action",)),
+                                                 Candidate("2", "Babe (1995)", ("Children",))])
+    scores, recommender = models.reranker.score([request])
+    base_scores = Recommender(registry.load(registry.SMOLLM2, device="cpu")).score([request])
+    assert recommender.version == "v1" and max(abs(a - b) for a, b in zip(scores[0], base_scores[0])) > 1e-4
+    assert not any("lora" in n for n, _ in models.summarizer.lm.model.named_modules())
+
+
+def test_a_swap_waits_for_the_scoring_call_in_flight_and_lists_carry_the_version_that_scored(tmp_path):
+    make_adapter(tmp_path / "v1", "v1", seed=1)
+    make_adapter(tmp_path / "v2", "v2", seed=2)
+    from models.serving import AdapterSlot
+
+    slot = AdapterSlot(registry.load(registry.SMOLLM2, device="cpu"))
+    slot.swap(tmp_path / "v1")
+    candidates = [Candidate(str(i), f"Film number {i}", ("Drama",)) for i in range(6)]
+    requests = [preference_request("The user appears to have a preference for quiet dramas.", candidates)]
+    expected_v1 = load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "v1").score(requests)
+    expected_v2 = load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "v2").score(requests)
+    assert max(abs(a - b) for a, b in zip(expected_v1[0], expected_v2[0])) > 1e-4  # a mixed call would show
+
+    # hold the scoring call between its shared-prefix pass and its candidate passes
+    recommender = slot.recommender
+    between_passes, swap_done = threading.Event(), threading.Event()
+    original = recommender._score_rows
+
+    def paused_rows(*args, **kwargs):
+        between_passes.set()
+        time.sleep(1.0)  # a swap that did not wait would land here
+        return original(*args, **kwargs)
+
+    recommender._score_rows = paused_rows
+    result = {}
+    scorer = threading.Thread(target=lambda: result.update(out=slot.score(requests)))
+    swapper = threading.Thread(target=lambda: (slot.swap(tmp_path / "v2"), swap_done.set()))
+    scorer.start()
+    assert between_passes.wait(60)
+    swapper.start()
+    scorer.join(120)
+    swapper.join(120)
+    scores, used = result["out"]
+    assert used.version == "v1" and max(abs(a - b) for a, b in zip(scores[0], expected_v1[0])) < 1e-5
+    assert swap_done.is_set() and slot.version == "v2"
+    after, used = slot.score(requests)
+    assert used.version == "v2" and max(abs(a - b) for a, b in zip(after[0], expected_v2[0])) < 1e-5

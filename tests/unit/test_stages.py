@@ -1,0 +1,240 @@
+"""The stages driven without a broker: plain dicts for tables, a recording publisher, fake models.
+
+Each test here pins a defect of the single-class worker (df091ed): one bad input took its whole
+batch down, new items waited for their caption, degenerate captions went into embeddings,
+popularity counted any id.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pydantic
+import pytest
+
+from models.captioner import Caption, degenerate_reason
+from streams.metrics import Metrics
+from streams.services import Services
+from streams.settings import Settings
+from streams.stages.interactions import InteractionsStage
+from streams.stages.items import CaptionsStage, ItemsStage
+from streams.stages.recommendations import RecommendationsStage
+
+NOW = "2099-01-01T00:00:00Z"  # always within the freshness window
+
+
+class Message:
+    def __init__(self, topic, partition, offset, key, value, headers=None):
+        self.topic, self.partition, self.offset, self.key, self.value = topic, partition, offset, key, value
+        self.headers, self.timestamp = headers or [], 1000.0
+
+
+class Event:
+    def __init__(self, message):
+        self.message = message
+
+
+def events(topic, records, key_field, partition=0, start=0):
+    return [Event(Message(topic, partition, start + n, r[key_field].encode(), json.dumps(r).encode()))
+            for n, r in enumerate(records)]
+
+
+class RecordingPublisher:
+    def __init__(self):
+        self.dead, self.sent, self.lists = [], [], []
+        self.last_recommendations = {}
+
+    async def dead_letter(self, message, error_class, error_message):
+        self.dead.append((message.key, error_class, error_message))
+
+    async def send(self, topic, key, value):
+        self.sent.append((topic, key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def recommendation(self, rec):
+        self.lists.append(rec)
+
+
+class HashEmbedder:
+    """Deterministic vectors from text; raises on a poisoned text, as a model can on a bad input."""
+
+    dim = 8
+
+    def __init__(self):
+        self.calls = []
+
+    def embed(self, texts, batch_size=64):
+        self.calls.append(list(texts))
+        if any("POISON" in t for t in texts):
+            raise ValueError("the tokenizer rejects this input")
+        out = np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=self.dim) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+class FakeSummarizer:
+    def __init__(self):
+        self.batches = []
+
+    def recurrent(self, histories, previous):
+        self.batches.append(len(histories))
+        if any("JINX" in text for h in histories for text in h):
+            raise RuntimeError("generation failed")
+        return [[f"The user appears to have a preference for {len(h)} items."] * (len(h) // 3) for h in histories]
+
+
+class FakeModels:
+    def __init__(self, captioner=None, summarizer=None, reranker=None):
+        self.embedder = HashEmbedder()
+        self.captioner, self.summarizer, self.reranker = captioner, summarizer, reranker
+
+
+def make_services(models=None, **settings) -> Services:
+    s = Settings(summary_model="none", caption_model="none", **settings)
+    services = Services(s, {}, {}, RecordingPublisher(), Metrics(), models or FakeModels())
+    services.catalog._journal = None
+    from models.retrieval import CatalogIndex
+
+    services.catalog.index = CatalogIndex(HashEmbedder.dim)
+    services.restored.set()
+    return services
+
+
+def item(i, **extra):
+    return {"item_id": f"i{i}", "title": f"Title {i}", "categories": ["Drama"], "event_time": NOW, "op": "upsert",
+            **extra}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_an_item_that_fails_to_embed_is_dead_lettered_and_the_rest_of_its_batch_applied():
+    services = make_services()
+    batch = [item(0), item(1, title="POISON pill"), item(2), item(3)]
+    run(ItemsStage(services).process(events("items", batch, "item_id")))
+    assert sorted(services.item_profiles) == ["i0", "i2", "i3"]
+    assert all(f"i{i}" in services.catalog for i in (0, 2, 3)) and "i1" not in services.catalog
+    [(key, error_class, message)] = services.publisher.dead
+    assert key == b"i1" and error_class == "EmbeddingFailed" and "rejects this input" in message
+    assert services.metrics.get("items_applied_total") == 3
+
+
+def test_a_new_item_is_recommendable_while_its_caption_is_pending_then_re_embedded_with_it():
+    services = make_services(FakeModels(captioner=object()))
+    run(ItemsStage(services).process(events("items", [item(0), item(1)], "item_id")))
+    profile = services.item_profiles["i0"]
+    assert "i0" in services.catalog and profile["caption_pending"] is True and "caption" not in profile
+    requests = [v for topic, _, v in services.publisher.sent if topic == "caption_requests"]
+    assert [r["item_id"] for r in requests] == ["i0", "i1"] and requests[0]["content_hash"] == profile["content_hash"]
+    text_vector = services.catalog.index.vector("i0").copy()
+
+    good = "A tense courtroom drama about a jury that must agree on a verdict."
+    captions = CaptionsStage(services)
+    captions.caption = lambda batch: [Caption(good, "text"), Caption("noir " * 12, "text", None,
+                                                                        degenerate_reason("noir " * 12))]
+    run(captions.process(events("caption-requests", requests, "item_id")))
+    first, second = services.item_profiles["i0"], services.item_profiles["i1"]
+    assert first["caption"] == good and good in first["text"] and first["caption_pending"] is False
+    assert not np.allclose(services.catalog.index.vector("i0"), text_vector)  # re-embedded with the caption
+    assert second["caption_rejected"].startswith("a word repeated") and "noir" not in second["text"]
+    assert services.metrics.get("captions_rejected_total") == 1 and services.metrics.get("captions_applied_total") == 1
+
+
+def test_a_caption_for_content_that_changed_meanwhile_is_dropped():
+    services = make_services(FakeModels(captioner=object()))
+    stage = ItemsStage(services)
+    run(stage.process(events("items", [item(0)], "item_id")))
+    old_request = [v for t, _, v in services.publisher.sent if t == "caption_requests"][0]
+    run(stage.process(events("items", [item(0, title="Retitled")], "item_id", start=1)))
+    captions = CaptionsStage(services)
+    captions.caption = lambda batch: [Caption("A film about an old title that nobody remembers now.", "text")]
+    run(captions.process(events("caption-requests", [old_request], "item_id")))
+    assert "caption" not in services.item_profiles["i0"] and services.metrics.get("captions_outdated_total") == 1
+
+
+@pytest.mark.parametrize("text, degenerate", [
+    ("The item is a noir noir noir noir film", True),
+    ("ok", True),
+    ("a film a film a film a film a film a film a film a film", True),
+    ("A quiet drama about two brothers who run a diner in a small town.", False),
+])
+def test_degenerate_captions_are_recognised(text, degenerate):
+    assert (degenerate_reason(text) is not None) == degenerate
+
+
+def interaction(user, item_id, event_time=NOW):
+    return {"user_id": user, "item_id": item_id, "type": "click", "event_time": event_time}
+
+
+def test_one_failing_summarizer_input_fails_alone():
+    summarizer = FakeSummarizer()
+    services = make_services(FakeModels(summarizer=summarizer))
+    run(ItemsStage(services).process(events("items", [item(i) for i in range(6)] + [item(9, title="JINX")],
+                                            "item_id")))
+    batch = [interaction("u1", f"i{i}") for i in range(3)] + [interaction("u2", i) for i in ("i3", "i9", "i4")]
+    run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
+    ok, failed = services.user_state["u1"], services.user_state["u2"]
+    assert ok["summary_version"] == 1 and ok["pending_block"] == []
+    assert failed["summary_version"] == 0 and len(failed["pending_block"]) == 3  # retried with the next event
+    assert failed["interaction_count"] == 3  # the interactions themselves are applied
+    assert services.metrics.get("summary_failures_total") == 1
+    assert summarizer.batches == [2, 1, 1]  # the batch, then each half
+    assert [v["user_id"] for t, _, v in services.publisher.sent if t == "user_summaries"] == ["u1"]
+
+
+def test_popularity_counts_catalog_items_only_and_repeats_do_not_refill_the_block():
+    services = make_services()
+    run(ItemsStage(services).process(events("items", [item(0), item(1)], "item_id")))
+    batch = [interaction("u1", "i0"), interaction("u1", "ghost"), interaction("u1", "i0"), interaction("u2", "i0")]
+    run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
+    services.catalog.popularity.rank()
+    assert dict(services.catalog.popularity.counts) == {"i0": 3}
+    state = services.user_state["u1"]
+    assert state["interaction_count"] == 3 and [e["item_id"] for e in state["pending_block"]] == ["i0", "ghost"]
+
+
+@pytest.mark.parametrize("name", ["history_tail", "seen_cap", "top_k", "summary_block", "rerank_candidates"])
+def test_settings_that_would_delete_nothing_or_everything_are_refused(name):
+    with pytest.raises(pydantic.ValidationError, match=name):
+        Settings(**{name: 0})
+
+
+def test_an_owed_list_stays_in_state_until_published_and_a_newer_trigger_is_kept():
+    services = make_services(debounce_seconds=0.0)
+    run(ItemsStage(services).process(events("items", [item(i) for i in range(4)], "item_id")))
+    interactions = InteractionsStage(services)
+    run(interactions.process(events("interactions", [interaction("u1", "i0")], "user_id")))
+    assert services.user_state["u1"]["owed"]["offset"] == 0  # recorded with the state, before any list
+    recommendations = RecommendationsStage(services)
+    # a newer interaction lands while the first list is being built: its trigger must survive the clear
+    original = recommendations.candidates
+
+    def slow_candidates(states, k):
+        out = original(states, k)
+        services.user_state["u1"] = {**services.user_state["u1"], "owed": {**services.user_state["u1"]["owed"],
+                                                                            "offset": 1}}
+        return out
+
+    recommendations.candidates = slow_candidates
+    assert run(recommendations.emit_due()) == 1
+    assert services.user_state["u1"]["owed"]["offset"] == 1
+    recommendations.candidates = original
+    services.due.schedule("u1", 0.0)
+    assert run(recommendations.emit_due()) == 1
+    assert services.user_state["u1"]["owed"] is None
+    assert [r["trigger"]["offset"] for r in services.publisher.lists] == [0, 1]
+    assert "i0" not in [i["item_id"] for i in services.publisher.lists[0]["items"]]
+    services.due.schedule("u1", 0.0)  # a stale schedule for a list already published emits nothing
+    assert run(recommendations.emit_due()) == 0
+
+
+def test_an_adapter_trained_on_other_text_lengths_is_reported():
+    from streams.services import text_mismatches
+
+    metadata = {"data": {"protocol": {"block": 3, "caption_tokens": 24, "summary_tokens": 64}}}
+    served = Settings(caption_max_new_tokens=24, summary_max_new_tokens=256)
+    assert text_mismatches(metadata, served) == ["summary_tokens: trained 64, served 256"]
+    assert text_mismatches({}, served) == []
