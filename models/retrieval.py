@@ -115,6 +115,11 @@ class Popularity:
             self.counts[item_id] += n
             self._dirty = True
 
+    def set(self, item_id: str, value: float) -> None:
+        with self._lock:
+            self.counts[item_id] = value
+            self._dirty = True
+
     def remove(self, item_id: str) -> None:
         with self._lock:
             self._dirty = self.counts.pop(item_id, None) is not None or self._dirty
@@ -124,14 +129,14 @@ class Popularity:
         partial selection in numpy (which releases the GIL) keeps a 10^6-item ranking off the loop."""
         with self._lock:
             ids, self._dirty = list(self.counts), False
-            values = np.fromiter(self.counts.values(), dtype=np.int64, count=len(ids))
+            values = np.fromiter(self.counts.values(), dtype=np.float64, count=len(ids))
         if len(ids) > self.keep:
             top = np.argpartition(-values, self.keep - 1)[:self.keep]
-            counts = [(ids[i], int(values[i])) for i in top.tolist()]
+            counts = [(ids[i], float(values[i])) for i in top.tolist()]
         else:
             counts = list(zip(ids, values.tolist()))
         self._ranked = sorted(counts, key=lambda kv: (-kv[1], kv[0]))
-        self._ranked_total = max(int(values.sum()), 1)
+        self._ranked_total = max(float(values.sum()), 1.0)
 
     def top_k(self, k: int, exclude: Iterable[str] = (), allowed: CatalogIndex | None = None) -> list[Scored]:
         if self._ranked is None or (self.auto_rank and self._dirty):

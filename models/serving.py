@@ -19,6 +19,25 @@ from models.registry import LoadedModel
 ADAPTER_METADATA = "mmsr-adapter.json"
 
 
+def publish_directory(out_dir: Path | str, write) -> Path:
+    """Write a model directory beside ``out_dir`` (``write(tmp)``) and rename it into place, so a
+    process watching ``out_dir`` never loads a half-written model."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
 def read_metadata(adapter_dir: Path | str) -> dict:
     path = Path(adapter_dir) / ADAPTER_METADATA
     return json.loads(path.read_text()) if path.is_file() else {}

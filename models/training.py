@@ -25,7 +25,7 @@ from models.config import LANGUAGE_LINEAR, LoraSettings
 from models.pipeline import TEXT
 from models.recommender import Candidate, full_inputs, yes_no_ids
 from models.registry import LoadedModel
-from models.serving import ADAPTER_METADATA
+from models.serving import ADAPTER_METADATA, publish_directory
 
 _NOT_LANGUAGE = ("vision", "visual", "multi_modal_projector", "mm_projector", "lm_head", "embed")
 
@@ -225,14 +225,8 @@ def save_adapter(model, out_dir: Path, metadata: dict) -> Path:
     """``save_pretrained`` plus the metadata, written beside the target and renamed into place, so a
     worker watching ``out_dir`` never loads a half-written adapter."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        (tmp / ADAPTER_METADATA).write_text(json.dumps(metadata, indent=2))
+
+    return publish_directory(out_dir, write)

@@ -19,6 +19,7 @@ from streams.services import Models, Publisher, Services, scan_user_state
 from streams.settings import Settings
 from streams.stages.interactions import InteractionsStage
 from streams.stages.items import CaptionsStage, ItemsStage
+from streams.stages.neighbours import NeighboursStage
 from streams.stages.recommendations import RecommendationsStage
 
 log = logging.getLogger("mmsr.worker")
@@ -43,42 +44,46 @@ class Worker:
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.topics = {name: app.topic(getattr(s, f"topic_{name}"), **raw) for name in
                        ("items", "interactions", "recommendations", "user_summaries", "dead_letters",
-                        "caption_requests")}
+                        "caption_requests", "item_pairs")}
         user_state = app.Table("user-state", default=None, partitions=s.user_partitions, key_type=str)
         item_profiles = app.GlobalTable("item-profiles", default=None, partitions=s.item_partitions, key_type=str,
                                         on_changelog_event=self.on_item_changelog)
+        neighbours = app.GlobalTable("item-neighbours", default=None, partitions=s.item_partitions, key_type=str,
+                                     on_changelog_event=self.on_neighbours_changelog)
         self.services = Services(s, user_state, item_profiles, Publisher(s, metrics, self.topics), metrics,
                                  Models(s, metrics, embedder))
+        self.services.neighbours = neighbours
         self.items = ItemsStage(self.services)
         self.captions = CaptionsStage(self.services)
         self.interactions = InteractionsStage(self.services)
         self.recommendations = RecommendationsStage(self.services)
+        self.neighbours = NeighboursStage(self.services)
         self.assigned: set[int] = set()
         self._register()
 
     async def on_item_changelog(self, event) -> None:
         """Every worker's index follows the item table, other workers' writes included, item by item."""
-        message = event.message
-        value = None if message.value is None else json.loads(message.value)
-        try:
-            key = json.loads(message.key)
-        except ValueError:
-            key = key_text(message.key)
-        self.services.catalog.apply_profile(str(key), value)
+        self.services.catalog.apply_profile(*changelog_entry(event))
+
+    async def on_neighbours_changelog(self, event) -> None:
+        """Every worker's counts and trending follow the item-keyed aggregates, item by item."""
+        self.services.item_stats.apply(*changelog_entry(event))
 
     async def restore(self) -> None:
         """After a start or a rebalance: the catalog index and what user state owes, rebuilt off the loop."""
         services = self.services
         if not services.catalog.ready:
             await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
-        owed, backfill, seen = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
-        for item_id in seen:
-            services.catalog.count(item_id)
+            records = await services.off_loop(lambda: list(services.neighbours.items()))
+            for key, record in records:
+                services.item_stats.apply(key_text(key), record)
+            await services.off_loop(services.item_stats.trending.rank)
+        owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
         services.backfill_pending = backfill
         for user_id in owed:
             services.due.schedule(user_id, 0.0)
         services.restored.set()
-        log.info("restored: %d lists owed, %d users owed one at a backfill end", len(owed),
+        log.info("restored (partitions %s): %d lists owed, %d users owed one at a backfill end", sorted(self.assigned), len(owed),
                  sum(map(len, backfill.values())))
 
     def _register(self) -> None:
@@ -93,6 +98,11 @@ class Worker:
         async def captions_agent(stream):
             async for events in stream.take_events(s.caption_batch, within=s.embed_within):
                 await self.captions.process(events)
+
+        @app.agent(self.topics["item_pairs"], name="neighbours")
+        async def neighbours_agent(stream):
+            async for events in stream.take_events(2000, within=s.interaction_within):
+                await self.neighbours.process(events)
 
         @app.agent(self.topics["interactions"], name="interactions")
         async def interactions_agent(stream):
@@ -111,14 +121,19 @@ class Worker:
             self.assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_interactions}
             asyncio.ensure_future(self.restore())
 
-        @app.timer(interval=0.05)
+        @app.timer(interval=s.emit_interval)
         async def emitter():
             if services.restored.is_set():
                 await self.recommendations.emit_due(self.assigned)
 
         @app.timer(interval=s.popularity_refresh_seconds)
-        async def rank_popularity():
-            await services.off_loop(services.catalog.popularity.rank)
+        async def rank_trending():
+            await services.off_loop(services.item_stats.trending.rank)
+
+        if s.retrieval_model != "none":
+            @app.timer(interval=s.retrieval_poll_seconds)
+            async def sequential_watch():
+                await services.off_loop(services.models.check_sequential)
 
         if s.recommender_model != "none" and s.recommender_adapter:
             @app.timer(interval=s.adapter_poll_seconds)
@@ -146,6 +161,17 @@ class Worker:
             if high is not None:
                 lags[f"{tp.topic}/{tp.partition}"] = max(int(high) - (done + 1), 0)
         return lags
+
+
+def changelog_entry(event) -> tuple[str, dict | None]:
+    """(key, value) of a table's changelog message as Faust wrote them (JSON; None: deleted)."""
+    message = event.message
+    value = None if message.value is None else json.loads(message.value)
+    try:
+        key = json.loads(message.key)
+    except ValueError:
+        key = key_text(message.key)
+    return str(key), value
 
 
 def build_worker(settings: Settings, embedder=None) -> Worker:

@@ -38,8 +38,13 @@ def settings_options(*names: str):
         for name in reversed(names):
             field = Settings.model_fields[name]
             kind = field.annotation
+            flag = f"--{name.replace('_', '-')}"
+            if kind is bool:
+                fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}",
+                                  default=field.default, show_default=True, help=field.description)(fn)
+                continue
             click_type = click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
-            fn = click.option(f"--{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}", type=click_type,
+            fn = click.option(flag, name, envvar=f"MMSR_{name.upper()}", type=click_type,
                               default=field.default, show_default=True, help=field.description)(fn)
         return fn
 
@@ -305,10 +310,15 @@ def eval_config(preset: str, values: dict):
     return dataclasses.replace(config, **changes)
 
 
-def event_data(items, interactions):
+def given_together(items, interactions) -> bool:
+    """True for --items with --interactions, False for neither (MovieLens-100K); one alone is an error."""
     if (items is None) != (interactions is None):
         raise click.UsageError("--items and --interactions go together (or neither, for MovieLens-100K)")
-    if items is None:
+    return items is not None
+
+
+def event_data(items, interactions):
+    if not given_together(items, interactions):
         return None
     from models.evaluation import Dataset
 
@@ -375,6 +385,90 @@ def evaluate(out, preset, items, interactions, variants, **values):
     report = run(config, out, event_data(items, interactions), log=click.echo)
     click.echo((out / "results.md").read_text())
     click.echo(f"{report['total_seconds']:.0f}s; written to {out}/results.json, results.md, results.png")
+
+
+def load_log(items, interactions) -> tuple[list[dict], list[dict]]:
+    """Item and interaction events: MovieLens-100K, or JSON-lines files in the topics' schemas."""
+    import json
+
+    if not given_together(items, interactions):
+        from models.data import movielens
+
+        return list(movielens.items()), movielens.interactions()
+    read = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
+    return read(items), read(interactions)
+
+
+@main.command("train-retrieval")
+@click.option("--out", default="models-trained/sequential", show_default=True, type=click.Path(path_type=Path),
+              help="model directory (watch it with MMSR_RETRIEVAL_MODEL)")
+@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
+              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
+@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+              help="interaction events (JSON lines)")
+@click.option("--until", default=None, help="RFC 3339: train on events before this time only")
+@click.option("--epochs", default=200, show_default=True, help="training epochs")
+@click.option("--hidden", default=64, show_default=True, help="embedding and attention width")
+@click.option("--max-len", default=50, show_default=True, help="most recent items read")
+@click.option("--device", default="cpu", show_default=True, help="torch device ('auto': CUDA when present)")
+@one_line_errors
+def train_retrieval(out, items, interactions, until, epochs, hidden, max_len, device):
+    """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
+    import time
+
+    import schemas
+    from models.baselines import SASRecConfig
+    from models.evaluation import sequences_of
+    from models.sequential import SequentialRetriever
+
+    _, events = load_log(items, interactions)
+    events = sorted((schemas.validate("interaction", e) for e in events), key=lambda e: schemas.parse_time(e["event_time"]))
+    if until:
+        bound = schemas.parse_time(until)
+        events = [e for e in events if schemas.parse_time(e["event_time"]) < bound]
+    started = time.time()
+    config = SASRecConfig(epochs=epochs, hidden=hidden, max_len=max_len, device=device)
+    retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
+                                          data={"events": len(events), "until": until})
+    retriever.save_pretrained(out)
+    click.echo(f"sequential model {retriever.version} in {out}: {len(retriever.vocabulary)} items, "
+               f"{len(events)} events, {time.time() - started:.0f}s")
+
+
+@main.command("eval-stream")
+@click.option("--out", default="eval-stream-results", show_default=True, type=click.Path(path_type=Path),
+              help="results.json, results.md, the worker's log and state")
+@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
+              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
+@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+              help="interaction events (JSON lines)")
+@click.option("--bootstrap-servers", default=None, help="an existing cluster (default: a local broker for the run)")
+@click.option("--test-fraction", default=0.1, show_default=True, help="last share of events by time that is scored")
+@click.option("--users", default=0, show_default=True, help="scored users, a seeded sample (0: all)")
+@click.option("--seed", default=0, show_default=True, help="user sample")
+@click.option("--sequential/--no-sequential", default=True, show_default=True,
+              help="train SASRec on the pre-split events and serve it")
+@click.option("--sasrec-epochs", default=200, show_default=True, help="SASRec training epochs")
+@click.option("--fit-weights/--no-fit-weights", default=False, show_default=True,
+              help="fit the blend weights on a validation window before the test window")
+@click.option("--set", "worker_set", multiple=True, help="worker setting for the run, NAME=VALUE (e.g. cooc_window=10)")
+@one_line_errors
+def eval_stream(out, items, interactions, bootstrap_servers, test_fraction, users, seed, sequential, sasrec_epochs,
+                fit_weights, worker_set):
+    """Replay a log through a real broker and worker; score each test event against the list emitted before it."""
+    from streams.harness.eval_stream import StreamEvalConfig, run
+
+    overrides = {}
+    for pair in worker_set:
+        name, _, value = pair.partition("=")
+        if name not in Settings.model_fields:
+            raise click.UsageError(f"--set {name}: not a setting")
+        overrides[name] = value
+    config = StreamEvalConfig(test_fraction=test_fraction, users=users, seed=seed, sequential=sequential,
+                              sasrec_epochs=sasrec_epochs, fit_weights=fit_weights)
+    catalog, events = load_log(items, interactions)
+    run(config, out, catalog, events, bootstrap=bootstrap_servers, worker_settings=overrides, log=click.echo)
+    click.echo((Path(out) / "results.md").read_text())
 
 
 # -- demo -------------------------------------------------------------------------------------

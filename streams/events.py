@@ -104,6 +104,15 @@ def in_partition_of(event) -> None:
     _current_event.set(weakref.ref(event))
 
 
+def in_no_partition() -> None:
+    """Table reads look in every partition this worker holds (a key whose partition is unknown).
+
+    A task that set a partition (``in_partition_of``) keeps it for later reads, and a read of a
+    partitioned table under another partition's event finds nothing: clear it first.
+    """
+    _current_event.set(None)
+
+
 class PartitionContext:
     """Stands for "an event of this topic partition" where no event is at hand (the emitter
     clearing an owed list): Faust's tables read only ``message.topic`` and ``message.partition``

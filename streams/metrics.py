@@ -39,11 +39,17 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "adapter_text_mismatches_total": ("settings in which a served adapter's training texts differ", ()),
     "backfill_markers_total": ("end-of-backfill markers applied", ()),
     "index_rebuilds_total": ("full catalog index rebuilds (off the event loop)", ()),
+    "pair_entries_total": ("co-occurrence and count increments sent, by target item", ()),
+    "pair_entries_applied_total": ("increments applied to item records (redeliveries skipped)", ()),
+    "pair_entries_skipped_total": ("increments skipped as already applied", ()),
+    "retrieval_model_swaps_total": ("sequential model versions loaded", ()),
+    "retrieval_model_failures_total": ("sequential model directories that could not be loaded", ()),
 }
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "catalog_items": ("items in this worker's retrieval index", ()),
     "consumer_lag": ("high watermark minus the next offset to process", ("topic", "partition")),
     "lists_pending": ("users with a list due in this worker", ()),
+    "items_with_neighbours": ("items whose co-occurrence record this worker sees", ()),
 }
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 

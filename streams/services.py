@@ -85,6 +85,33 @@ class Models:
         """Load (and on first use convert or build) every configured model before consuming."""
         _ = self.embedder, self.summarizer, self.captioner, self.reranker
         self.check_adapter()
+        self.check_sequential()
+
+    sequential = None  # the served SequentialRetriever, or None
+
+    def check_sequential(self) -> bool:
+        """Load the sequential model directory's version when it differs from the one serving; True on a swap.
+
+        A missing, half-written or unreadable directory keeps the current model.
+        """
+        path = self.settings.retrieval_model
+        if path == "none":
+            return False
+        from models.sequential import SequentialRetriever, read_version
+
+        version = read_version(path)
+        if not version or (self.sequential is not None and self.sequential.version == version):
+            return False
+        try:
+            loaded = SequentialRetriever.from_pretrained(path)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("sequential model %s (version %s) could not be loaded: %s", path, version, exc)
+            self.metrics.inc("retrieval_model_failures_total")
+            return False
+        self.sequential = loaded  # one assignment: a list in progress keeps the model it started with
+        self.metrics.inc("retrieval_model_swaps_total")
+        log.info("sequential model version %s in use (%d items)", loaded.version, len(loaded.vocabulary))
+        return True
 
     def check_adapter(self) -> bool:
         """Swap in the adapter directory's version when it differs from the one serving; True on a swap.
@@ -127,11 +154,11 @@ def text_mismatches(metadata: dict, settings: Settings) -> list[str]:
 
 
 class Catalog:
-    """The retrieval index and popularity, kept incrementally; full rebuilds and sorts run in a thread.
+    """The content-similarity index over the catalog, kept incrementally; full rebuilds run in a thread.
 
     The index follows the item-profile GlobalTable: this worker's own writes and every other
     worker's (through the table's changelog) are applied one item at a time, so the loop never
-    scans the catalog. Popularity counts catalog items only (ids unknown or deleted add nothing).
+    scans the catalog.
     """
 
     def __init__(self, metrics: Metrics):
@@ -139,7 +166,6 @@ class Catalog:
         self.index: CatalogIndex | None = None
         # updates that arrive before the first build or while a rebuild runs, replayed on its result
         self._journal: list[tuple[str, object]] | None = []
-        self.popularity = Popularity(auto_rank=False)  # ranked by a timer, in a thread
 
     @property
     def ready(self) -> bool:
@@ -162,7 +188,6 @@ class Catalog:
     def remove(self, item_id: str) -> None:
         if self._journal is not None:
             self._journal.append((item_id, None))
-        self.popularity.remove(item_id)
         if self.index is not None:
             self.index.remove(item_id)
             self.metrics.gauge("catalog_items", len(self.index))
@@ -196,11 +221,28 @@ class Catalog:
         self.metrics.inc("index_rebuilds_total")
         self.metrics.gauge("catalog_items", len(index))
 
-    # -- popularity ----------------------------------------------------------------------------
-    def count(self, item_id: str, n: int = 1) -> None:
-        """Count an interaction for popularity, if the item is in the catalog."""
-        if item_id in self:
-            self.popularity.add(item_id, n)
+
+class ItemStats:
+    """Every item's interaction count and trending rank, from the item-keyed aggregates
+    (``streams.stages.neighbours``): global, whatever the number of workers, and kept item by
+    item from this worker's writes and the table's changelog. Ranked in a thread on a timer."""
+
+    def __init__(self, half_life: float):
+        self.half_life = half_life
+        self.counts: dict[str, int] = {}
+        self.trending = Popularity(auto_rank=False)
+
+    def apply(self, item_id: str, record: dict | None) -> None:
+        from models.cooccurrence import trend_key
+
+        if not record:
+            self.counts.pop(item_id, None)
+            self.trending.remove(item_id)
+            return
+        self.counts[item_id] = record["count"]
+        key = trend_key(record, self.half_life)
+        if key > float("-inf"):
+            self.trending.set(item_id, key)
 
 
 class Publisher:
@@ -266,6 +308,8 @@ class Services:
         self.settings, self.user_state, self.item_profiles = settings, user_state, item_profiles
         self.publisher, self.metrics, self.models = publisher, metrics, models
         self.catalog = Catalog(metrics)
+        self.item_stats = ItemStats(settings.cooccurrence_config().trending_half_life)
+        self.neighbours: MutableMapping = {}  # item -> co-occurrence record (the worker's GlobalTable)
         self.due = DueLists()
         self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
         self.restored = asyncio.Event()  # the schedule and the backfill sets have been derived from state
@@ -304,13 +348,11 @@ async def isolate(services: "Services", fn, inputs: list) -> tuple[list, dict[in
     return results, failures
 
 
-def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> tuple[list[str], dict[int, set[str]], list[str]]:
+def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> tuple[list[str], dict[int, set[str]]]:
     """What a restart or rebalance must rebuild from user state (a full scan: run it in a thread):
-    users owed a list, users owed one at their partition's backfill end, and every seen item
-    (popularity over the users this worker holds)."""
+    users owed a list, and users owed one at their partition's backfill end."""
     owed: list[str] = []
     backfill: dict[int, set[str]] = {}
-    seen: list[str] = []
     for key, data in list(user_state.items()):
         if not data or (partitions is not None and data.get("partition") not in partitions):
             continue
@@ -319,5 +361,4 @@ def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> 
             owed.append(user_id)
         if data.get("backfill_pending"):
             backfill.setdefault(data.get("partition"), set()).add(user_id)
-        seen += data.get("seen", [])
-    return owed, backfill, seen
+    return owed, backfill

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     topic_caption_requests: str = Field(
         "caption-requests", description="items waiting for a caption, keyed by item_id (partitioned like items)"
     )
+    topic_item_pairs: str = Field(
+        "item-pairs", description="co-occurrence and count increments, re-keyed by item_id (partitioned like items)"
+    )
     user_partitions: int = Field(4, description="partitions of the user-keyed topics (co-partitioned)")
     item_partitions: int = Field(2, description="partitions of the items topic")
     session_timeout: float = Field(
@@ -38,7 +41,25 @@ class Settings(BaseSettings):
     seen_cap: int = Field(5000, gt=0, description="most item ids remembered per user for history exclusion")
     recency_half_life: float = Field(10.0, description="half-life, in interactions, of the user vector's recency weights")
     recent_for_vector: int = Field(20, gt=0, description="recent items averaged into the user vector")
-    debounce_seconds: float = Field(0.5, description="quiet time per user before a list is emitted")
+    debounce_seconds: float = Field(0.5, ge=0, description="quiet time per user before a list is emitted")
+    emit_interval: float = Field(0.05, gt=0, description="seconds between checks for lists that are due")
+
+    # -- the candidate stage -------------------------------------------------------------------
+    cooccurrence: bool = Field(True, description="pair each interaction with the user's previous items (off: counts only)")
+    cooc_window: int = Field(20, gt=0, description="previous items of the user paired with each interaction (W)")
+    cooc_neighbours: int = Field(200, gt=0, description="neighbours kept per item (M)")
+    cooc_decay: float = Field(1.0, gt=0, le=1, description="pair weight factor per step of distance (1: none)")
+    trending_half_life_days: float = Field(14.0, gt=0, description="half-life of trending counts, days of event time")
+    retrieval_model: str = Field(
+        "none", description="sequential model directory from `mmsr train-retrieval` (watched for new versions); 'none': off"
+    )
+    retrieval_poll_seconds: float = Field(5.0, gt=0, description="how often the sequential model directory is checked")
+    source_candidates: int = Field(100, gt=0, description="candidates each source proposes before blending")
+    weight_cooccurrence: float = Field(1.0, ge=0, description="blend weight of item co-occurrence")
+    weight_sequential: float = Field(1.0, ge=0, description="blend weight of the sequential model")
+    weight_content: float = Field(0.3, ge=0, description="blend weight of content similarity (item-text embeddings)")
+    weight_trending: float = Field(0.3, ge=0, description="blend weight of trending items")
+    rrf_k: float = Field(60.0, gt=0, description="reciprocal-rank fusion constant k0 in w / (k0 + rank)")
     freshness_seconds: float = Field(
         3600.0, description="events older than this (by event_time) emit no list: backfill"
     )
@@ -112,6 +133,16 @@ class Settings(BaseSettings):
 
         return ScorerConfig(users_per_batch=self.rerank_users, rows_per_batch=self.rerank_rows,
                             caption_chars=self.rerank_caption_chars)
+
+    def cooccurrence_config(self):
+        from models.cooccurrence import CooccurrenceConfig
+
+        return CooccurrenceConfig(window=self.cooc_window if self.cooccurrence else 0, neighbours=self.cooc_neighbours,
+                                  decay=self.cooc_decay, trending_half_life=self.trending_half_life_days * 86400)
+
+    def blend_weights(self) -> dict[str, float]:
+        return {"cooccurrence": self.weight_cooccurrence, "sequential": self.weight_sequential,
+                "content": self.weight_content, "trending": self.weight_trending}
 
     def to_env(self) -> dict[str, str]:
         """These settings as MMSR_ variables, so a child process (a worker) gets exactly them."""

@@ -78,7 +78,7 @@ class UserState:
         del self.pending_block[:size]
 
     def recent_items(self, n: int) -> list[str]:
-        return [h["item_id"] for h in self.history[-n:]]
+        return [h["item_id"] for h in self.history[-n:]] if n > 0 else []
 
 
 def content_hash(event: dict) -> str:

@@ -50,6 +50,7 @@ def topic_factory(kafka_broker, tmp_path):
             "topic_items": f"{prefix}-items", "topic_interactions": f"{prefix}-interactions",
             "topic_user_summaries": f"{prefix}-user-summaries", "topic_recommendations": f"{prefix}-recommendations",
             "topic_dead_letters": f"{prefix}-dead-letters", "topic_caption_requests": f"{prefix}-caption-requests",
+            "topic_item_pairs": f"{prefix}-item-pairs",
             "debounce_seconds": 0.2,
             # the backbone tests run without the LLM stages; tests of those stages turn them on
             "summary_model": "none", "caption_model": "none",

@@ -26,6 +26,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic_items, settings.item_partitions, big),
         TopicSpec(settings.topic_caption_requests, settings.item_partitions, big),
+        TopicSpec(settings.topic_item_pairs, settings.item_partitions, {}),
         TopicSpec(settings.topic_interactions, users, big),
         TopicSpec(settings.topic_user_summaries, users, {}),
         TopicSpec(settings.topic_recommendations, users, {}),

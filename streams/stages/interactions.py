@@ -12,6 +12,7 @@ import time
 
 import schemas
 from models import pipeline
+from models.cooccurrence import pair_entries
 from schemas import BACKFILL_END, CONTROL_HEADER
 from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
 from streams.services import Services, isolate
@@ -25,6 +26,7 @@ OWED_CHUNK = 500  # users marked per loop turn at a backfill's end (the loop sta
 class InteractionsStage:
     def __init__(self, services: Services):
         self.s = services
+        self.cooccurrence = services.settings.cooccurrence_config()
 
     @property
     def summarizing(self) -> bool:
@@ -51,8 +53,10 @@ class InteractionsStage:
             by_user.setdefault(interaction["user_id"], []).append((event, interaction))
         await self.apply_user_groups(by_user)
 
-    def apply_group(self, state: UserState, group: list, pending_cap: int) -> Trigger | None:
-        """Apply one user's events of a batch; the trigger of the newest recent one, if any."""
+    def apply_group(self, state: UserState, group: list, pending_cap: int,
+                    pairs: dict[str, list[dict]]) -> Trigger | None:
+        """Apply one user's events of a batch, adding their item-keyed increments to ``pairs``; the
+        trigger of the newest recent one, if any."""
         s, metrics = self.s.settings, self.s.metrics
         trigger = None
         for event, interaction in group:
@@ -61,10 +65,12 @@ class InteractionsStage:
                 # still rewritten by the caller, so a changelog record lost in a crash is sent again
                 metrics.inc("duplicates_skipped_total")
                 continue
+            previous = state.recent_items(self.cooccurrence.window)
             state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
                         seen_cap=s.seen_cap, pending_cap=pending_cap)
-            self.s.catalog.count(interaction["item_id"])
-            if interaction["item_id"] not in self.s.catalog:
+            if interaction["item_id"] in self.s.catalog:
+                self.add_pairs(pairs, previous, interaction, message)
+            else:
                 state.unknown_items += 1
                 metrics.inc("unknown_items_total")
             if is_recent(interaction["event_time"], s.freshness_seconds):
@@ -86,10 +92,11 @@ class InteractionsStage:
         pending_cap = 100 * s.summary_block if self.summarizing else s.summary_block
         states: dict[str, UserState] = {}
         triggers: dict[str, Trigger] = {}
+        pairs: dict[str, list[dict]] = {}
         for user_id, group in by_user.items():
             in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
             state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
-            trigger = self.apply_group(state, group, pending_cap)
+            trigger = self.apply_group(state, group, pending_cap, pairs)
             if trigger is not None:
                 triggers[user_id] = trigger
             states[user_id] = state
@@ -99,7 +106,10 @@ class InteractionsStage:
         # the summary events must be on the broker before the state that records them: if the
         # changelog write landed first and the worker died, the redelivered interactions would be
         # skipped as applied and the events never sent
+        # the same holds for the item-keyed increments: on the broker before the offsets they carry
+        # are recorded as applied, so a crash in between sends them again (and the items skip them)
         pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
+        pending += await self.send_pairs(pairs)
         if pending:
             await asyncio.gather(*pending)
         # with the re-ranker on, a user whose summary moved gets a list at once, re-ranked with it
@@ -115,6 +125,25 @@ class InteractionsStage:
             self.s.user_state[user_id] = state.to_dict()
         for user_id in triggers:
             self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
+
+    def add_pairs(self, pairs: dict[str, list[dict]], previous: list[str], interaction: dict, message) -> None:
+        """The interaction's increments (co-occurrence with the user's previous catalog items, and
+        its item's count) into ``pairs``, by the item whose record they go to."""
+        catalog = self.s.catalog
+        known = [i for i in previous if i in catalog]
+        ts = schemas.parse_time(interaction["event_time"]).timestamp()
+        for target, entry in pair_entries(known, interaction["item_id"], message.partition, message.offset, ts,
+                                          self.cooccurrence).items():
+            pairs.setdefault(target, []).append(entry)
+
+    async def send_pairs(self, pairs: dict[str, list[dict]]) -> list:
+        """One message per target item, its entries in source order (the items skip by offset)."""
+        futures = []
+        for target, entries in pairs.items():
+            entries.sort(key=lambda e: (e["p"], e["o"]))
+            futures.append(await self.s.publisher.send("item_pairs", target, {"item_id": target, "entries": entries}))
+        self.s.metrics.inc("pair_entries_total", sum(map(len, pairs.values())))
+        return futures
 
     def block_texts(self, block: list[dict]) -> list[str]:
         """A block as the summarizer reads it (``models.pipeline``, as in training and evaluation)."""

@@ -10,21 +10,23 @@ import logging
 import time
 
 from models import pipeline
-from models.retrieval import recommend
-from streams.events import Trigger, in_partition, utcnow
+from models.blend import Fused, fuse
+from models.cooccurrence import neighbour_scores
+from models.retrieval import user_vector
+from streams.events import Trigger, in_no_partition, in_partition, utcnow
 from streams.services import MODEL_ERRORS, Services
 from streams.state import UserState
 
 log = logging.getLogger("mmsr.worker")
 
 
-def list_record(state: UserState, ranked: list[tuple[str, float]], strategy: str, model: str, summary_version: int,
-                trigger: Trigger, **extra) -> dict:
+def list_record(state: UserState, ranked: list[tuple[str, float, tuple[str, ...]]], strategy: str, model: str,
+                summary_version: int, trigger: Trigger, **extra) -> dict:
     latency = None if trigger.broker_timestamp is None else (time.time() - trigger.broker_timestamp) * 1000
     return {
         "user_id": state.user_id,
-        "items": [{"item_id": item_id, "score": round(score, 6), "rank": r}
-                  for r, (item_id, score) in enumerate(ranked, 1)],
+        "items": [{"item_id": item_id, "score": round(score, 6), "rank": r, "sources": list(sources)}
+                  for r, (item_id, score, sources) in enumerate(ranked, 1)],
         "summary_version": summary_version,
         "interaction_count": state.interaction_count,
         "model": model,
@@ -40,16 +42,48 @@ class RecommendationsStage:
     def __init__(self, services: Services):
         self.s = services
 
-    def candidates(self, states: list[UserState], k: int) -> list[tuple[str, list]]:
-        """The candidate stage for several users (matrix products: run in a thread)."""
-        s, catalog = self.s.settings, self.s.catalog
-        if catalog.index is None:
-            return [("popularity", []) for _ in states]
-        return [recommend(catalog.index, catalog.popularity, st.recent_items(s.recent_for_vector), st.seen, k,
-                          s.recency_half_life) for st in states]
+    def candidates(self, states: list[UserState], k: int) -> list[tuple[str, list[Fused]]]:
+        """The candidate stage for several users: each source's top N, blended (run in a thread)."""
+        s, index = self.s.settings, self.s.catalog.index
+        if index is None:
+            return [("trending", []) for _ in states]
+        n, weights = s.source_candidates, s.blend_weights()
+        excluded = [set(st.seen) for st in states]
+        sequential = self.s.models.sequential
+        proposed_by_model = None
+        if sequential is not None and weights["sequential"] > 0:
+            proposed_by_model = sequential.top_k([st.recent_items(sequential.config.max_len) for st in states], n,
+                                                 excluded)
+        out = []
+        for u, state in enumerate(states):
+            ranked: dict[str, list[str]] = {}
+            recent = state.recent_items(s.cooc_window)
+            if weights["cooccurrence"] > 0 and recent:
+                records = {r: self.s.neighbours.get(r) for r in recent}
+                scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u])
+                ranked["cooccurrence"] = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if i in index][:n]
+            if proposed_by_model is not None:
+                ranked["sequential"] = [i for i, _ in proposed_by_model[u] if i in index]
+            query = user_vector(index, state.recent_items(s.recent_for_vector), s.recency_half_life)
+            if weights["content"] > 0 and query is not None:
+                ranked["content"] = [h.item_id for h in index.top_k(query, n, exclude=excluded[u])]
+            if weights["trending"] > 0:
+                ranked["trending"] = [h.item_id for h in
+                                      self.s.item_stats.trending.top_k(n, exclude=excluded[u], allowed=index)]
+            fused = fuse(ranked, weights, k, s.rrf_k, excluded[u])
+            out.append(("blend" if state.history else "trending", fused))
+        return out
+
+    def versions(self) -> dict:
+        """The models a candidate list was built with."""
+        sequential = self.s.models.sequential
+        return {"sequential": None if sequential is None else sequential.version,
+                "embedding": self.s.settings.embed_model,
+                "cooccurrence_window": self.s.settings.cooc_window if self.s.settings.cooccurrence else 0}
 
     def owed_states(self, users: list[str], assigned: set[int] | None) -> list[tuple[UserState, Trigger]]:
         out = []
+        in_no_partition()  # the last settle() left its partition set in this task
         for user_id in users:
             data = self.s.user_state.get(user_id)
             if not data or not data.get("owed"):
@@ -85,9 +119,9 @@ class RecommendationsStage:
             self.settle(state, trigger)
         return len(records)
 
-    def candidate_list(self, state: UserState, trigger: Trigger, strategy: str, hits) -> tuple[dict, tuple]:
-        record = list_record(state, [(h.item_id, h.score) for h in hits], strategy,
-                             f"retrieval:{self.s.settings.embed_model}", state.summary_version, trigger)
+    def candidate_list(self, state: UserState, trigger: Trigger, strategy: str, hits: list[Fused]) -> tuple[dict, tuple]:
+        record = list_record(state, [(h.item_id, h.score, h.sources) for h in hits], strategy, "candidates:blend",
+                             state.summary_version, trigger, versions=self.versions())
         return record, (state, trigger)
 
     def settle(self, state: UserState, trigger: Trigger) -> None:
@@ -127,10 +161,12 @@ class RecommendationsStage:
         self.s.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
         out = []
         for (state, trigger), (_, hits), user_scores in zip(jobs, lists, scores):
-            ranked = sorted(zip((h.item_id for h in hits), user_scores), key=lambda pair: -pair[1])
+            ranked = sorted(((h.item_id, score, h.sources) for h, score in zip(hits, user_scores)),
+                            key=lambda row: -row[1])
             record = list_record(
                 state, ranked[:s.top_k], "rerank", f"{recommender.lm.name}+{recommender.version}",
                 state.summary_version, trigger, base_model=recommender.lm.name, adapter_version=recommender.version,
+                versions=self.versions(),
                 rerank={"candidates": len(hits), "batch_users": len(jobs), "seconds": round(seconds, 4)})
             out.append((record, (state, trigger)))
         return out

@@ -19,6 +19,7 @@ from streams.services import Services
 from streams.settings import Settings
 from streams.stages.interactions import InteractionsStage
 from streams.stages.items import CaptionsStage, ItemsStage
+from streams.stages.neighbours import NeighboursStage
 from streams.stages.recommendations import RecommendationsStage
 
 NOW = "2099-01-01T00:00:00Z"  # always within the freshness window
@@ -89,6 +90,7 @@ class FakeModels:
     def __init__(self, captioner=None, summarizer=None, reranker=None):
         self.embedder = HashEmbedder()
         self.captioner, self.summarizer, self.reranker = captioner, summarizer, reranker
+        self.sequential = None
 
 
 def make_services(models=None, **settings) -> Services:
@@ -185,13 +187,20 @@ def test_one_failing_summarizer_input_fails_alone():
     assert [v["user_id"] for t, _, v in services.publisher.sent if t == "user_summaries"] == ["u1"]
 
 
+def fold_pairs(services) -> None:
+    """Deliver what the interactions stage sent on item-pairs to the neighbours stage (as the topic would)."""
+    sent = [v for t, _, v in services.publisher.sent if t == "item_pairs"]
+    services.publisher.sent = [row for row in services.publisher.sent if row[0] != "item_pairs"]
+    run(NeighboursStage(services).process(events("item-pairs", sent, "item_id")))
+
+
 def test_popularity_counts_catalog_items_only_and_repeats_do_not_refill_the_block():
     services = make_services()
     run(ItemsStage(services).process(events("items", [item(0), item(1)], "item_id")))
     batch = [interaction("u1", "i0"), interaction("u1", "ghost"), interaction("u1", "i0"), interaction("u2", "i0")]
     run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
-    services.catalog.popularity.rank()
-    assert dict(services.catalog.popularity.counts) == {"i0": 3}
+    fold_pairs(services)
+    assert services.item_stats.counts == {"i0": 3}
     state = services.user_state["u1"]
     assert state["interaction_count"] == 3 and [e["item_id"] for e in state["pending_block"]] == ["i0", "ghost"]
 

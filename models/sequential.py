@@ -1,0 +1,96 @@
+"""The sequential candidate source: the in-repo SASRec, trained on a log, saved and served.
+
+``SequentialRetriever.from_pretrained`` is what the worker loads (``MMSR_RETRIEVAL_MODEL``); the
+directory holds the config, the weights (safetensors), the item vocabulary and a metadata JSON
+whose ``version`` the worker watches to pick up a retrained model without a restart. Items the
+model never saw are left to the other sources.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from models.baselines import SASRec, SASRecConfig, SASRecScorer
+from models.serving import publish_directory
+
+METADATA = "mmsr-retrieval.json"
+
+
+def read_version(directory: Path | str) -> str | None:
+    path = Path(directory) / METADATA
+    try:
+        return json.loads(path.read_text()).get("version")
+    except (OSError, ValueError):
+        return None
+
+
+class SequentialRetriever:
+    def __init__(self, model: SASRec, vocabulary: list[str], metadata: dict):
+        self.model, self.vocabulary, self.metadata = model.eval(), vocabulary, metadata
+        self.index = {item: n + 1 for n, item in enumerate(vocabulary)}
+        self.config: SASRecConfig = model.config
+
+    @property
+    def version(self) -> str:
+        return self.metadata["version"]
+
+    @classmethod
+    def train(cls, sequences: dict[str, list[str]], config: SASRecConfig, progress: bool = False,
+              data: dict | None = None) -> "SequentialRetriever":
+        started = time.time()
+        scorer = SASRecScorer(sequences, config, progress=progress)
+        vocabulary = [item for item, _ in sorted(scorer.index.items(), key=lambda kv: kv[1])]
+        metadata = {"version": f"sasrec-{int(time.time() * 1000)}", "model": "sasrec", "config": asdict(config),
+                    "items": len(vocabulary), "users": len(sequences), "seconds": round(time.time() - started, 1),
+                    "final_loss": scorer.losses[-1] if scorer.losses else None, "data": data or {}}
+        return cls(scorer.model.cpu(), vocabulary, metadata)
+
+    def save_pretrained(self, out_dir: Path | str) -> Path:
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            (tmp / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
+            (tmp / "vocab.json").write_text(json.dumps(self.vocabulary))
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
+            (tmp / METADATA).write_text(json.dumps(self.metadata, indent=2))
+
+        return publish_directory(out_dir, write)
+
+    @classmethod
+    def from_pretrained(cls, directory: Path | str) -> "SequentialRetriever":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = SASRecConfig(**{**json.loads((directory / "config.json").read_text()), "device": "cpu"})
+        vocabulary = json.loads((directory / "vocab.json").read_text())
+        model = SASRec(len(vocabulary), config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return cls(model, vocabulary, json.loads((directory / METADATA).read_text()))
+
+    @torch.inference_mode()
+    def top_k(self, histories: list[list[str]], k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
+        """Per user: the ``k`` best items the model knows, history excluded; one forward for all."""
+        rows = [[self.index[i] for i in h if i in self.index][-self.config.max_len:] for h in histories]
+        out: list[list[tuple[str, float]]] = [[] for _ in histories]
+        known = [u for u, r in enumerate(rows) if r]
+        if not known:
+            return out
+        length = self.config.max_len
+        seqs = torch.tensor([[0] * (length - len(rows[u])) + rows[u] for u in known])
+        hidden = self.model(seqs)[:, -1]
+        scores = hidden @ self.model.items.weight.T  # column 0 is padding
+        scores[:, 0] = -torch.inf
+        for n, u in enumerate(known):
+            banned = [self.index[i] for i in exclude[u] if i in self.index]
+            if banned:
+                scores[n, banned] = -torch.inf
+        take = min(k, scores.shape[1] - 1)
+        values, indices = scores.topk(take, dim=1)
+        for n, u in enumerate(known):
+            out[u] = [(self.vocabulary[j - 1], float(v)) for v, j in zip(values[n].tolist(), indices[n].tolist())
+                      if v > -torch.inf]
+        return out

@@ -1,0 +1,339 @@
+"""`mmsr eval-stream`: the lists a consumer of the recommendations topic would have shown, scored.
+
+A log is replayed through a real broker and a real worker. A global time split makes the first
+part backfill (replayed in time order: state, counts and summaries move, no lists, then one list
+per user at the backfill's end) and the rest the test window. Models trained offline (the
+sequential model) see only pre-split events. In the test window events go out in time order;
+before an event of a scored user is sent, the harness waits until the worker has emitted that
+user's list reflecting their previous event (lockstep, so the measure does not depend on machine
+speed), and scores the event against it: HR@k, NDCG@k, MRR@k. At the same moments it scores the
+list popularity would give (counts of everything replayed so far, the user's history excluded).
+
+Event times are shifted so that the split falls on the wall clock at the start of the run: the
+backfill is in the past (older than the worker's freshness window, so it emits no lists) and the
+test window is recent. The order and spacing of events are kept.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import schemas
+from models.prequential import Scores, time_split
+
+
+@dataclass(frozen=True)
+class StreamEvalConfig:
+    test_fraction: float = field(default=0.1, metadata={"help": "last share of events by time that is scored"})
+    users: int = field(default=0, metadata={"help": "scored users (a seeded sample of those with test events; 0: all)"})
+    seed: int = field(default=0, metadata={"help": "user sample"})
+    k: int = field(default=10, metadata={"help": "list length scored (HR@k, NDCG@k, MRR@k)"})
+    sequential: bool = field(default=True, metadata={"help": "train SASRec on the pre-split events and serve it"})
+    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
+    fit_weights: bool = field(default=False, metadata={
+        "help": "fit the blend weights on a validation window before the test window (offline replay of the "
+                "same sources) and run the worker with them"})
+    validation_fraction: float = field(default=0.1, metadata={"help": "share of pre-split events used to fit weights"})
+    wait_seconds: float = field(default=60.0, metadata={"help": "longest wait for one list before giving up"})
+
+
+WORKER_COUNTERS = ("events_applied_total", "recommendations_emitted_total", "lists_owed_total", "dead_letters_total",
+                   "pair_entries_applied_total", "pair_entries_skipped_total", "retrieval_model_swaps_total")
+
+
+def shifted(event: dict, delta: float) -> dict:
+    t = schemas.parse_time(event["event_time"]).timestamp() + delta
+    return {**event, "event_time": datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+
+
+class ListWatcher:
+    """Follows the recommendations topic: each user's newest list and the interaction count it reflects."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"eval-stream-{uuid.uuid4().hex}",
+                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                                  "fetch.wait.max.ms": 10})
+        self.consumer.subscribe([topic])
+        self.latest: dict[str, dict] = {}
+        self.count = 0
+        self._changed = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            for message in self.consumer.consume(500, timeout=0.05):
+                if message.error():
+                    continue
+                rec = json.loads(message.value())
+                with self._changed:
+                    old = self.latest.get(rec["user_id"])
+                    if old is None or rec.get("interaction_count", 0) >= old.get("interaction_count", 0):
+                        self.latest[rec["user_id"]] = rec
+                    self.count += 1
+                    self._changed.notify_all()
+
+    def wait_for(self, user: str, interactions: int, timeout: float) -> dict | None:
+        """The user's newest list once it reflects ``interactions`` interactions (None on timeout)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                rec = self.latest.get(user)
+                if rec is not None and rec.get("interaction_count", 0) >= interactions:
+                    return rec
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(left)
+
+    def wait_quiet(self, seconds: float, timeout: float) -> None:
+        """Until no list has arrived for ``seconds``."""
+        deadline = time.monotonic() + timeout
+        last, since = self.count, time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if self.count != last:
+                last, since = self.count, time.monotonic()
+            elif time.monotonic() - since >= seconds:
+                return
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.consumer.close()
+
+
+@dataclass
+class Tally:
+    stream: Scores
+    popularity: Scores
+    strategies: Counter = field(default_factory=Counter)
+    sources: Counter = field(default_factory=Counter)
+    without_list: int = 0
+    timeouts: int = 0
+    scored: list = field(default_factory=list)  # per event: user, item, the 1-based ranks in both lists (0: miss)
+
+
+def popularity_list(counts: Counter, seen: set[str], k: int, ranked_cache: dict) -> list[str]:
+    """Top k by count, history excluded (the ranking is re-sorted only when counts changed)."""
+    if ranked_cache.get("version") != ranked_cache.get("counts_version"):
+        ranked_cache["ranked"] = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        ranked_cache["version"] = ranked_cache.get("counts_version")
+    out = []
+    for item in ranked_cache["ranked"]:
+        if item not in seen:
+            out.append(item)
+            if len(out) == k:
+                break
+    return out
+
+
+def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions: list[dict],
+        bootstrap: str | None = None, worker_settings: dict | None = None, log=print) -> dict:
+    from tqdm.auto import tqdm
+
+    from streams.harness.process import WorkerProcess, wait_until
+    from streams.kafka.admin import create_topics
+    from streams.kafka.client import ItemProducer
+    from streams.kafka.launcher import LocalKafka, free_port
+    from streams.replay import replay
+    from streams.settings import Settings
+
+    started = time.time()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    events = sorted((schemas.validate("interaction", e) for e in interactions),
+                    key=lambda e: schemas.parse_time(e["event_time"]))
+    catalog = {i["item_id"] for i in items if i.get("op") != "delete"}
+    split = time_split(events, config.test_fraction)
+    backfill, test = events[:split], events[split:]
+    test_users = sorted({e["user_id"] for e in test})
+    scored = set(test_users if not config.users else
+                 random.Random(config.seed).sample(test_users, min(config.users, len(test_users))))
+    log(f"{len(events)} events: {len(backfill)} backfill, {len(test)} test ({len(test_users)} users, "
+        f"{len(scored)} scored)")
+    timings: dict[str, float] = {}
+
+    overrides = dict(worker_settings or {})
+    if config.sequential:
+        timings["train_retrieval"] = train_sequential(backfill, out_dir / "sequential", config, log)
+        overrides.setdefault("retrieval_model", str(out_dir / "sequential"))
+    fitted = None
+    if config.fit_weights:
+        fitted = fit_blend_weights(items, backfill, config, out_dir, log)
+        overrides.update({f"weight_{name}": w for name, w in fitted["weights"].items()})
+
+    broker = None
+    if bootstrap is None:
+        broker = LocalKafka(out_dir / "kafka")
+        bootstrap = broker.start(port=0, timeout=120).bootstrap
+    prefix = f"eval{uuid.uuid4().hex[:6]}"
+    web_port = free_port()
+    settings = Settings(**{
+        "bootstrap_servers": bootstrap, "data_dir": str(out_dir / "worker"), "app_id": f"{prefix}-app",
+        "web_port": web_port, "summary_model": "none", "caption_model": "none", "recommender_model": "none",
+        "debounce_seconds": 0.0, "emit_interval": 0.01, "interaction_within": 0.005, "top_k": config.k,
+        **{f"topic_{t}": f"{prefix}-{t.replace('_', '-')}" for t in
+           ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests",
+            "item_pairs")},
+        **overrides})
+    create_topics(settings)
+    worker = WorkerProcess(settings.to_env(), web_port, out_dir / "worker.log").start(timeout=600)
+    watcher = ListWatcher(bootstrap, settings.topic_recommendations)
+    try:
+        t0 = time.time()
+        with ItemProducer(bootstrap, settings.topic_items) as producer:
+            for item in items:
+                producer.send(item)
+        wait_until(lambda: worker.metric("catalog_items") >= len(catalog), timeout=900, interval=0.5,
+                   message="catalog embedded")
+        timings["catalog"] = time.time() - t0
+
+        delta = time.time() - schemas.parse_time(test[0]["event_time"]).timestamp() if test else 0.0
+        t0 = time.time()
+        report = replay(bootstrap, settings.topic_interactions, [shifted(e, delta) for e in backfill],
+                        backfill=True, progress=True)
+        wait_until(lambda: worker.metric("events_applied_total") >= len(backfill)
+                   and worker.metric("backfill_markers_total") >= report.markers, timeout=1800, interval=1.0,
+                   message="backfill applied")
+        watcher.wait_quiet(2.0, timeout=600)  # the lists owed at the backfill's end
+        timings["backfill"] = time.time() - t0
+        log(f"backfill: {len(backfill)} events in {timings['backfill']:.0f}s, {watcher.count} lists")
+
+        tally = test_window(config, test, backfill, scored, catalog, bootstrap, settings, watcher, delta, tqdm)
+        timings["test_window"] = time.time() - t0 - timings["backfill"]
+        counters = {name: worker.metric(name) for name in WORKER_COUNTERS}
+    finally:
+        watcher.close()
+        worker.stop()
+        if broker is not None:
+            broker.stop()
+    result = {
+        "stream": tally.stream.summary(len(catalog)), "popularity": tally.popularity.summary(len(catalog)),
+        "events_scored": tally.stream.n, "events_without_list": tally.without_list, "list_timeouts": tally.timeouts,
+        "strategies": {k: v / max(tally.stream.n, 1) for k, v in tally.strategies.most_common()},
+        "sources_in_scored_lists": dict(tally.sources.most_common()),
+        "split": {"backfill_events": len(backfill), "test_events": len(test), "test_users": len(test_users),
+                  "scored_users": len(scored)},
+        "config": asdict(config), "worker_settings": {k: v for k, v in overrides.items()},
+        "worker_counters": counters, "fitted": fitted, "seconds": {**{k: round(v, 1) for k, v in timings.items()},
+                                      "total": round(time.time() - started, 1)},
+    }
+    ratio = result["stream"][f"HR@{config.k}"] / max(result["popularity"][f"HR@{config.k}"], 1e-9)
+    result["hr_ratio_stream_over_popularity"] = round(ratio, 3)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "events.jsonl").write_text("".join(json.dumps(row) + "\n" for row in tally.scored))
+    (out_dir / "results.md").write_text(markdown(result, config.k))
+    return result
+
+
+def test_window(config, test, backfill, scored, catalog, bootstrap, settings, watcher, delta, tqdm) -> Tally:
+    from streams.kafka.client import InteractionProducer
+
+    k = config.k
+    tally = Tally(Scores(k), Scores(k))
+    counts: Counter = Counter(e["item_id"] for e in backfill if e["item_id"] in catalog)
+    cache = {"counts_version": 0}
+    histories: dict[str, set[str]] = {}
+    applied: Counter = Counter()
+    for e in backfill:
+        histories.setdefault(e["user_id"], set()).add(e["item_id"])
+        applied[e["user_id"]] += 1
+    producer = InteractionProducer(bootstrap, settings.topic_interactions, **{"linger.ms": 0})
+    for event in tqdm(test, desc="test window", unit="ev"):
+        user, item = event["user_id"], event["item_id"]
+        if user in scored:
+            rec = None
+            if applied[user]:
+                producer.flush()
+                rec = watcher.wait_for(user, applied[user], config.wait_seconds)
+                tally.timeouts += rec is None
+            ranked = [] if rec is None else [i["item_id"] for i in rec["items"]]
+            if rec is None:
+                tally.without_list += 1
+            else:
+                tally.strategies[rec.get("strategy", "?")] += 1
+                for entry in rec["items"]:
+                    tally.sources.update(entry.get("sources", []))
+            popular = popularity_list(counts, histories.get(user, set()), k, cache)
+            tally.stream.add(ranked, item)
+            tally.popularity.add(popular, item)
+            tally.scored.append({"user_id": user, "item_id": item, "stream_rank": rank_of(ranked, item, k),
+                                 "popularity_rank": rank_of(popular, item, k),
+                                 "strategy": None if rec is None else rec.get("strategy"),
+                                 "list_interaction_count": None if rec is None else rec.get("interaction_count")})
+        producer.send(shifted(event, delta))
+        applied[user] += 1
+        histories.setdefault(user, set()).add(item)
+        if item in catalog:
+            counts[item] += 1
+            cache["counts_version"] += 1
+    producer.flush()
+    return tally
+
+
+def rank_of(ranked: list[str], item: str, k: int) -> int:
+    return ranked.index(item, 0, k) + 1 if item in ranked[:k] else 0
+
+
+def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:
+    from models.baselines import SASRecConfig
+    from models.evaluation import sequences_of
+    from models.sequential import SequentialRetriever
+
+    started = time.time()
+    retriever = SequentialRetriever.train(sequences_of(events), SASRecConfig(epochs=config.sasrec_epochs),
+                                          progress=True, data={"events": len(events),
+                                                               "until": events[-1]["event_time"] if events else None})
+    retriever.save_pretrained(out)
+    seconds = time.time() - started
+    log(f"sequential model {retriever.version}: {len(retriever.vocabulary)} items, {seconds:.0f}s")
+    return seconds
+
+
+def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEvalConfig, out_dir: Path, log) -> dict:
+    """Weights fitted on the last ``validation_fraction`` of the backfill, by an offline replay of
+    the same sources; the sequential model used there is trained on the events before that window."""
+    from models.cooccurrence import CooccurrenceConfig
+    from models.embeddings import TextEmbedder
+    from models.prequential import content_source, fit_weights, replay as offline_replay
+    from models.sequential import SequentialRetriever
+
+    start = time_split(backfill, config.validation_fraction)
+    extra = {}
+    embedder = TextEmbedder("minilm", device="cpu")
+    extra["content"] = content_source(lambda texts: embedder.embed(texts), {i["item_id"]: i for i in items})
+    if config.sequential:
+        train_sequential(backfill[:start], out_dir / "sequential-validation", config, log)
+        model = SequentialRetriever.from_pretrained(out_dir / "sequential-validation")
+        extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
+    lists, targets = offline_replay(backfill, start, len(backfill), CooccurrenceConfig(), extra, progress=True)
+    weights, result = fit_weights(lists, targets)
+    log(f"fitted weights on {len(targets)} validation events: {weights} (HR@10 {result['HR@10']:.4f})")
+    return {"weights": weights, "validation": result, "validation_events": len(targets)}
+
+
+def markdown(result: dict, k: int) -> str:
+    rows = [f"| lists | HR@{k} | NDCG@{k} | MRR@{k} | coverage |", "|---|---|---|---|---|"]
+    for name in ("stream", "popularity"):
+        r = result[name]
+        rows.append(f"| {name} | {r[f'HR@{k}']:.4f} | {r[f'NDCG@{k}']:.4f} | {r[f'MRR@{k}']:.4f} | "
+                    f"{r.get('coverage', 0):.3f} |")
+    lines = ["# mmsr eval-stream", "", *rows, "",
+             f"Events scored: {result['events_scored']} (without a list: {result['events_without_list']}, "
+             f"timeouts: {result['list_timeouts']}); HR@{k} stream / popularity: "
+             f"{result['hr_ratio_stream_over_popularity']}x.",
+             f"Strategies of the scored lists: {json.dumps(result['strategies'])}.",
+             f"Sources of the items in the scored lists: {json.dumps(result['sources_in_scored_lists'])}.",
+             f"Seconds: {json.dumps(result['seconds'])}.", ""]
+    return "\n".join(lines)
