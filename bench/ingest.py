@@ -46,6 +46,36 @@ def baseline_consume(bootstrap: str, topic: str, n: int) -> float:
     return seen / elapsed
 
 
+def ingest(info, tmp: Path, name: str, events: list[dict], **overrides) -> tuple[dict, WorkerProcess, Settings]:
+    """One worker on its own topics: the catalog, then ``events`` replayed as fast as they go."""
+    port = free_port()
+    values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / name), "web_port": port,
+              "debounce_seconds": 0.05, "app_id": f"bench-{name}",
+              "summary_model": "none", "caption_model": "none",  # the backbone alone: see bench/summaries.py
+              **{f"topic_{t}": f"{name}-{t}" for t in ("items", "interactions", "user_summaries", "recommendations",
+                                                       "dead_letters", "caption_requests", "item_pairs")},
+              **overrides}
+    settings = Settings(**values)
+    create_topics(settings)
+    worker = WorkerProcess(settings.to_env(), port, tmp / f"worker-{name}.log")
+    worker.start()
+    catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
+    wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")
+    items = {n: worker.metric(n) for n in ("items_applied_total", "items_embedded_total", "catalog_items")}
+    start = time.perf_counter()
+    rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=False, progress=False)
+    wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.2,
+               message="all applied")
+    applied_s = time.perf_counter() - start
+    wait_until(lambda: worker.metric("pair_entries_applied_total") >= worker.metric("pair_entries_total"),
+               timeout=1800, interval=0.2, message="item-keyed increments folded")
+    folded_s = time.perf_counter() - start
+    return {"catalog": {"published": catalog, **items},
+            "worker_applied_per_s": round(len(events) / applied_s, 1),
+            "worker_applied_and_folded_per_s": round(len(events) / folded_s, 1),
+            "pair_entries": worker.metric("pair_entries_total")}, worker, settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20000)
@@ -57,26 +87,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmsr-bench-"))
     broker = LocalKafka(tmp / "kafka")
     info = broker.start(port=0)
-    worker = None
+    workers = []
     try:
-        port = free_port()
-        values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / "w"), "web_port": port,
-                  "debounce_seconds": 0.05, "app_id": "bench",
-                  "summary_model": "none", "caption_model": "none"}  # the backbone alone: see bench/summaries.py
-        settings = Settings(**values)
-        create_topics(settings)
-        worker = WorkerProcess(settings.to_env(), port, tmp / "worker.log")
-        worker.start()
-        catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
-        wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")
-        items = {name: worker.metric(name) for name in ("items_applied_total", "items_embedded_total", "catalog_items")}
-
         events = rp.movielens_events()[: args.events]
-        start = time.perf_counter()
-        rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=False, progress=False)
-        wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.2,
-                   message="all applied")
-        worker_rate = len(events) / (time.perf_counter() - start)
+        off, worker, settings = ingest(info, tmp, "cooc-off", events, cooccurrence=False)
+        worker.stop()
+        on, worker, settings = ingest(info, tmp, "cooc-on", events, cooccurrence=True)
+        workers.append(worker)
         baseline_rate = baseline_consume(info.bootstrap, settings.topic_interactions, len(events))
 
         emitted_before = worker.metric("recommendations_emitted_total")
@@ -100,12 +117,15 @@ def main() -> None:
             "benchmark": "ingest",
             "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                         "kafka": info.version},
-            "catalog": {"published": catalog, **items},
             "events": len(events),
-            "worker_applied_per_s": round(worker_rate, 1),
+            "cooccurrence_on": on,
+            "cooccurrence_off": off,
             "baseline_confluent_consumer_per_s": round(baseline_rate, 1),
-            "ratio_worker_to_baseline": round(worker_rate / baseline_rate, 4),
-            "latency": {"lists": int(lat.size), "rate_per_s": args.latency_rate,
+            "ratio_worker_to_baseline": {
+                "cooccurrence_on": round(on["worker_applied_per_s"] / baseline_rate, 4),
+                "cooccurrence_off": round(off["worker_applied_per_s"] / baseline_rate, 4)},
+            "ratio_on_to_off": round(on["worker_applied_and_folded_per_s"] / off["worker_applied_and_folded_per_s"], 3),
+            "latency": {"lists": int(lat.size), "rate_per_s": args.latency_rate, "cooccurrence": True,
                         "debounce_ms": settings.debounce_seconds * 1000,
                         "p50_ms": round(float(np.percentile(lat, 50)), 1),
                         "p99_ms": round(float(np.percentile(lat, 99)), 1),
@@ -115,7 +135,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.stop()
         broker.stop()
 

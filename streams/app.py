@@ -46,10 +46,9 @@ class Worker:
                        ("items", "interactions", "recommendations", "user_summaries", "dead_letters",
                         "caption_requests", "item_pairs")}
         user_state = app.Table("user-state", default=None, partitions=s.user_partitions, key_type=str)
-        item_profiles = app.GlobalTable("item-profiles", default=None, partitions=s.item_partitions, key_type=str,
-                                        on_changelog_event=self.on_item_changelog)
-        neighbours = app.GlobalTable("item-neighbours", default=None, partitions=s.item_partitions, key_type=str,
-                                     on_changelog_event=self.on_neighbours_changelog)
+        global_table = dict(default=None, partitions=s.item_partitions, key_type=str)
+        item_profiles = app.GlobalTable("item-profiles", on_changelog_event=self.on_item_changelog, **global_table)
+        neighbours = app.GlobalTable("item-neighbours", on_changelog_event=self.on_neighbours_changelog, **global_table)
         self.services = Services(s, user_state, item_profiles, Publisher(s, metrics, self.topics), metrics,
                                  Models(s, metrics, embedder))
         self.services.neighbours = neighbours
@@ -125,6 +124,17 @@ class Worker:
         async def emitter():
             if services.restored.is_set():
                 await self.recommendations.emit_due(self.assigned)
+
+        @app.timer(interval=0.1)
+        async def apply_global_tables():
+            """Apply other workers' global-table records now. Faust files every partition of a global
+            table as active, and applies active changelog records in buffers of 1,000 that it
+            flushes only while recovering: after start-up another worker's items and counts would
+            arrive 1,000 at a time, or never at low traffic. (recovery_buffer_size=1 instead makes
+            Faust resume this worker's own partitions too, and their records, read back late,
+            overwrite newer local writes.)"""
+            if not app.tables.recovery.in_recovery:
+                app.tables.recovery.flush_buffers()
 
         @app.timer(interval=s.popularity_refresh_seconds)
         async def rank_trending():

@@ -366,12 +366,18 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
               help="interaction events (JSON lines)")
 @click.option("--variants", default=",".join(LLM_VARIANTS),
               show_default=True, help="LoRA-trained models to run (comma-separated)")
+@click.option("--protocol", type=click.Choice(["paper", "full-catalog"]), default="paper", show_default=True,
+              help="'paper': 1 positive : 20 negatives for the LLM pipeline; 'full-catalog': each candidate source "
+                   "and their blend ranking the whole catalog, leave-last-out (no LLM)")
 @dataclass_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
                    "bootstrap", "zero_shot")
 @one_line_errors
-def evaluate(out, preset, items, interactions, variants, **values):
+def evaluate(out, preset, items, interactions, variants, protocol, **values):
     """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its
-    ablations and the baselines; a markdown table and a PNG chart."""
+    ablations and the baselines; a markdown table and a PNG chart. Or the candidate sources over
+    the full catalog (--protocol full-catalog)."""
+    if protocol == "full-catalog":
+        return full_catalog_eval(out, items, interactions, values.get("sasrec_epochs"))
     from models.evaluation import run
 
     values["variants"] = tuple(v for v in variants.split(",") if v)
@@ -471,24 +477,47 @@ def eval_stream(out, items, interactions, bootstrap_servers, test_fraction, user
     click.echo((Path(out) / "results.md").read_text())
 
 
+def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
+    import json
+
+    import schemas
+    from models.embeddings import TextEmbedder
+    from models.prequential import full_catalog
+
+    catalog, events = load_log(items, interactions)
+    events = sorted((schemas.validate("interaction", e) for e in events), key=lambda e: schemas.parse_time(e["event_time"]))
+    settings = Settings()
+    embedder = TextEmbedder(settings.embed_model, device="cpu")
+    result = full_catalog(events, {i["item_id"]: i for i in catalog}, settings.cooccurrence_config(),
+                          settings.blend_weights(), sasrec_epochs=sasrec_epochs or 200,
+                          embed=lambda texts: embedder.embed(texts), progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = ["| source | HR@10 | NDCG@10 | Recall@50 | coverage |", "|---|---|---|---|---|"]
+    for name, r in result["sources"].items():
+        rows.append(f"| {name} | {r['HR@10']:.3f} | {r['NDCG@10']:.3f} | {r['Recall@50']:.3f} | {r['coverage']:.3f} |")
+    table = "\n".join([f"# Full catalog, leave-last-out ({result['users']} users)", "", *rows, ""])
+    (out / "results.md").write_text(table)
+    click.echo(table)
+
+
 # -- demo -------------------------------------------------------------------------------------
 @main.command()
 @click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr-demo", type=click.Path(path_type=Path))
 @click.option("--users", default=12, help="MovieLens users to replay")
 @click.option("--per-user", default=30, help="earliest interactions replayed per user")
 @click.option("--show", default=3, help="users to print")
-@click.option("--adapter", default="", help="LoRA adapter directory (mmsr train); default: adapters/mllm-msr/adapter "
-              "when it exists, else the zero-shot base model")
-@click.option("--rerank-candidates", default=20, help="retrieval candidates re-ranked per list")
+@click.option("--adapter", default="", help="LoRA adapter directory (mmsr train) to re-rank the blend's top "
+              "candidates with; default: no re-ranker (lists from the blended candidate stage)")
+@click.option("--rerank-candidates", default=20, help="candidates re-ranked per list (with --adapter)")
 @one_line_errors
 def demo(data_dir, users, per_user, show, adapter, rerank_candidates):
-    """Broker, topics, worker, a MovieLens slice, re-ranked top-10 lists with titles; then stop everything."""
+    """Broker, topics, worker, MovieLens-100K, summaries and blended top-10 lists with titles and
+    sources; then stop everything."""
     from streams.harness.demo import run_demo
 
-    if not adapter and (Path("adapters/mllm-msr/adapter") / "mmsr-adapter.json").is_file():
-        adapter = str(Path("adapters/mllm-msr/adapter").resolve())
-    run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo, adapter=adapter,
-             rerank_candidates=rerank_candidates)
+    run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo,
+             adapter=str(Path(adapter).resolve()) if adapter else "", rerank_candidates=rerank_candidates)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     cooc_window: int = Field(20, gt=0, description="previous items of the user paired with each interaction (W)")
     cooc_neighbours: int = Field(200, gt=0, description="neighbours kept per item (M)")
     cooc_decay: float = Field(1.0, gt=0, le=1, description="pair weight factor per step of distance (1: none)")
+    cooc_query_half_life: float = Field(
+        3.0, ge=0, description="half-life, in items, of a recent item's weight in the co-occurrence query (0: equal)"
+    )
     trending_half_life_days: float = Field(14.0, gt=0, description="half-life of trending counts, days of event time")
     retrieval_model: str = Field(
         "none", description="sequential model directory from `mmsr train-retrieval` (watched for new versions); 'none': off"
@@ -138,7 +141,8 @@ class Settings(BaseSettings):
         from models.cooccurrence import CooccurrenceConfig
 
         return CooccurrenceConfig(window=self.cooc_window if self.cooccurrence else 0, neighbours=self.cooc_neighbours,
-                                  decay=self.cooc_decay, trending_half_life=self.trending_half_life_days * 86400)
+                                  decay=self.cooc_decay, trending_half_life=self.trending_half_life_days * 86400,
+                                  query_half_life=self.cooc_query_half_life)
 
     def blend_weights(self) -> dict[str, float]:
         return {"cooccurrence": self.weight_cooccurrence, "sequential": self.weight_sequential,

@@ -29,6 +29,14 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
             return web.json({"error": f"unknown item {item_id!r}"}, status=404)
         return web.json({k: v for k, v in profile.items() if k != "embedding"})
 
+    @app.page("/items/{item_id}/neighbours")
+    async def neighbours(web, request, item_id: str):
+        """The item's co-occurrence record (count, trending, top neighbours); every worker holds them all."""
+        record = services.neighbours.get(item_id)
+        if record is None:
+            return web.json({"error": f"no interactions with item {item_id!r}"}, status=404)
+        return web.json({"item_id": item_id, **record})
+
     @app.page("/health")
     async def health(web, request):
         assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment())

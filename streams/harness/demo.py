@@ -1,21 +1,24 @@
-"""`make demo`: a local broker, the worker, a MovieLens-100K slice, top-10 lists with titles."""
+"""`make demo`: a local broker, the worker, MovieLens-100K, blended top-10 lists with titles and sources."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from streams.harness.process import WorkerProcess, wait_until
 from streams.kafka.admin import create_topics
 from streams.kafka.client import latest_by_user
 from streams.kafka.launcher import LocalKafka, free_port, port_is_free
-from streams.harness.process import WorkerProcess, wait_until
 from streams.settings import Settings
 
 
 def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print,
              adapter: str = "", rerank_candidates: int = 20) -> dict[str, dict]:
-    """Summaries and re-ranking run with SmolLM2-135M on the CPU (short summaries: 48 new tokens;
-    20 candidates re-ranked per list); item captions are off here, since captioning all 1,682
-    items takes a CPU many minutes (MMSR_CAPTION_MODEL turns them on). Without an adapter the
-    re-ranker is the zero-shot base model."""
+    """Two phases on one worker state. First the catalog and every other user's history, with the
+    LLM stages off (the item-keyed co-occurrence and trending counts fill up in a minute or two).
+    Then the worker restarts with SmolLM2-135M summarizing, and ``users`` users' first ``per_user``
+    interactions are replayed as a backfill: each gets recurrent summaries and, at the backfill's
+    end, one list from the blended candidate stage. With ``adapter`` the LoRA re-ranker re-ranks
+    the top ``rerank_candidates`` (item captions stay off: a CPU captions 1,682 items slowly)."""
     from models.data import movielens
     from streams import replay as rp
 
@@ -27,23 +30,40 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
     worker = None
     try:
         web_port = free_port()
-        settings = Settings(data_dir=data_dir, bootstrap_servers=info.bootstrap, web_port=web_port,
-                            caption_model="none", summary_max_new_tokens=48, recommender_model="smollm2-135m-instruct",
-                            recommender_adapter=adapter, rerank_candidates=rerank_candidates)
-        echo(f"re-ranker: {settings.recommender_model} with "
-             + (f"the adapter in {adapter}" if adapter else "no adapter (zero-shot; `mmsr train` makes one)"))
+        common = dict(data_dir=data_dir, bootstrap_servers=info.bootstrap, web_port=web_port, caption_model="none")
+        settings = Settings(**common, summary_model="none")
         for name, outcome in create_topics(settings).items():
             echo(f"  topic {name}: {outcome}")
-        echo(f"starting the worker (web on 127.0.0.1:{web_port}; first run converts SmolLM2 once) ...")
+        echo(f"starting the worker (web on 127.0.0.1:{web_port}) ...")
         worker = WorkerProcess(settings.to_env(), web_port, data_dir / "worker.log").start()
         catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items)
-        echo(f"published {catalog} MovieLens items; embedding them with all-MiniLM-L6-v2 ...")
+        echo(f"published {catalog} MovieLens items; embedding their titles and genres with all-MiniLM-L6-v2 ...")
         wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=600, interval=1.0,
                    message="catalog embedded")
+        everyone = rp.movielens_events()
+        by_first_seen = list(dict.fromkeys(e["user_id"] for e in everyone))
+        demo_users = set(by_first_seen[:users])  # the users rp.movielens_events(users) picks
+        others = [e for e in everyone if e["user_id"] not in demo_users]
+        echo(f"phase 1: {len(others)} interactions of the other {len(by_first_seen) - users} users (co-occurrence "
+             "and trending counts) ...")
+        rp.replay(info.bootstrap, settings.topic_interactions, others, backfill=False)
+        progress(echo, "applied", lambda: worker.metric("events_applied_total"), len(others), timeout=1800)
+        wait_until(lambda: worker.metric("pair_entries_applied_total") >= worker.metric("pair_entries_total"),
+                   timeout=900, interval=1.0, message="item-keyed counts folded")
+        worker.stop()
+
+        settings = Settings(**common, summary_max_new_tokens=48,
+                            recommender_model="smollm2-135m-instruct" if adapter else "none",
+                            recommender_adapter=adapter, rerank_candidates=rerank_candidates)
+        echo(f"phase 2: the worker restarts with {settings.summary_model} summarizing every "
+             f"{settings.summary_block} interactions" + (f", re-ranking with the adapter in {adapter}" if adapter else
+                                                          "; lists from the blended candidate stage") + " ...")
+        worker = WorkerProcess(settings.to_env(), web_port, data_dir / "worker.log").start()
         events = rp.movielens_events(users, first_per_user=per_user)
         report = rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=True)
-        echo(f"replayed {report.sent} interactions of {users} users (backfill: one list per user at the end);"
-             f" summarizing every {settings.summary_block} interactions with {settings.summary_model} ...")
+        blocks = sum(n // settings.summary_block for n in _counts(events).values())
+        echo(f"replayed {report.sent} interactions of {users} users (a backfill: one list per user at the end)")
+        progress(echo, "summaries", lambda: worker.metric("summaries_total"), blocks, timeout=1800)
         lists = wait_until(lambda: _lists_if_complete(settings, users), timeout=900, interval=1.0,
                            message="a list for every user")
         titles = {i["item_id"]: i["title"] for i in movielens.items()}
@@ -54,11 +74,11 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
                 echo(f"    - {titles.get(h['item_id'], h['item_id'])}  (rated {h['value']:g})")
             echo(f"  preference summary v{state['summary_version']}: {state['summary']}")
             chosen = lists[user_id]
-            echo(f"  top {len(chosen['items'])} ({chosen['strategy']}, {chosen['model']}; "
-                 f"{chosen.get('rerank', {}).get('candidates', 0)} candidates re-ranked):")
-            for item in lists[user_id]["items"]:
-                echo(f"   {item['rank']:>2}. {titles.get(item['item_id'], item['item_id'])}  [{item['score']:.3f}]")
-        echo(f"\nmetrics: {int(worker.metric('events_applied_total'))} events applied, "
+            echo(f"  top {len(chosen['items'])} ({chosen['strategy']}, {chosen['model']}):")
+            for item in chosen["items"]:
+                echo(f"   {item['rank']:>2}. {titles.get(item['item_id'], item['item_id'])}  [{item['score']:.3f}; "
+                     f"{', '.join(item.get('sources', []))}]")
+        echo(f"\nmetrics: {int(worker.metric('events_applied_total'))} events applied after the restart, "
              f"{int(worker.metric('summaries_total'))} summaries, "
              f"{int(worker.metric('recommendations_emitted_total'))} lists emitted, "
              f"{int(worker.metric('dead_letters_total'))} dead letters")
@@ -68,6 +88,28 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
             worker.stop()
         broker.stop()
         echo("stopped the worker and the broker")
+
+
+def progress(echo, what: str, value, total: int, timeout: float) -> None:
+    """A line every few seconds until ``value()`` reaches ``total`` (the demo never goes silent)."""
+    deadline, last_line = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        done = value()
+        if done >= total:
+            echo(f"  {what}: {int(done)}/{total}")
+            return
+        if time.monotonic() - last_line >= 10:
+            echo(f"  {what}: {int(done)}/{total} ...")
+            last_line = time.monotonic()
+        time.sleep(1.0)
+    raise TimeoutError(f"{what}: {value()}/{total} after {timeout:.0f}s")
+
+
+def _counts(events) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for e in events:
+        out[e["user_id"]] = out.get(e["user_id"], 0) + 1
+    return out
 
 
 def _lists_if_complete(settings: Settings, users: int):

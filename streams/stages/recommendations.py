@@ -60,7 +60,8 @@ class RecommendationsStage:
             recent = state.recent_items(s.cooc_window)
             if weights["cooccurrence"] > 0 and recent:
                 records = {r: self.s.neighbours.get(r) for r in recent}
-                scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u])
+                scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u],
+                                          s.cooc_query_half_life)
                 ranked["cooccurrence"] = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if i in index][:n]
             if proposed_by_model is not None:
                 ranked["sequential"] = [i for i, _ in proposed_by_model[u] if i in index]

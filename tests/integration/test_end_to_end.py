@@ -62,7 +62,8 @@ def test_every_user_gets_k_unseen_catalog_items(topic_factory, worker_factory):
 
     lists = final_lists(env, events)
     assert_valid_lists(lists, history, {i["item_id"] for i in items}, k=10)
-    assert all(rec["strategy"] == "similarity" and rec["latency_ms"] >= 0 for rec in lists.values())
+    assert all(rec["strategy"] == "blend" and rec["latency_ms"] >= 0 for rec in lists.values())
+    assert all(item["sources"] for rec in lists.values() for item in rec["items"])  # who proposed each item
 
     # the typed consumer reads the same lists
     consumer = RecommendationConsumer(env.bootstrap_servers, env.topic_recommendations)
