@@ -38,6 +38,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.event_loop
 	$(BIN)/python -m bench.summaries
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.training

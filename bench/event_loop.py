@@ -10,7 +10,9 @@ worker at df091ed did, in the same process:
   Faust stores them, 384-d embeddings);
 - a popularity ranking of 1,000,000 item counts (then: a full sort on the loop; now: the top 20,000
   selected in numpy, in a thread);
-- candidate retrieval for 64 users over the 100,000-item index.
+- the candidate stage for 64 users over the 100,000-item catalog (then: the similarity matrix
+  product alone, on the loop; now: co-occurrence over 200 neighbours of each of 20 recent items,
+  content similarity and trending, blended, in a thread).
 
 Writes bench/results/event_loop.json.
 """
@@ -23,13 +25,17 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from models.retrieval import Popularity, recommend
+from models.retrieval import Popularity, user_vector
 from streams.events import encode_vector
 from streams.metrics import Metrics
-from streams.services import Catalog
+from streams.services import Catalog, Services
+from streams.settings import Settings
+from streams.stages.recommendations import RecommendationsStage
+from streams.state import UserState
 
 
 async def longest_stall(work, tick: float = 0.005) -> tuple[float, float]:
@@ -114,18 +120,35 @@ async def measure(args) -> dict:
         results["popularity_rank"] = await compare(rank_on_loop, rank_off_loop)
 
         histories = [[f"i{j}" for j in rng.integers(0, args.items, 20)] for _ in range(args.users)]
+        stage = candidate_stage(catalog, histories, args.items, rng)
+        states = [UserState(f"u{n}", history=[{"item_id": i} for i in h], seen=h) for n, h in enumerate(histories)]
 
-        def retrieve():
-            return [recommend(catalog.index, popularity, h, h, 50, 10.0) for h in histories]
-
-        async def retrieve_on_loop():
-            retrieve()
+        async def retrieve_on_loop():  # df091ed: the similarity matrix product, on the loop
+            for h in histories:
+                catalog.index.top_k(user_vector(catalog.index, h, 10.0), 50, exclude=h)
 
         async def retrieve_off_loop():
-            await asyncio.get_running_loop().run_in_executor(None, retrieve)
+            await asyncio.get_running_loop().run_in_executor(None, stage.candidates, states, 50)
 
-        results["retrieval_64_users"] = await compare(retrieve_on_loop, retrieve_off_loop)
+        results["candidates_64_users"] = await compare(retrieve_on_loop, retrieve_off_loop)
     return results
+
+
+def candidate_stage(catalog: Catalog, histories: list[list[str]], n_items: int, rng) -> RecommendationsStage:
+    """The stream's candidate stage over this catalog, with a co-occurrence record of 200
+    neighbours for every item the users' histories hold (all the stage reads)."""
+    services = Services(Settings(summary_model="none", caption_model="none"), {}, {}, None, Metrics(),
+                        SimpleNamespace(sequential=None, reranker=None))
+    services.catalog = catalog
+    for item in {i for h in histories for i in h}:
+        others = rng.integers(0, n_items, 200)
+        services.neighbours[item] = {"count": 50, "neighbours": {f"i{j}": float(w) for j, w in
+                                                                 zip(others, rng.integers(1, 9, 200))}}
+    for n in range(n_items):
+        services.item_stats.counts[f"i{n}"] = 50
+        services.item_stats.trending.set(f"i{n}", float(n % 997))
+    services.item_stats.trending.rank()
+    return RecommendationsStage(services)
 
 
 async def compare(on_loop, off_loop) -> dict:

@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 class CooccurrenceConfig:
     window: int = field(default=20, metadata={"help": "previous items of the user paired with each interaction (W)"})
     neighbours: int = field(default=200, metadata={"help": "neighbours kept per item (M)"})
-    decay: float = field(default=1.0, metadata={"help": "weight factor per step of distance in the window (1: none)"})
+    decay: float = field(default=0.8, metadata={"help": "weight factor per step of distance in the window (1: none)"})
     trending_half_life: float = field(default=14 * 86400.0, metadata={
         "help": "half-life of the trending count, seconds of event time"})
     query_half_life: float = field(default=3.0, metadata={

@@ -1,7 +1,8 @@
-"""Retrieval stage: cosine top-k over the catalog from a recency-weighted user vector.
+"""Content similarity (cosine top-k over item-text embeddings from a recency-weighted user vector)
+and count rankings, the candidate stage's numpy parts.
 
 Pure numpy over an in-memory matrix of L2-normalised item embeddings; the stream keeps it in
-step with the item-profile table. Users without a usable history get popularity.
+step with the item-profile table.
 """
 from __future__ import annotations
 
@@ -151,17 +152,3 @@ class Popularity:
             if len(out) == k:
                 break
         return out
-
-
-def recommend(index: CatalogIndex, popularity: Popularity, recent_items: Sequence[str], seen: Iterable[str],
-              k: int, half_life: float) -> tuple[str, list[Scored]]:
-    """Similarity when the user has a usable vector, else popularity; topped up by popularity if short."""
-    seen = set(seen)
-    query = user_vector(index, recent_items, half_life)
-    if query is not None:
-        hits = index.top_k(query, k, exclude=seen)
-        if len(hits) < k:
-            have = seen | {h.item_id for h in hits}
-            hits += popularity.top_k(k - len(hits), exclude=have, allowed=index)
-        return "similarity", hits
-    return "popularity", popularity.top_k(k, exclude=seen, allowed=index)

@@ -54,6 +54,14 @@ def settings_options(*names: str):
 common = settings_options("bootstrap_servers", "data_dir")
 
 
+def log_options(fn):
+    """--items and --interactions: an event log instead of MovieLens-100K."""
+    fn = click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
+                      help="interaction events (JSON lines)")(fn)
+    return click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
+                        help="item events (JSON lines); with --interactions, instead of MovieLens-100K")(fn)
+
+
 # every setting is a flag of the worker (the connection and web flags are declared on it apart)
 WORKER_OPTIONS = tuple(n for n in Settings.model_fields if n not in ("bootstrap_servers", "data_dir", "web_port"))
 
@@ -333,10 +341,7 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
 @click.option("--out", default="adapters/mllm-msr", type=click.Path(path_type=Path),
               help="run directory: checkpoints while training, then adapter/ (watch it with MMSR_RECOMMENDER_ADAPTER)")
 @click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default", help="protocol settings")
-@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
-              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
-@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
-              help="interaction events (JSON lines)")
+@log_options
 @lora_options
 @dataclass_options(EvalConfig, *EVAL_FIELDS)
 @one_line_errors
@@ -360,10 +365,7 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 @click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default",
               help="'default': the documented CPU run; 'gpu': every user, longer window; 'smoke': tiny model, a few "
                    "users (tests)")
-@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
-              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
-@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
-              help="interaction events (JSON lines)")
+@log_options
 @click.option("--variants", default=",".join(LLM_VARIANTS),
               show_default=True, help="LoRA-trained models to run (comma-separated)")
 @click.option("--protocol", type=click.Choice(["paper", "full-catalog"]), default="paper", show_default=True,
@@ -393,25 +395,28 @@ def evaluate(out, preset, items, interactions, variants, protocol, **values):
     click.echo(f"{report['total_seconds']:.0f}s; written to {out}/results.json, results.md, results.png")
 
 
-def load_log(items, interactions) -> tuple[list[dict], list[dict]]:
-    """Item and interaction events: MovieLens-100K, or JSON-lines files in the topics' schemas."""
+def load_log(items, interactions, until: str | None = None) -> tuple[list[dict], list[dict]]:
+    """Item events, and interaction events validated and in time order (before ``until``):
+    MovieLens-100K, or JSON-lines files in the topics' schemas."""
     import json
+
+    import schemas
+    from streams.replay import window
 
     if not given_together(items, interactions):
         from models.data import movielens
 
-        return list(movielens.items()), movielens.interactions()
-    read = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
-    return read(items), read(interactions)
+        catalog, events = list(movielens.items()), movielens.interactions()
+    else:
+        read = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
+        catalog, events = read(items), read(interactions)
+    return catalog, window([schemas.validate("interaction", e) for e in events], None, until)
 
 
 @main.command("train-retrieval")
 @click.option("--out", default="models-trained/sequential", show_default=True, type=click.Path(path_type=Path),
               help="model directory (watch it with MMSR_RETRIEVAL_MODEL)")
-@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
-              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
-@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
-              help="interaction events (JSON lines)")
+@log_options
 @click.option("--until", default=None, help="RFC 3339: train on events before this time only")
 @click.option("--epochs", default=200, show_default=True, help="training epochs")
 @click.option("--hidden", default=64, show_default=True, help="embedding and attention width")
@@ -422,16 +427,11 @@ def train_retrieval(out, items, interactions, until, epochs, hidden, max_len, de
     """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
     import time
 
-    import schemas
     from models.baselines import SASRecConfig
     from models.evaluation import sequences_of
     from models.sequential import SequentialRetriever
 
-    _, events = load_log(items, interactions)
-    events = sorted((schemas.validate("interaction", e) for e in events), key=lambda e: schemas.parse_time(e["event_time"]))
-    if until:
-        bound = schemas.parse_time(until)
-        events = [e for e in events if schemas.parse_time(e["event_time"]) < bound]
+    _, events = load_log(items, interactions, until)
     started = time.time()
     config = SASRecConfig(epochs=epochs, hidden=hidden, max_len=max_len, device=device)
     retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
@@ -444,10 +444,7 @@ def train_retrieval(out, items, interactions, until, epochs, hidden, max_len, de
 @main.command("eval-stream")
 @click.option("--out", default="eval-stream-results", show_default=True, type=click.Path(path_type=Path),
               help="results.json, results.md, the worker's log and state")
-@click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
-              help="item events (JSON lines); with --interactions, instead of MovieLens-100K")
-@click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
-              help="interaction events (JSON lines)")
+@log_options
 @click.option("--bootstrap-servers", default=None, help="an existing cluster (default: a local broker for the run)")
 @click.option("--test-fraction", default=0.1, show_default=True, help="last share of events by time that is scored")
 @click.option("--users", default=0, show_default=True, help="scored users, a seeded sample (0: all)")
@@ -480,12 +477,10 @@ def eval_stream(out, items, interactions, bootstrap_servers, test_fraction, user
 def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
     import json
 
-    import schemas
     from models.embeddings import TextEmbedder
     from models.prequential import full_catalog
 
     catalog, events = load_log(items, interactions)
-    events = sorted((schemas.validate("interaction", e) for e in events), key=lambda e: schemas.parse_time(e["event_time"]))
     settings = Settings()
     embedder = TextEmbedder(settings.embed_model, device="cpu")
     result = full_catalog(events, {i["item_id"]: i for i in catalog}, settings.cooccurrence_config(),

@@ -263,16 +263,19 @@ class Publisher:
         """Queue one JSON event; the returned future resolves when the broker acknowledges it."""
         return await self.topics[topic].send(key=key.encode(), value=json.dumps(value).encode())
 
-    async def recommendation(self, rec: dict) -> None:
-        await (await self.send("recommendations", rec["user_id"], rec))
-        user_id = rec["user_id"]
-        self.last_recommendations[user_id] = rec
-        self.last_recommendations.move_to_end(user_id)
+    async def recommendations(self, recs: list[dict]) -> None:
+        """Publish lists and return once the broker has acknowledged every one of them."""
+        acks = [await self.send("recommendations", rec["user_id"], rec) for rec in recs]
+        await asyncio.gather(*acks)
+        for rec in recs:
+            user_id = rec["user_id"]
+            self.last_recommendations[user_id] = rec
+            self.last_recommendations.move_to_end(user_id)
+            self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
+            if rec["latency_ms"] is not None and rec["trigger"]["kind"] in ("interaction", "summary"):
+                self.metrics.observe_latency(rec["latency_ms"] / 1000)
         while len(self.last_recommendations) > 100_000:
             self.last_recommendations.popitem(last=False)
-        self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
-        if rec["latency_ms"] is not None and rec["trigger"]["kind"] in ("interaction", "summary"):
-            self.metrics.observe_latency(rec["latency_ms"] / 1000)
 
 
 class DueLists:

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     cooccurrence: bool = Field(True, description="pair each interaction with the user's previous items (off: counts only)")
     cooc_window: int = Field(20, gt=0, description="previous items of the user paired with each interaction (W)")
     cooc_neighbours: int = Field(200, gt=0, description="neighbours kept per item (M)")
-    cooc_decay: float = Field(1.0, gt=0, le=1, description="pair weight factor per step of distance (1: none)")
+    cooc_decay: float = Field(0.8, gt=0, le=1, description="pair weight factor per step of distance (1: none)")
     cooc_query_half_life: float = Field(
         3.0, ge=0, description="half-life, in items, of a recent item's weight in the co-occurrence query (0: equal)"
     )

@@ -146,14 +146,13 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     from streams.kafka.admin import create_topics
     from streams.kafka.client import ItemProducer
     from streams.kafka.launcher import LocalKafka, free_port
-    from streams.replay import replay
+    from streams.replay import replay, window
     from streams.settings import Settings
 
     started = time.time()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    events = sorted((schemas.validate("interaction", e) for e in interactions),
-                    key=lambda e: schemas.parse_time(e["event_time"]))
+    events = window([schemas.validate("interaction", e) for e in interactions], None, None)
     catalog = {i["item_id"] for i in items if i.get("op") != "delete"}
     split = time_split(events, config.test_fraction)
     backfill, test = events[:split], events[split:]
@@ -170,7 +169,9 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         overrides.setdefault("retrieval_model", str(out_dir / "sequential"))
     fitted = None
     if config.fit_weights:
-        fitted = fit_blend_weights(items, backfill, config, out_dir, log)
+        from streams.settings import Settings
+
+        fitted = fit_blend_weights(items, backfill, config, out_dir, Settings(**overrides).cooccurrence_config(), log)
         overrides.update({f"weight_{name}": w for name, w in fitted["weights"].items()})
 
     broker = None
@@ -301,10 +302,10 @@ def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, lo
     return seconds
 
 
-def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEvalConfig, out_dir: Path, log) -> dict:
+def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEvalConfig, out_dir: Path,
+                      cooccurrence, log) -> dict:
     """Weights fitted on the last ``validation_fraction`` of the backfill, by an offline replay of
     the same sources; the sequential model used there is trained on the events before that window."""
-    from models.cooccurrence import CooccurrenceConfig
     from models.embeddings import TextEmbedder
     from models.prequential import content_source, fit_weights, replay as offline_replay
     from models.sequential import SequentialRetriever
@@ -317,7 +318,7 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
         train_sequential(backfill[:start], out_dir / "sequential-validation", config, log)
         model = SequentialRetriever.from_pretrained(out_dir / "sequential-validation")
         extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
-    lists, targets = offline_replay(backfill, start, len(backfill), CooccurrenceConfig(), extra, progress=True)
+    lists, targets = offline_replay(backfill, start, len(backfill), cooccurrence, extra, progress=True)
     weights, result = fit_weights(lists, targets)
     log(f"fitted weights on {len(targets)} validation events: {weights} (HR@10 {result['HR@10']:.4f})")
     return {"weights": weights, "validation": result, "validation_events": len(targets)}

@@ -51,17 +51,17 @@ class ItemsStage:
                     changed.append((event, item))
         vectors, failures = await isolate(s, self.embed, [embedded_text(item) for _, item in changed])
         failed = {id(changed[i][1]): exc for i, exc in failures.items()}
-        fresh = {id(item): vec for (_, item), vec in zip(changed, vectors) if id(item) not in failed}
+        embedded = {id(item): vec for (_, item), vec in zip(changed, vectors) if id(item) not in failed}
         for event, item in accepted:
             if id(item) in failed:
                 exc = failed[id(item)]
                 await s.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
                 continue
             in_partition_of(event)
-            self.apply(item, digests.get(id(item)), fresh.get(id(item)))
+            self.apply(item, digests.get(id(item)), embedded.get(id(item)))
         if s.models.captioner is not None:
             for event, item in changed:
-                if id(item) in fresh:
+                if id(item) in embedded:
                     await s.publisher.send("caption_requests", item["item_id"],
                                            {**item, "content_hash": digests[id(item)]})
                     metrics.inc("caption_requests_total")

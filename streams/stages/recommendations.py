@@ -115,8 +115,8 @@ class RecommendationsStage:
         step = s.rerank_users
         for start in range(0, len(rerank), step):
             records += await self.rerank(rerank[start:start + step])
-        for record, (state, trigger) in records:
-            await self.s.publisher.recommendation(record)
+        await self.s.publisher.recommendations([record for record, _ in records])
+        for _, (state, trigger) in records:
             self.settle(state, trigger)
         return len(records)
 

@@ -15,7 +15,7 @@ from tests.integration import helpers
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ITEMS = 36
-SETTINGS = {"cooc_window": 5, "cooc_neighbours": 1000}  # no pruning: the counts are sums, order-free
+SETTINGS = {"cooc_window": 5, "cooc_neighbours": 1000, "cooc_decay": 1.0}  # no pruning, whole weights: exact sums
 
 
 def log(users: int = 60, per_user: int = 14, seed: int = 3) -> list[dict]:
@@ -29,7 +29,8 @@ def log(users: int = 60, per_user: int = 14, seed: int = 3) -> list[dict]:
 
 
 def expected(events) -> tuple[dict[str, dict], int]:
-    config = CooccurrenceConfig(window=SETTINGS["cooc_window"], neighbours=SETTINGS["cooc_neighbours"])
+    config = CooccurrenceConfig(window=SETTINGS["cooc_window"], neighbours=SETTINGS["cooc_neighbours"],
+                                decay=SETTINGS["cooc_decay"])
     state = SourceState(config)
     entries = 0
     for e in events:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.retrieval import CatalogIndex, Popularity, recency_weights, recommend, user_vector
+from models.retrieval import CatalogIndex, Popularity, recency_weights, user_vector
 
 
 def unit(*v):
@@ -45,19 +45,23 @@ def test_user_vector_leans_to_recent_items(index):
     assert user_vector(index, ["unknown"], 1.0) is None
 
 
-def test_recommend_excludes_history_and_falls_back_to_popularity(index):
+def test_popularity_ranks_catalog_items_by_count_with_ties_by_id(index):
     pop = Popularity()
-    for item, n in [("north", 5), ("east", 3), ("ghost", 9)]:
+    for item, n in [("north", 5), ("east", 3), ("ghost", 9), ("east2", 3)]:
         pop.add(item, n)
-    strategy, hits = recommend(index, pop, ["east"], seen=["east"], k=2, half_life=5)
-    assert strategy == "similarity" and [h.item_id for h in hits] == ["east2", "northeast"]
-    strategy, hits = recommend(index, pop, ["unknown"], seen=["unknown"], k=2, half_life=5)
-    assert strategy == "popularity"
-    assert [h.item_id for h in hits] == ["north", "east"]  # 'ghost' is not in the catalog
+    assert [h.item_id for h in pop.top_k(3, allowed=index)] == ["north", "east", "east2"]  # 'ghost': no item
+    assert [h.item_id for h in pop.top_k(2, exclude=["north"], allowed=index)] == ["east", "east2"]
 
 
-def test_similarity_is_topped_up_when_the_catalog_runs_short(index):
-    pop = Popularity()
-    pop.add("north", 1)
-    _, hits = recommend(index, pop, ["east"], seen=["east", "east2", "northeast"], k=3, half_life=5)
-    assert [h.item_id for h in hits] == ["north"]
+def test_a_stream_ranking_moves_only_when_ranked_and_keeps_the_top():
+    pop = Popularity(auto_rank=False, keep=2)
+    for item, n in [("a", 1), ("b", 5), ("c", 3)]:
+        pop.set(item, n)
+    assert [h.item_id for h in pop.top_k(3)] == ["b", "c"]  # first use ranks; only the top 2 are kept
+    pop.set("a", 9)
+    assert [h.item_id for h in pop.top_k(3)] == ["b", "c"]  # the last ranking, until the timer ranks again
+    pop.rank()
+    assert [h.item_id for h in pop.top_k(3)] == ["a", "b"]
+    pop.remove("a")
+    pop.rank()
+    assert [h.item_id for h in pop.top_k(3)] == ["b", "c"]

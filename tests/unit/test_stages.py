@@ -55,8 +55,8 @@ class RecordingPublisher:
         done.set_result(None)
         return done
 
-    async def recommendation(self, rec):
-        self.lists.append(rec)
+    async def recommendations(self, recs):
+        self.lists += recs
 
 
 class HashEmbedder:
