@@ -132,7 +132,7 @@ def score_blend(lists: Mapping[str, list[list[str]]], targets: list, weights: Ma
     return scores.summary()
 
 
-def fit_weights(lists: Mapping[str, list[list[str]]], targets: list, grid: Iterable[float] = (0.0, 0.3, 1.0, 3.0),
+def fit_weights(lists: Mapping[str, list[list[str]]], targets: list, grid: Iterable[float] = (0.0, 0.05, 0.2, 1.0),
                 k: int = 10, rrf_k: float = 60.0) -> tuple[dict[str, float], dict]:
     """The grid point of weights (co-occurrence fixed at 1) with the best HR@k on these events."""
     present = [s for s in SOURCES if s != "cooccurrence" and lists.get(s) and any(lists[s])]

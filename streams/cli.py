@@ -262,7 +262,8 @@ def recs_tail(bootstrap_servers, data_dir, user, from_beginning, idle):
 
 def format_recommendation(rec, titles) -> str:
     head = f"user {rec.user_id} ({rec.strategy}, {rec.model}, latency {rec.latency_ms} ms)"
-    rows = [f"  {i.rank:>2}. {titles.get(i.item_id)}  [{i.score:.3f}]" for i in rec.items]
+    rows = [f"  {i.rank:>2}. {titles.get(i.item_id)}  [{i.score:.3f}{'; ' + ', '.join(i.sources) if i.sources else ''}]"
+            for i in rec.items]
     return "\n".join([head, *rows])
 
 

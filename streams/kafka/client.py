@@ -103,6 +103,11 @@ class RecommendedItem:
     item_id: str
     score: float
     rank: int
+    sources: tuple[str, ...] = ()  # the candidate sources that proposed the item
+
+    @classmethod
+    def from_event(cls, item: dict) -> "RecommendedItem":
+        return cls(item["item_id"], item["score"], item["rank"], tuple(item.get("sources", ())))
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,14 @@ class Recommendation:
     strategy: str | None
     latency_ms: float | None
     trigger: dict
+    versions: dict | None = None  # the models the candidate stage used
 
     @classmethod
     def from_event(cls, event: dict) -> "Recommendation":
-        return cls(event["user_id"], tuple(RecommendedItem(**i) for i in event["items"]), event["summary_version"],
-                   event["model"], event["generated_at"], event.get("strategy"), event.get("latency_ms"),
-                   event.get("trigger", {}))
+        """Fields this client does not know (newer producers) are ignored, not an error."""
+        return cls(event["user_id"], tuple(RecommendedItem.from_event(i) for i in event["items"]),
+                   event["summary_version"], event["model"], event["generated_at"], event.get("strategy"),
+                   event.get("latency_ms"), event.get("trigger", {}), event.get("versions"))
 
 
 class RecommendationConsumer:
