@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from models.config import SASRecConfig
 from models.device import pick_device
 
 
@@ -34,20 +34,6 @@ class PopularityScorer:
 
     def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
         return [float(self.counts.get(c, 0)) for c in candidates]
-
-
-@dataclass(frozen=True)
-class SASRecConfig:
-    hidden: int = field(default=64, metadata={"help": "embedding and attention width"})
-    blocks: int = field(default=2, metadata={"help": "self-attention blocks"})
-    heads: int = field(default=1, metadata={"help": "attention heads"})
-    dropout: float = field(default=0.2, metadata={"help": "dropout rate"})
-    max_len: int = field(default=50, metadata={"help": "most recent items read"})
-    epochs: int = field(default=200, metadata={"help": "training epochs"})
-    batch_size: int = field(default=128, metadata={"help": "sequences per step"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    seed: int = field(default=0, metadata={"help": "initialisation, batches and negatives"})
-    device: str = field(default="cpu", metadata={"help": "torch device ('auto': CUDA when present)"})
 
 
 class SASRec(nn.Module):

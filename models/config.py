@@ -1,4 +1,4 @@
-"""Configs the CLI offers as options (LoRA, the protocol and its presets), kept free of torch so
+"""Configs the CLI offers as options (LoRA, SASRec, the protocol and its presets), kept free of torch so
 that importing the CLI stays fast."""
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ class LoraSettings:
     target_modules: str = field(default=LANGUAGE_LINEAR, metadata={
         "help": "'language-linear' (every linear layer of the language model; vision tower, projector and "
                 "output head excluded), or comma-separated module names, or a regex"})
+
+
+@dataclass(frozen=True)
+class SASRecConfig:
+    hidden: int = field(default=64, metadata={"help": "embedding and attention width"})
+    blocks: int = field(default=2, metadata={"help": "self-attention blocks"})
+    heads: int = field(default=1, metadata={"help": "attention heads"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout rate"})
+    max_len: int = field(default=50, metadata={"help": "most recent items read"})
+    epochs: int = field(default=200, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "sequences per step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    seed: int = field(default=0, metadata={"help": "initialisation, batches and negatives"})
+    device: str = field(default="cpu", metadata={"help": "torch device ('auto': CUDA when present)"})
 
 
 KS = (3, 5, 10)

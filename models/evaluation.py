@@ -276,7 +276,8 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         log=print) -> dict:
     """Everything in one process; writes results.json, results.md and results.png under ``out_dir``."""
     from models import registry
-    from models.baselines import PopularityScorer, RandomScorer, SASRecConfig, SASRecScorer
+    from models.baselines import PopularityScorer, RandomScorer, SASRecScorer
+    from models.config import SASRecConfig
     from models.recommender import Recommender
     from models.serving import load_adapter
     from models.config import LoraSettings

@@ -182,7 +182,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     """
     import time
 
-    from models.baselines import SASRecConfig
+    from models.config import SASRecConfig
     from models.sequential import SequentialRetriever
 
     last: dict[str, int] = {}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from models.baselines import SASRec, SASRecConfig, SASRecScorer
+from models.baselines import SASRec, SASRecScorer
+from models.config import SASRecConfig
 from models.serving import publish_directory
 
 METADATA = "mmsr-retrieval.json"

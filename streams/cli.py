@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings
+from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings, SASRecConfig
+from streams.harness.eval_stream import StreamEvalConfig
 from streams.settings import Settings, load
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -293,14 +294,29 @@ def dataclass_options(cls, *names: str):
     return decorate
 
 
-def lora_options(fn):
-    """--lora-* flags with LoraSettings' own defaults and help (defined once, there)."""
+def field_options(cls, *names: str, prefix: str = ""):
+    """Flags for fields of a config dataclass, with the field's own default and help (defined once,
+    there); ``prefix`` goes before flag and parameter names."""
     import dataclasses
 
-    for f in reversed(dataclasses.fields(LoraSettings)):
-        fn = click.option(f"--lora-{f.name.replace('_', '-')}", f"lora_{f.name}", default=f.default,
-                          type=type(f.default), show_default=True, help=f.metadata.get("help"))(fn)
-    return fn
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def decorate(fn):
+        for name in reversed(names or tuple(fields)):
+            f = fields[name]
+            flag = f"--{prefix}{name.replace('_', '-')}"
+            if isinstance(f.default, bool):
+                fn = click.option(f"{flag}/--no-{prefix}{name.replace('_', '-')}", f"{prefix.replace('-', '_')}{name}",
+                                  default=f.default, show_default=True, help=f.metadata.get("help"))(fn)
+            else:
+                fn = click.option(flag, f"{prefix.replace('-', '_')}{name}", default=f.default, type=type(f.default),
+                                  show_default=True, help=f.metadata.get("help"))(fn)
+        return fn
+
+    return decorate
+
+
+lora_options = field_options(LoraSettings, prefix="lora-")
 
 
 def eval_config(preset: str, values: dict):
@@ -419,22 +435,18 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
               help="model directory (watch it with MMSR_RETRIEVAL_MODEL)")
 @log_options
 @click.option("--until", default=None, help="RFC 3339: train on events before this time only")
-@click.option("--epochs", default=200, show_default=True, help="training epochs")
-@click.option("--hidden", default=64, show_default=True, help="embedding and attention width")
-@click.option("--max-len", default=50, show_default=True, help="most recent items read")
-@click.option("--device", default="cpu", show_default=True, help="torch device ('auto': CUDA when present)")
+@field_options(SASRecConfig)
 @one_line_errors
-def train_retrieval(out, items, interactions, until, epochs, hidden, max_len, device):
+def train_retrieval(out, items, interactions, until, **sasrec):
     """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
     import time
 
-    from models.baselines import SASRecConfig
     from models.evaluation import sequences_of
     from models.sequential import SequentialRetriever
 
     _, events = load_log(items, interactions, until)
     started = time.time()
-    config = SASRecConfig(epochs=epochs, hidden=hidden, max_len=max_len, device=device)
+    config = SASRecConfig(**sasrec)
     retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
                                           data={"events": len(events), "until": until})
     retriever.save_pretrained(out)
@@ -447,20 +459,12 @@ def train_retrieval(out, items, interactions, until, epochs, hidden, max_len, de
               help="results.json, results.md, the worker's log and state")
 @log_options
 @click.option("--bootstrap-servers", default=None, help="an existing cluster (default: a local broker for the run)")
-@click.option("--test-fraction", default=0.1, show_default=True, help="last share of events by time that is scored")
-@click.option("--users", default=0, show_default=True, help="scored users, a seeded sample (0: all)")
-@click.option("--seed", default=0, show_default=True, help="user sample")
-@click.option("--sequential/--no-sequential", default=True, show_default=True,
-              help="train SASRec on the pre-split events and serve it")
-@click.option("--sasrec-epochs", default=200, show_default=True, help="SASRec training epochs")
-@click.option("--fit-weights/--no-fit-weights", default=False, show_default=True,
-              help="fit the blend weights on a validation window before the test window")
+@field_options(StreamEvalConfig)
 @click.option("--set", "worker_set", multiple=True, help="worker setting for the run, NAME=VALUE (e.g. cooc_window=10)")
 @one_line_errors
-def eval_stream(out, items, interactions, bootstrap_servers, test_fraction, users, seed, sequential, sasrec_epochs,
-                fit_weights, worker_set):
+def eval_stream(out, items, interactions, bootstrap_servers, worker_set, **options):
     """Replay a log through a real broker and worker; score each test event against the list emitted before it."""
-    from streams.harness.eval_stream import StreamEvalConfig, run
+    from streams.harness.eval_stream import run
 
     overrides = {}
     for pair in worker_set:
@@ -468,8 +472,7 @@ def eval_stream(out, items, interactions, bootstrap_servers, test_fraction, user
         if name not in Settings.model_fields:
             raise click.UsageError(f"--set {name}: not a setting")
         overrides[name] = value
-    config = StreamEvalConfig(test_fraction=test_fraction, users=users, seed=seed, sequential=sequential,
-                              sasrec_epochs=sasrec_epochs, fit_weights=fit_weights)
+    config = StreamEvalConfig(**options)
     catalog, events = load_log(items, interactions)
     run(config, out, catalog, events, bootstrap=bootstrap_servers, worker_settings=overrides, log=click.echo)
     click.echo((Path(out) / "results.md").read_text())

@@ -96,17 +96,6 @@ class ListWatcher:
                     return None
                 self._changed.wait(left)
 
-    def wait_quiet(self, seconds: float, timeout: float) -> None:
-        """Until no list has arrived for ``seconds``."""
-        deadline = time.monotonic() + timeout
-        last, since = self.count, time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if self.count != last:
-                last, since = self.count, time.monotonic()
-            elif time.monotonic() - since >= seconds:
-                return
-
     def close(self) -> None:
         self._stop = True
         self._thread.join(5)
@@ -207,7 +196,9 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         wait_until(lambda: worker.metric("events_applied_total") >= len(backfill)
                    and worker.metric("backfill_markers_total") >= report.markers, timeout=1800, interval=1.0,
                    message="backfill applied")
-        watcher.wait_quiet(2.0, timeout=600)  # the lists owed at the backfill's end
+        owed = Counter(e["user_id"] for e in backfill)  # every user the backfill touched is owed a list
+        wait_until(lambda: all(watcher.latest.get(u, {}).get("interaction_count", 0) >= n for u, n in owed.items()),
+                   timeout=1800, interval=0.5, message="the lists owed at the backfill's end")
         timings["backfill"] = time.time() - t0
         log(f"backfill: {len(backfill)} events in {timings['backfill']:.0f}s, {watcher.count} lists")
 
@@ -288,7 +279,7 @@ def rank_of(ranked: list[str], item: str, k: int) -> int:
 
 
 def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:
-    from models.baselines import SASRecConfig
+    from models.config import SASRecConfig
     from models.evaluation import sequences_of
     from models.sequential import SequentialRetriever
 

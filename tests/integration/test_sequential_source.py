@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.baselines import SASRecConfig
+from models.config import SASRecConfig
 from models.sequential import SequentialRetriever
 from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until

@@ -1,0 +1,39 @@
+"""Scoring arithmetic of the prequential measures (offline replay and eval-stream)."""
+import math
+
+import pytest
+
+from models.prequential import Scores, hit_metrics, time_split
+from streams.harness.eval_stream import popularity_list, shifted
+
+
+def test_hit_metrics_by_rank():
+    assert hit_metrics(["a", "b", "c"], "a", 10) == (1.0, 1.0, 1.0)
+    assert hit_metrics(["a", "b", "c"], "c", 10) == (1.0, pytest.approx(1 / math.log2(4)), pytest.approx(1 / 3))
+    assert hit_metrics(["a", "b", "c"], "c", 2) == (0.0, 0.0, 0.0)  # beyond k
+    assert hit_metrics([], "a", 10) == (0.0, 0.0, 0.0)
+
+
+def test_scores_average_over_events_and_count_coverage():
+    s = Scores(k=2)
+    s.add(["a", "b"], "a")
+    s.add(["b", "c"], "x")
+    summary = s.summary(catalog_size=4)
+    assert summary["HR@2"] == 0.5 and summary["MRR@2"] == 0.5 and summary["events"] == 2
+    assert summary["coverage"] == 0.75
+
+
+def test_the_split_keeps_the_last_fraction_and_times_shift_together():
+    assert time_split(list(range(100)), 0.1) == 90
+    event = {"user_id": "u", "item_id": "i", "type": "click", "event_time": "2021-01-01T00:00:00Z"}
+    assert shifted(event, 3600.5)["event_time"] == "2021-01-01T01:00:00.500000Z"
+
+
+def test_popularity_lists_exclude_the_history_and_follow_the_counts():
+    from collections import Counter
+
+    counts, cache = Counter({"a": 5, "b": 3, "c": 3}), {"counts_version": 0}
+    assert popularity_list(counts, {"a"}, 2, cache) == ["b", "c"]
+    counts["c"] += 5
+    cache["counts_version"] += 1
+    assert popularity_list(counts, set(), 2, cache) == ["c", "a"]
