@@ -48,10 +48,12 @@ class UserSummarizer:
         return [prompts.normalize_summary(text, self.config.max_chars)
                 for text in generate(self.lm, rendered, self.generation)]
 
-    def recurrent(self, histories: list[list[str]], previous: list[str | None] | None = None) -> list[list[str]]:
+    def recurrent(self, histories: list[list[str]], previous: list[str | None] | None = None,
+                  on_step=None) -> list[list[str]]:
         """Every full block of every history, block by block; summaries after each block per user.
 
         Users advance together: step t updates all users that have a t-th block in one batch.
+        ``on_step(n)`` is told after each step how many summaries it wrote (progress).
         """
         size = self.config.block_size
         blocks = [[h[i:i + size] for i in range(0, len(h) - len(h) % size, size)] for h in histories]
@@ -63,6 +65,8 @@ class UserSummarizer:
             for u, summary in zip(users, summaries):
                 current[u] = summary
                 out[u].append(summary)
+            if on_step is not None:
+                on_step(len(users))
         return out
 
     def direct(self, histories: list[list[str]]) -> list[str]:

@@ -159,6 +159,10 @@ def worker(bootstrap_servers, data_dir, web_port, loglevel, **options):
 
     s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options)
     create_topics(s)
+    if s.torch_threads:
+        import torch
+
+        torch.set_num_threads(s.torch_threads)
     w = build_worker(s)
     w.services.models.load_all()  # before joining the group, not inside the first rebalance
     from faust.worker import Worker as FaustWorker

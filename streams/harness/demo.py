@@ -63,7 +63,7 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
         report = rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=True)
         blocks = sum(n // settings.summary_block for n in _counts(events).values())
         echo(f"replayed {report.sent} interactions of {users} users (a backfill: one list per user at the end)")
-        progress(echo, "summaries", lambda: worker.metric("summaries_total"), blocks, timeout=1800)
+        progress(echo, "summaries", lambda: worker.metric("summaries_generated_total"), blocks, timeout=1800)
         lists = wait_until(lambda: _lists_if_complete(settings, users), timeout=900, interval=1.0,
                            message="a list for every user")
         titles = {i["item_id"]: i["title"] for i in movielens.items()}

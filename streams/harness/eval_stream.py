@@ -173,6 +173,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         "bootstrap_servers": bootstrap, "data_dir": str(out_dir / "worker"), "app_id": f"{prefix}-app",
         "web_port": web_port, "summary_model": "none", "caption_model": "none", "recommender_model": "none",
         "debounce_seconds": 0.0, "emit_interval": 0.01, "interaction_within": 0.005, "top_k": config.k,
+        "torch_threads": 1,
         **{f"topic_{t}": f"{prefix}-{t.replace('_', '-')}" for t in
            ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests",
             "item_pairs")},

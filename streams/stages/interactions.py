@@ -157,7 +157,8 @@ class InteractionsStage:
 
     def summarize_users(self, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
         """The summarizer over (item texts of every full block, previous summary) per user; a thread."""
-        return self.s.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs])
+        return self.s.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs],
+                                                  on_step=lambda n: self.s.metrics.inc("summaries_generated_total", n))
 
     async def summarize(self, states: dict[str, UserState], arrivals: dict[tuple[int, int], float | None]) -> list[dict]:
         """Every full pending block, recurrently, batched across users; one summary event per block.
