@@ -197,11 +197,9 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     for e in train:
         state.apply(e)
     timings["counts"] = time.time() - started
-    sequences: dict[str, list[str]] = {}
-    for e in train:
-        seq = sequences.setdefault(e["user_id"], [])
-        if e["item_id"] not in seq:
-            seq.append(e["item_id"])
+    from models.evaluation import sequences_of
+
+    sequences = sequences_of(train)
     started = time.time()
     model = SequentialRetriever.train(sequences, SASRecConfig(epochs=sasrec_epochs), progress=progress)
     timings["sasrec"] = time.time() - started

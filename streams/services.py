@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import Callable, Iterable, MutableMapping
 
 from models.retrieval import CatalogIndex, Popularity
-from streams.events import Trigger, decode_vector, dead_letter_record, key_text
+from streams.events import decode_vector, dead_letter_record, key_text
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -53,6 +53,10 @@ class Models:
 
             self._embedder = TextEmbedder(self.settings.embed_model, device=self.settings.device)
         return self._embedder
+
+    def embed(self, texts: list[str]):
+        """Item texts to vectors, in batches of MMSR_EMBED_BATCH (blocking: call it in a thread)."""
+        return self.embedder.embed(texts, self.settings.embed_batch)
 
     @functools.cached_property
     def summarizer(self):
@@ -320,9 +324,6 @@ class Services:
     async def off_loop(self, fn, *args):
         """Run blocking work (models, scans, matrix products) in a thread so heartbeats keep going."""
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-    def trigger_of(self, state) -> Trigger | None:
-        return None if not state.owed else Trigger.from_state(state.owed)
 
 
 async def isolate(services: "Services", fn, inputs: list) -> tuple[list, dict[int, Exception]]:

@@ -27,9 +27,6 @@ class ItemsStage:
     def __init__(self, services: Services):
         self.s = services
 
-    def embed(self, texts: list[str]):
-        return self.s.models.embedder.embed(texts, self.s.settings.embed_batch)
-
     async def process(self, events) -> None:
         """Validate, embed what changed (one model call, a failing item isolated and dead-lettered),
         apply in order, and ask for captions of what changed."""
@@ -49,7 +46,7 @@ class ItemsStage:
                 old = s.item_profiles.get(item["item_id"])
                 if not old or old.get("content_hash") != digests[id(item)] or "embedding" not in old:
                     changed.append((event, item))
-        vectors, failures = await isolate(s, self.embed, [embedded_text(item) for _, item in changed])
+        vectors, failures = await isolate(s, s.models.embed, [embedded_text(item) for _, item in changed])
         failed = {id(changed[i][1]): exc for i, exc in failures.items()}
         embedded = {id(item): vec for (_, item), vec in zip(changed, vectors) if id(item) not in failed}
         for event, item in accepted:
@@ -126,7 +123,7 @@ class CaptionsStage:
                 metrics.inc("captions_rejected_total", reason=caption.rejected.split(" (")[0])
             usable.append((event, request, caption))
         texts = [embedded_text(r, usable_caption(c.to_dict())) for _, r, c in usable]
-        vectors, failures = await isolate(s, lambda batch: self.s.models.embedder.embed(batch), texts)
+        vectors, failures = await isolate(s, s.models.embed, texts)
         for i, ((event, request, caption), text, vector) in enumerate(zip(usable, texts, vectors)):
             if i in failures:
                 exc = failures[i]

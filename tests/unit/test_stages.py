@@ -92,6 +92,9 @@ class FakeModels:
         self.captioner, self.summarizer, self.reranker = captioner, summarizer, reranker
         self.sequential = None
 
+    def embed(self, texts):
+        return self.embedder.embed(texts)
+
 
 def make_services(models=None, **settings) -> Services:
     s = Settings(summary_model="none", caption_model="none", **settings)
