@@ -84,5 +84,7 @@ def test_a_new_item_is_recommendable_while_its_caption_is_still_being_written(to
     assert worker.metric("unknown_items_total") == 0  # the interaction's item was in the catalog already
     assert captions_at_list_time < 12, "the list has to come while captions are still pending"
     wait_until(lambda: worker.metric("captions_total") >= 12, timeout=600, interval=1.0, message="captions written")
-    profile = worker.get("/items/i1")
-    assert profile["caption_pending"] is False and profile["caption"]
+    # a caption is counted when written; its item is re-embedded and its profile replaced just after
+    profile = wait_until(lambda: (lambda p: p if p["caption_pending"] is False else None)(worker.get("/items/i1")),
+                         timeout=60, interval=0.2, message="i1's profile carries its caption")
+    assert profile["caption"]
