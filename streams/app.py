@@ -14,6 +14,7 @@ import logging
 import faust
 
 from streams.events import key_text
+from streams.kafka.security import faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
 from streams.settings import Settings
@@ -39,7 +40,7 @@ class Worker:
             processing_guarantee="at_least_once", producer_max_request_size=32 * 1024 * 1024,
             consumer_max_fetch_size=8 * 1024 * 1024, broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout, broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
-            table_standby_replicas=0, autodiscover=False,
+            table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
         )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.topics = {name: app.topic(getattr(s, f"topic_{name}"), **raw) for name in

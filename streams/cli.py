@@ -64,7 +64,17 @@ def log_options(fn):
 
 
 # every setting is a flag of the worker (the connection and web flags are declared on it apart)
-WORKER_OPTIONS = tuple(n for n in Settings.model_fields if n not in ("bootstrap_servers", "data_dir", "web_port"))
+# the SASL password is read from the environment only: a flag would show it in the process list
+WORKER_OPTIONS = tuple(n for n in Settings.model_fields
+                       if n not in ("bootstrap_servers", "data_dir", "web_port", "sasl_password"))
+
+
+def connected(settings: Settings) -> Settings:
+    """The settings, once the broker has accepted their credentials (else one error line)."""
+    from streams.kafka.security import check_connection
+
+    check_connection(settings)
+    return settings
 
 
 @click.group(context_settings=CONTEXT)
@@ -91,9 +101,19 @@ def _launcher(data_dir: Path):
 @click.option("--timeout", default=60.0, help="seconds to wait for the broker to answer")
 @one_line_errors
 def kafka_start(data_dir, port, timeout):
-    """Start the broker (resolving its jars once) and wait until it answers."""
-    info = _launcher(data_dir).start(port=port, timeout=timeout)
-    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid}")
+    """Start the broker (resolving its jars once) and wait until it answers.
+
+    With MMSR_SECURITY_PROTOCOL=SASL_SSL the listener is SASL_SSL (PLAIN, SCRAM-SHA-256/512) for
+    MMSR_SASL_USERNAME / MMSR_SASL_PASSWORD, with a CA and certificate made by keytool at start.
+    """
+    s = load(data_dir=data_dir)
+    if s.security_protocol not in ("PLAINTEXT", "SASL_SSL"):
+        raise click.ClickException(f"the local broker serves PLAINTEXT or SASL_SSL, not {s.security_protocol}")
+    users = {s.sasl_username: s.sasl_password.get_secret_value()} if s.security_protocol == "SASL_SSL" else None
+    info = _launcher(data_dir).start(port=port, timeout=timeout, sasl_users=users)
+    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid} ({info.security_protocol})")
+    if info.ca_file:
+        click.echo(f"clients trust its certificate with: export MMSR_SSL_CAFILE={info.ca_file}")
 
 
 @kafka.command("stop")
@@ -112,7 +132,7 @@ def kafka_status(data_dir):
     if info is None:
         click.echo("kafka not running")
         sys.exit(1)
-    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid}")
+    click.echo(f"kafka {info.version} running: bootstrap {info.bootstrap} pid {info.pid} ({info.security_protocol})")
 
 
 @kafka.command("tool", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -140,8 +160,8 @@ def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions)
     """Create items, interactions, user-summaries, recommendations, dead-letters (idempotent)."""
     from streams.kafka.admin import create_topics
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, user_partitions=user_partitions,
-             item_partitions=item_partitions)
+    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, user_partitions=user_partitions,
+                       item_partitions=item_partitions))
     for name, outcome in create_topics(s).items():
         click.echo(f"{name}: {outcome}")
 
@@ -157,7 +177,7 @@ def worker(bootstrap_servers, data_dir, web_port, loglevel, **options):
     from streams.app import build_worker
     from streams.kafka.admin import create_topics
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options)
+    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options))
     create_topics(s)
     if s.torch_threads:
         import torch
@@ -180,10 +200,11 @@ def produce(bootstrap_servers, data_dir, kind, source):
     """Validate and produce JSONL events from SOURCE (a file or -); report rejected lines by number."""
     import schemas
     from streams.kafka.client import InteractionProducer, ItemProducer, jsonl_lines
+    from streams.kafka.security import security_config
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
-    producer = (ItemProducer(s.bootstrap_servers, s.topic_items) if kind == "items"
-                else InteractionProducer(s.bootstrap_servers, s.topic_interactions))
+    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir))
+    producer = (ItemProducer(s.bootstrap_servers, s.topic_items, **security_config(s)) if kind == "items"
+                else InteractionProducer(s.bootstrap_servers, s.topic_interactions, **security_config(s)))
     rejected = 0
     for number, event, error in jsonl_lines(source):
         if event is not None:
@@ -215,16 +236,18 @@ def produce(bootstrap_servers, data_dir, kind, source):
 def replay(bootstrap_servers, data_dir, source, mapping, users, items, rate, since, until, backfill):
     """Replay interaction history in event-time order, keyed by user."""
     from streams import replay as rp
+    from streams.kafka.security import security_config
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
+    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir))
+    config = security_config(s)
     if source == "movielens":
         if items:
-            click.echo(f"{rp.publish_movielens_items(s.bootstrap_servers, s.topic_items)} items published")
+            click.echo(f"{rp.publish_movielens_items(s.bootstrap_servers, s.topic_items, config=config)} items published")
         events = rp.movielens_events(users)
     else:
         events = rp.read_log(Path(source), rp.ColumnMapping.parse(mapping))
     events = rp.window(events, since, until)
-    report = rp.replay(s.bootstrap_servers, s.topic_interactions, events, rate=rate, backfill=backfill)
+    report = rp.replay(s.bootstrap_servers, s.topic_interactions, events, rate=rate, backfill=backfill, config=config)
     for line, reason in report.rejected[:20]:
         click.echo(f"event {line}: rejected: {reason}", err=True)
     click.echo(f"{report.sent} interactions replayed in {report.seconds:.1f}s, {len(report.rejected)} rejected, "
@@ -248,11 +271,13 @@ def recs_tail(bootstrap_servers, data_dir, user, from_beginning, idle):
     import time
 
     from streams.kafka.client import RecommendationConsumer
+    from streams.kafka.security import security_config
     from streams.titles import TitleCache
 
-    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir)
-    titles = TitleCache(s.bootstrap_servers, s.topic_items)
-    consumer = RecommendationConsumer(s.bootstrap_servers, s.topic_recommendations, from_beginning=from_beginning)
+    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir))
+    titles = TitleCache(s.bootstrap_servers, s.topic_items, **security_config(s))
+    consumer = RecommendationConsumer(s.bootstrap_servers, s.topic_recommendations, from_beginning=from_beginning,
+                                      **security_config(s))
     last = time.monotonic()
     try:
         while not idle or time.monotonic() - last < idle:

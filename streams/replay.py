@@ -87,9 +87,10 @@ class ReplayReport:
 
 
 def replay(bootstrap: str, topic: str, events: list[dict], *, rate: float | None = None, backfill: bool = True,
-           progress: bool = True, limit_users: int | None = None) -> ReplayReport:
+           progress: bool = True, limit_users: int | None = None, config: dict | None = None) -> ReplayReport:
+    """``config``: extra librdkafka keys (the connection's security, ``security_config``)."""
     report = ReplayReport()
-    producer = InteractionProducer(bootstrap, topic)
+    producer = InteractionProducer(bootstrap, topic, **(config or {}))
     start = time.monotonic()
     for n, event in enumerate(tqdm(events, disable=not progress, unit="ev", desc="replay"), 1):
         try:
@@ -142,10 +143,10 @@ def movielens_events(users: int | None = None, first_per_user: int | None = None
     return events
 
 
-def publish_movielens_items(bootstrap: str, topic: str, progress: bool = True) -> int:
+def publish_movielens_items(bootstrap: str, topic: str, progress: bool = True, config: dict | None = None) -> int:
     from models.data import movielens
 
-    with ItemProducer(bootstrap, topic) as producer:
+    with ItemProducer(bootstrap, topic, **(config or {})) as producer:
         for item in tqdm(list(movielens.items()), disable=not progress, unit="item", desc="items"):
             producer.send(item)
     return producer.delivered

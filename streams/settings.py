@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.pipeline import TEXT
@@ -15,6 +17,19 @@ class Settings(BaseSettings):
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     data_dir: Path = Field(Path(".mmsr"), description="RocksDB state, broker data and model caches")
     app_id: str = Field("mmsr", description="Faust app id: consumer group and changelog prefix")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client connects to Kafka (the worker, producers, replay, admin, recs tail)"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with a SASL_ security protocol"
+    )
+    sasl_username: str = Field("", description="SASL user (from the environment: MMSR_SASL_USERNAME)")
+    sasl_password: SecretStr = Field(
+        SecretStr(""), description="SASL password: set MMSR_SASL_PASSWORD in the environment; never logged or shown"
+    )
+    ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CA that signed the brokers' certificates (default: the system's store)"
+    )
     web_host: str = Field("127.0.0.1", description="interface the worker's web server binds")
     web_port: int = Field(6066, description="port of the worker's web server")
 
@@ -35,6 +50,10 @@ class Settings(BaseSettings):
         45.0, description="consumer group session timeout, seconds: how soon a crashed worker's partitions move"
     )
     replication_factor: int = Field(1, description="replication factor for created topics")
+    standby_replicas: int = Field(
+        0, ge=0, description="standby copies of each user-state partition kept warm on other workers, so a takeover "
+        "need not replay the whole changelog"
+    )
 
     top_k: int = Field(10, gt=0, description="items per recommendation list")
     history_tail: int = Field(50, gt=0, description="recent interactions kept per user")
@@ -124,6 +143,12 @@ class Settings(BaseSettings):
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"
     )
 
+    @model_validator(mode="after")
+    def _credentials_with_sasl(self):
+        if self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password.get_secret_value()):
+            raise ValueError(f"security_protocol {self.security_protocol} needs MMSR_SASL_USERNAME and MMSR_SASL_PASSWORD")
+        return self
+
     # -- the model configs, built here so every option of theirs is a setting ---------------------
     def summarizer_config(self):
         from models.user_summarizer import SummarizerConfig
@@ -157,7 +182,13 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as MMSR_ variables, so a child process (a worker) gets exactly them."""
-        return {f"MMSR_{name.upper()}": str(getattr(self, name)) for name in type(self).model_fields}
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            env[f"MMSR_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        return env
 
     @property
     def state_dir(self) -> Path:

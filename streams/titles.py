@@ -7,13 +7,13 @@ from streams.kafka.client import read_all
 
 
 class TitleCache:
-    def __init__(self, bootstrap_servers: str, topic: str):
-        self._bootstrap, self._topic = bootstrap_servers, topic
+    def __init__(self, bootstrap_servers: str, topic: str, **config):
+        self._bootstrap, self._topic, self._config = bootstrap_servers, topic, config
         self._titles: dict[str, str] | None = None
 
     def load(self) -> dict[str, str]:
         titles: dict[str, str] = {}
-        for msg in read_all(self._bootstrap, self._topic, timeout=15.0, idle=1.0):
+        for msg in read_all(self._bootstrap, self._topic, timeout=15.0, idle=1.0, **self._config):
             try:
                 event = json.loads(msg.value())
             except (TypeError, ValueError):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.kafka.security import client_config
 from streams.settings import Settings
 
 INPUT_MAX_BYTES = 4 * 1024 * 1024  # accept oversized events so the worker can dead-letter them with a reason
@@ -36,7 +37,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> dict[str, str]:
     """Create what is missing; report 'created' or 'exists' per topic. A partition-count mismatch is an error."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})  # errors are raised, not logged
+    admin = AdminClient({**client_config(settings), "log_level": 0})  # errors are raised, not logged
     specs = topic_specs(settings)
     existing = admin.list_topics(timeout=timeout).topics
     result: dict[str, str] = {}

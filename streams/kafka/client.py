@@ -161,13 +161,13 @@ class RecommendationConsumer:
         self._consumer.close()
 
 
-def read_all(bootstrap_servers: str, topic: str, timeout: float = 10.0, idle: float = 2.0) -> list:
+def read_all(bootstrap_servers: str, topic: str, timeout: float = 10.0, idle: float = 2.0, **config) -> list:
     """Every message now in a topic (tests, tools): stops after ``idle`` seconds without one."""
     import time
     import uuid
 
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"mmsr-read-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **config})
     consumer.subscribe([topic])
     out, deadline, last = [], time.monotonic() + timeout, time.monotonic()
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +40,8 @@ class BrokerInfo:
     controller_port: int
     version: str
     data_dir: str
+    security_protocol: str = "PLAINTEXT"
+    ca_file: str | None = None  # with SASL_SSL: the CA that signed the broker's certificate
 
     @property
     def bootstrap(self) -> str:
@@ -133,12 +136,18 @@ class LocalKafka:
         info = BrokerInfo(**json.loads(self.info_file.read_text()))
         return info if pid_alive(info.pid) else None
 
-    def start(self, port: int = 9092, controller_port: int | None = None, timeout: float = 60.0) -> BrokerInfo:
-        """Start the broker (port 0 picks a free one) and return once it answers metadata requests."""
+    def start(self, port: int = 9092, controller_port: int | None = None, timeout: float = 60.0,
+              sasl_users: dict[str, str] | None = None) -> BrokerInfo:
+        """Start the broker (port 0 picks a free one) and return once it answers metadata requests.
+
+        With ``sasl_users`` (name: password) the client listener is SASL_SSL and accepts PLAIN,
+        SCRAM-SHA-256 and SCRAM-SHA-512 for them; its TLS certificate is made with keytool at start.
+        """
         running = self.status()
         if running:
             return running
         self.ensure_jars()
+        tls = self._make_tls() if sasl_users else None
         if port == 0:
             port = free_port()
         elif not port_is_free(port):
@@ -147,9 +156,13 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         props = self.data_dir / "server.properties"
-        props.write_text(self._server_properties(port, controller_port, logs))
+        text = self._server_properties(port, controller_port, logs)
+        if tls:
+            text = sasl_ssl_properties(text, port, controller_port, tls, sasl_users)
+        props.write_text(text)
+        props.chmod(0o600)  # with SASL it holds the broker's secrets
         if not (logs / "meta.properties").exists():
-            self._format(props)
+            self._format(props, scram_users=sasl_users or {})
         log4j = self._log4j_config()
         cmd = self.java("kafka.Kafka", str(props), heap="768m")
         cmd[1:1] = [f"-Dkafka.logs.dir={self.data_dir}", f"-Dlog4j2.configurationFile={log4j}",
@@ -157,9 +170,15 @@ class LocalKafka:
         with open(self.data_dir / "stdout.log", "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
-        info = BrokerInfo(proc.pid, port, controller_port, self.version, str(self.data_dir))
+        info = BrokerInfo(proc.pid, port, controller_port, self.version, str(self.data_dir),
+                          "SASL_SSL" if tls else "PLAINTEXT", str(tls.ca_file) if tls else None)
         self.info_file.write_text(json.dumps(asdict(info)))
-        self._wait_ready(info, proc, timeout)
+        client = {}
+        if tls:
+            name, password = next(iter(sasl_users.items()))
+            client = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": name,
+                      "sasl.password": password, "ssl.ca.location": str(tls.ca_file)}
+        self._wait_ready(info, proc, timeout, client)
         return info
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -180,9 +199,12 @@ class LocalKafka:
         return True
 
     # -- helpers ----------------------------------------------------------------------------
-    def _format(self, props: Path) -> None:
+    def _format(self, props: Path, scram_users: dict[str, str]) -> None:
         cluster_id = _cluster_id()
         cmd = self.java(TOOLS["kafka-storage"], "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted")
+        for name, password in scram_users.items():  # KRaft stores SCRAM credentials from the first metadata on
+            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                cmd += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         cmd.insert(1, f"-Dlog4j2.configurationFile={self._log4j_config()}")
         cmd.insert(1, f"-Dkafka.logs.dir={self.data_dir}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -221,11 +243,46 @@ class LocalKafka:
             "",
         ])
 
-    def _wait_ready(self, info: BrokerInfo, proc: subprocess.Popen, timeout: float) -> None:
+    def _make_tls(self) -> "BrokerTLS":
+        """A throwaway CA and a broker certificate for 127.0.0.1/localhost, made with Java's keytool.
+
+        Made fresh at every start into DATA_DIR/tls (mode 0700) with a random store password:
+        nothing secret is in the repo, and clients trust ``ca.pem`` only.
+        """
+        keytool = shutil.which("keytool")
+        if keytool is None:
+            raise LauncherError("Java's keytool is needed for a SASL_SSL broker; none found on PATH")
+        tls_dir = self.data_dir / "tls"
+        shutil.rmtree(tls_dir, ignore_errors=True)
+        tls_dir.mkdir(parents=True, mode=0o700)
+        password = secrets.token_urlsafe(18)
+        ca, broker, ca_pem, broker_pem = (tls_dir / n for n in ("ca.p12", "broker.p12", "ca.pem", "broker.pem"))
+        common = ["-storetype", "PKCS12", "-storepass", password, "-keypass", password, "-noprompt"]
+
+        def run(*args: str, stdin: bytes | None = None) -> bytes:
+            proc = subprocess.run([keytool, *args], input=stdin, capture_output=True)
+            if proc.returncode != 0:
+                raise LauncherError(f"keytool {args[0]} failed: {(proc.stdout + proc.stderr).decode(errors='replace').strip()[-300:]}")
+            return proc.stdout
+
+        run("-genkeypair", "-alias", "ca", "-dname", "CN=mmsr local CA", "-ext", "bc:c", "-keyalg", "RSA",
+            "-keysize", "2048", "-validity", "30", "-keystore", str(ca), *common)
+        run("-exportcert", "-alias", "ca", "-rfc", "-file", str(ca_pem), "-keystore", str(ca), *common)
+        run("-genkeypair", "-alias", "broker", "-dname", "CN=localhost", "-keyalg", "RSA", "-keysize", "2048",
+            "-validity", "30", "-keystore", str(broker), *common)
+        request = run("-certreq", "-alias", "broker", "-keystore", str(broker), *common)
+        broker_pem.write_bytes(run("-gencert", "-alias", "ca", "-rfc", "-validity", "30",
+                                   "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-keystore", str(ca), *common,
+                                   stdin=request))
+        run("-importcert", "-alias", "ca", "-file", str(ca_pem), "-keystore", str(broker), *common)
+        run("-importcert", "-alias", "broker", "-file", str(broker_pem), "-keystore", str(broker), *common)
+        return BrokerTLS(broker, password, ca_pem)
+
+    def _wait_ready(self, info: BrokerInfo, proc: subprocess.Popen, timeout: float, client: dict) -> None:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": info.bootstrap, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": info.bootstrap, "log_level": 0, **client})
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.info_file.unlink(missing_ok=True)
@@ -250,6 +307,50 @@ class LocalKafka:
         except Exception:
             time.sleep(0.3)
             return False
+
+
+@dataclass(frozen=True)
+class BrokerTLS:
+    keystore: Path
+    password: str
+    ca_file: Path
+
+
+def sasl_ssl_properties(plain: str, port: int, controller_port: int, tls: BrokerTLS, users: dict[str, str]) -> str:
+    """The plaintext broker's properties with its client listener turned into SASL_SSL.
+
+    The broker talks to itself over the same listener as a generated ``broker`` PLAIN user; the
+    given users get PLAIN passwords here and SCRAM credentials at format time (``_format``).
+    """
+    def quoted(value: str) -> str:
+        if '"' in value or "\\" in value:
+            raise LauncherError("SASL user names and passwords for the local broker cannot contain quotes or backslashes")
+        return f'"{value}"'
+
+    broker_password = secrets.token_urlsafe(18)
+    accounts = {"broker": broker_password, **users}
+    plain_users = " ".join(f"user_{name}={quoted(password)}" for name, password in accounts.items())
+    jaas = "org.apache.kafka.common.security.plain.PlainLoginModule required " \
+           f'username="broker" password={quoted(broker_password)} {plain_users};'
+    replaced = {
+        "listeners": f"SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{port}",
+        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+    }
+    lines = [f"{k}={replaced[k]}" if (k := line.split("=", 1)[0]) in replaced else line for line in plain.splitlines()]
+    lines += [
+        "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=PLAIN",
+        f"listener.name.sasl_ssl.plain.sasl.jaas.config={jaas}",
+        "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "ssl.keystore.type=PKCS12", f"ssl.keystore.location={tls.keystore}", f"ssl.keystore.password={tls.password}",
+        f"ssl.key.password={tls.password}",
+        "ssl.truststore.type=PKCS12", f"ssl.truststore.location={tls.keystore}", f"ssl.truststore.password={tls.password}",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _cluster_id(random_bytes=lambda: uuid.uuid4().bytes) -> str:

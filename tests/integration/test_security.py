@@ -1,0 +1,96 @@
+"""A SASL_SSL broker from the launcher: every client authenticates, wrong credentials fail in one line."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from streams.harness.process import WorkerProcess, wait_until
+from streams.kafka.launcher import LocalKafka, free_port
+from tests.conftest import ROOT
+from tests.integration import helpers
+
+pytestmark = pytest.mark.integration
+
+USER = "alice"
+
+
+def mmsr(*args, env, timeout=120):
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=timeout, cwd=ROOT)
+    out.seconds = time.monotonic() - started
+    return out
+
+
+@pytest.fixture(scope="module")
+def secured_broker(tmp_path_factory):
+    """`mmsr kafka start` with MMSR_SECURITY_PROTOCOL=SASL_SSL: a password made for this run only."""
+    data = tmp_path_factory.mktemp("sasl")
+    password = secrets.token_urlsafe(16)
+    env = {"MMSR_DATA_DIR": str(data), "MMSR_SECURITY_PROTOCOL": "SASL_SSL", "MMSR_SASL_USERNAME": USER,
+           "MMSR_SASL_PASSWORD": password}
+    out = mmsr("kafka", "start", "--port", "0", "--timeout", "120", env=env, timeout=240)
+    assert out.returncode == 0, out.stderr
+    info = LocalKafka(data / "kafka").status()
+    assert info.security_protocol == "SASL_SSL" and "MMSR_SSL_CAFILE=" in out.stdout
+    assert password not in out.stdout + out.stderr
+    yield info, password
+    LocalKafka(data / "kafka").stop()
+
+
+def client_env(info, password, tmp_path, mechanism="SCRAM-SHA-512") -> dict:
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    topics = {f"MMSR_TOPIC_{name.upper()}": f"{prefix}-{name.replace('_', '-')}" for name in
+              ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests",
+               "item_pairs")}
+    return {"MMSR_BOOTSTRAP_SERVERS": info.bootstrap, "MMSR_SECURITY_PROTOCOL": "SASL_SSL",
+            "MMSR_SASL_MECHANISM": mechanism, "MMSR_SASL_USERNAME": USER, "MMSR_SASL_PASSWORD": password,
+            "MMSR_SSL_CAFILE": info.ca_file, "MMSR_DATA_DIR": str(tmp_path / prefix), "MMSR_APP_ID": f"{prefix}-app",
+            "MMSR_SUMMARY_MODEL": "none", "MMSR_CAPTION_MODEL": "none", "MMSR_DEBOUNCE_SECONDS": "0.2", **topics}
+
+
+def test_worker_produce_replay_and_tail_work_with_the_right_credentials(secured_broker, tmp_path):
+    info, password = secured_broker
+    env = client_env(info, password, tmp_path)
+    items, log = tmp_path / "items.jsonl", tmp_path / "log.jsonl"
+    items.write_text("".join(json.dumps(item) + "\n" for item in helpers.catalog(12)))
+    log.write_text("".join(json.dumps(e) + "\n" for e in helpers.interactions(users=3, per_user=3, n_items=12)))
+    assert mmsr("topics", "create", env=env).returncode == 0
+    worker = WorkerProcess(env, free_port(), tmp_path / "worker.log", cwd=ROOT)
+    try:
+        worker.start(timeout=300)
+        produced = mmsr("produce", "items", str(items), env=env)
+        assert produced.returncode == 0 and "12 items delivered" in produced.stdout, produced.stderr
+        wait_until(lambda: worker.metric("catalog_items") >= 12, timeout=60, message="items over SASL_SSL")
+        replayed = mmsr("replay", "--source", str(log), "--no-backfill", env=env)
+        assert replayed.returncode == 0 and "9 interactions replayed" in replayed.stdout, replayed.stderr
+        wait_until(lambda: worker.metric("recommendations_emitted_total") >= 3, timeout=120, message="three lists")
+        tail = mmsr("recs", "tail", "--idle", "5", env=env)
+        assert tail.returncode == 0, tail.stderr
+        assert {f"user u{u} " for u in range(3)} <= {line.split("(")[0] for line in tail.stdout.splitlines()}
+    finally:
+        worker.stop()
+    assert password not in worker.log.read_text()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+def test_wrong_credentials_are_one_clear_line_for_every_client(secured_broker, tmp_path, mechanism):
+    info, _ = secured_broker
+    env = client_env(info, "not-the-password", tmp_path, mechanism)
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps(helpers.interactions(users=1, per_user=1)[0]) + "\n")
+    web = str(free_port())
+    for args in (("produce", "interactions", str(log)), ("replay", "--source", str(log)), ("recs", "tail"),
+                 ("topics", "create"), ("worker", "--web-port", web)):
+        out = mmsr(*args, env=env)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode != 0 and len(lines) == 1, (args, out.stderr[-1500:])
+        assert "Traceback" not in out.stderr and "authentication" in lines[0].lower(), (args, lines)
+        assert out.seconds < 60, (args, out.seconds)  # no hang on librdkafka's endless retries
