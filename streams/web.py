@@ -4,15 +4,60 @@ Depends on the services and the Faust app it serves on, never on the worker that
 """
 from __future__ import annotations
 
+import functools
 from typing import Awaitable, Callable
 
 from streams.services import Services
 from streams.state import UserState
 
 
+def retry_later(web, reason: str):
+    return web.json({"error": reason, "retry": True}, status=503, headers={"Retry-After": "1"})
+
+
+def owner_route(app, services: Services, match_info: str):
+    """Faust's ``table_route`` on the key's raw bytes, answering 503 (retry) where it would fail or mislead.
+
+    Between a worker's death and the rebalance the routing map still names the dead worker
+    (Faust's route raised a 500 on the refused connection), and just after the rebalance the new
+    owner may still be restoring the partition from its changelog (it would answer 404 or a
+    partial state). Both are "ask again shortly", and say so.
+    """
+    from aiohttp import ClientError
+
+    changelog = services.user_state.changelog_topic.get_topic_name()
+
+    def decorate(view):
+        @functools.wraps(view)
+        async def routed(self, request, *args, **kwargs):
+            key = request.match_info[match_info]
+            try:
+                # the partition of the key's raw bytes, as producers key interactions and the state is
+                # stored; Faust's route hashes the JSON-serialized key, another partition for most
+                # users, and so sent half of the requests to a worker without the user
+                owner = app.assignor.key_store(changelog, key.encode())
+            except KeyError:
+                return retry_later(self.web, "no worker owns this key's partition yet (rebalancing)")
+            if (owner.host, owner.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
+                if app.rebalancing or not services.restored.is_set():
+                    return retry_later(self.web, "this worker is restoring its partitions after a rebalance")
+                return await view(self, request, *args, **kwargs)
+            try:
+                async with app.http_client.get(request.url.with_host(owner.host).with_port(owner.port)) as response:
+                    return self.web.text(await response.text(), content_type=response.content_type,
+                                         status=response.status)
+            except (ClientError, OSError) as exc:
+                return retry_later(self.web, f"the owner of this key's partition does not answer ({exc}); "
+                                             "the group will move it")
+
+        return routed
+
+    return decorate
+
+
 def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable[dict[str, int]]]) -> None:
     @app.page("/users/{user_id}")
-    @app.table_route(table=services.user_state, match_info="user_id")
+    @owner_route(app, services, match_info="user_id")
     async def user(web, request, user_id: str):
         data = services.user_state.get(user_id)
         if data is None:

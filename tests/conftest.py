@@ -35,30 +35,36 @@ class Env:
         return getattr(self.settings, name)
 
 
-@pytest.fixture
-def topic_factory(kafka_broker, tmp_path):
-    """Creates the five topics under a unique prefix and returns matching settings + env vars."""
+def make_env(bootstrap: str, data_root: Path, **overrides) -> Env:
+    """Settings for one test on ``bootstrap``: topics under a unique prefix (created), its own
+    app id, data dir and web port; the LLM stages off unless the test turns them on."""
     from streams.kafka.admin import create_topics
     from streams.kafka.launcher import free_port
     from streams.settings import Settings
 
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    values = {
+        "bootstrap_servers": bootstrap, "data_dir": str(data_root / prefix),
+        "app_id": f"{prefix}-app", "web_port": free_port(),
+        "topic_items": f"{prefix}-items", "topic_interactions": f"{prefix}-interactions",
+        "topic_user_summaries": f"{prefix}-user-summaries", "topic_recommendations": f"{prefix}-recommendations",
+        "topic_dead_letters": f"{prefix}-dead-letters", "topic_caption_requests": f"{prefix}-caption-requests",
+        "topic_item_pairs": f"{prefix}-item-pairs",
+        "debounce_seconds": 0.2,
+        "summary_model": "none", "caption_model": "none",
+        **overrides,
+    }
+    settings = Settings(**values)
+    create_topics(settings)
+    return Env(settings, settings.to_env())
+
+
+@pytest.fixture
+def topic_factory(kafka_broker, tmp_path):
+    """Creates the topics under a unique prefix and returns matching settings + env vars."""
+
     def make(**overrides) -> Env:
-        prefix = f"t{uuid.uuid4().hex[:8]}"
-        values = {
-            "bootstrap_servers": kafka_broker.bootstrap, "data_dir": str(tmp_path / prefix),
-            "app_id": f"{prefix}-app", "web_port": free_port(),
-            "topic_items": f"{prefix}-items", "topic_interactions": f"{prefix}-interactions",
-            "topic_user_summaries": f"{prefix}-user-summaries", "topic_recommendations": f"{prefix}-recommendations",
-            "topic_dead_letters": f"{prefix}-dead-letters", "topic_caption_requests": f"{prefix}-caption-requests",
-            "topic_item_pairs": f"{prefix}-item-pairs",
-            "debounce_seconds": 0.2,
-            # the backbone tests run without the LLM stages; tests of those stages turn them on
-            "summary_model": "none", "caption_model": "none",
-            **overrides,
-        }
-        settings = Settings(**values)
-        create_topics(settings)
-        return Env(settings, settings.to_env())
+        return make_env(kafka_broker.bootstrap, tmp_path, **overrides)
 
     return make
 
@@ -67,8 +73,15 @@ def topic_factory(kafka_broker, tmp_path):
 def worker_factory(tmp_path):
     workers: list[WorkerProcess] = []
 
-    def make(env: Env) -> WorkerProcess:
-        worker = WorkerProcess(env.env, env.web_port, tmp_path / f"worker-{len(workers)}.log", cwd=ROOT)
+    def make(env: Env, peer: bool = False) -> WorkerProcess:
+        """``peer``: another member of the same group, with its own state directory and web port."""
+        from streams.kafka.launcher import free_port
+
+        n = len(workers)
+        vars, port = env.env, env.web_port
+        if peer:
+            vars, port = {**env.env, "MMSR_DATA_DIR": f"{env.env['MMSR_DATA_DIR']}-peer{n}"}, free_port()
+        worker = WorkerProcess(vars, port, tmp_path / f"worker-{n}.log", cwd=ROOT)
         workers.append(worker)
         return worker
 

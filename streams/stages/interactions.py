@@ -218,7 +218,7 @@ class InteractionsStage:
                     continue
                 state = UserState.from_dict(data, user_id)
                 state.backfill_pending = False
-                state.owed = trigger.to_state()
+                state.owed = state.owed or trigger.to_state()  # a list owed by a fresh event serves both
                 self.s.user_state[user_id] = state.to_dict()
                 self.s.due.schedule(user_id, 0.0)
             await asyncio.sleep(0)

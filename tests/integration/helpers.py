@@ -37,3 +37,39 @@ def topic_events(env, topic: str, schema: str, timeout: float = 20) -> list[dict
     """Every event on ``topic``, each checked against its JSON schema (a bad event fails the test)."""
     events = decode(read_all(env.bootstrap_servers, topic, timeout=timeout))
     return [schemas.validate(schema, event) for event in events]
+
+
+def expected_states(events, settings) -> dict[str, dict]:
+    """The user state a single run without any crash reaches: the same events applied once, in order."""
+    from streams.state import UserState
+
+    states: dict[str, UserState] = {}
+    for offset, e in enumerate(events):
+        state = states.setdefault(e["user_id"], UserState(e["user_id"]))
+        state.apply(e, 0, offset, tail=settings.history_tail, seen_cap=settings.seen_cap,
+                    pending_cap=settings.summary_block)
+    return {u: {"interaction_count": s.interaction_count, "history": s.history, "seen": s.seen}
+            for u, s in states.items()}
+
+
+def expected_neighbours(events, settings) -> tuple[dict[str, dict], int]:
+    """Each item's count and neighbours as one process computes them, and the increments sent."""
+    from models.cooccurrence import pair_entries
+    from models.prequential import SourceState
+
+    config = settings.cooccurrence_config()
+    state = SourceState(config)
+    entries = 0
+    for e in events:
+        entries += len(pair_entries(state.histories.get(e["user_id"], []), e["item_id"], 0, 0, 0.0, config))
+        state.apply(e)
+    return {i: {"count": r["count"], "neighbours": r["neighbours"]} for i, r in state.records.items()}, entries
+
+
+def observed_neighbours(worker, n_items: int) -> dict[str, dict]:
+    out = {}
+    for n in range(n_items):
+        record = worker.get(f"/items/i{n}/neighbours")
+        if record is not None:
+            out[f"i{n}"] = {"count": record["count"], "neighbours": record["neighbours"]}
+    return out

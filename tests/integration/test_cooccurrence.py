@@ -5,8 +5,6 @@ import random
 
 import pytest
 
-from models.cooccurrence import CooccurrenceConfig, pair_entries
-from models.prequential import SourceState
 from streams.kafka.client import ItemProducer
 from streams.replay import replay
 from tests.conftest import wait_until
@@ -28,26 +26,6 @@ def log(users: int = 60, per_user: int = 14, seed: int = 3) -> list[dict]:
     return events
 
 
-def expected(events) -> tuple[dict[str, dict], int]:
-    config = CooccurrenceConfig(window=SETTINGS["cooc_window"], neighbours=SETTINGS["cooc_neighbours"],
-                                decay=SETTINGS["cooc_decay"])
-    state = SourceState(config)
-    entries = 0
-    for e in events:
-        entries += len(pair_entries(state.histories.get(e["user_id"], []), e["item_id"], 0, 0, 0.0, config))
-        state.apply(e)
-    return {i: {"count": r["count"], "neighbours": r["neighbours"]} for i, r in state.records.items()}, entries
-
-
-def observed(worker) -> dict[str, dict]:
-    out = {}
-    for n in range(ITEMS):
-        record = worker.get(f"/items/i{n}/neighbours")
-        if record is not None:
-            out[f"i{n}"] = {"count": record["count"], "neighbours": record["neighbours"]}
-    return out
-
-
 def start_with_catalog(env, workers):
     for w in workers:
         w.start()
@@ -59,21 +37,17 @@ def start_with_catalog(env, workers):
 
 def test_two_workers_give_the_counts_one_process_computes(topic_factory, worker_factory):
     env = topic_factory(**SETTINGS)
-    workers = [worker_factory(env), worker_factory(env)]
-    workers[1].env = {**workers[1].env, "MMSR_DATA_DIR": env.env["MMSR_DATA_DIR"] + "-second"}
-    from streams.kafka.launcher import free_port
-
-    workers[1].web_port = free_port()
+    workers = [worker_factory(env), worker_factory(env, peer=True)]
     start_with_catalog(env, workers)
     assert all(len(w.get("/health")["assigned"]) < 2 * env.user_partitions + 10 for w in workers)
     events = log()
-    want, entries = expected(events)
+    want, entries = helpers.expected_neighbours(events, env.settings)
     replay(env.bootstrap_servers, env.topic_interactions, events, backfill=False, progress=False)
     wait_until(lambda: sum(w.metric("pair_entries_applied_total") for w in workers) >= entries, timeout=180,
                message=f"{entries} increments applied")
     assert all(w.metric("events_applied_total") > 0 for w in workers)  # both workers held user partitions
     for w in workers:  # each worker reads the whole item-keyed table, whichever worker wrote a record
-        wait_until(lambda: observed(w) == want, timeout=60, message="every record seen by this worker")
+        wait_until(lambda: helpers.observed_neighbours(w, ITEMS) == want, timeout=60, message="every record seen by this worker")
 
 
 def test_kill9_during_a_replay_neither_loses_nor_doubles_increments(topic_factory, worker_factory):
@@ -81,12 +55,12 @@ def test_kill9_during_a_replay_neither_loses_nor_doubles_increments(topic_factor
     worker = worker_factory(env)
     start_with_catalog(env, [worker])
     events = log(users=80, per_user=40, seed=5)
-    want, entries = expected(events)
+    want, entries = helpers.expected_neighbours(events, env.settings)
     replay(env.bootstrap_servers, env.topic_interactions, events, rate=1500, backfill=False, progress=False)
     wait_until(lambda: worker.metric("events_applied_total") > 300, timeout=60, interval=0.1, message="mid-replay")
     applied_before = worker.metric("events_applied_total")
     worker.kill9()
     assert applied_before < len(events), "the crash has to happen mid-replay"
     worker.start()
-    wait_until(lambda: observed(worker) == want, timeout=240, interval=2.0,
+    wait_until(lambda: helpers.observed_neighbours(worker, ITEMS) == want, timeout=240, interval=2.0,
                message="the counts of a run without the crash")

@@ -6,21 +6,10 @@ import shutil
 import pytest
 
 from streams.replay import movielens_events, replay
-from streams.state import UserState
 from tests.conftest import wait_until
+from tests.integration.helpers import expected_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def expected_states(events, settings) -> dict[str, dict]:
-    """The state a run without any crash reaches: the same events applied once, in order."""
-    states: dict[str, UserState] = {}
-    for offset, e in enumerate(events):
-        state = states.setdefault(e["user_id"], UserState(e["user_id"]))
-        state.apply(e, 0, offset, tail=settings.history_tail, seen_cap=settings.seen_cap,
-                    pending_cap=settings.summary_block)
-    return {u: {"interaction_count": s.interaction_count, "history": s.history, "seen": s.seen}
-            for u, s in states.items()}
 
 
 def observed(worker, users) -> dict[str, dict]:

@@ -7,13 +7,12 @@ import secrets
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
 from streams.harness.process import WorkerProcess, wait_until
 from streams.kafka.launcher import LocalKafka, free_port
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_env
 from tests.integration import helpers
 
 pytestmark = pytest.mark.integration
@@ -46,14 +45,9 @@ def secured_broker(tmp_path_factory):
 
 
 def client_env(info, password, tmp_path, mechanism="SCRAM-SHA-512") -> dict:
-    prefix = f"s{uuid.uuid4().hex[:8]}"
-    topics = {f"MMSR_TOPIC_{name.upper()}": f"{prefix}-{name.replace('_', '-')}" for name in
-              ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests",
-               "item_pairs")}
-    return {"MMSR_BOOTSTRAP_SERVERS": info.bootstrap, "MMSR_SECURITY_PROTOCOL": "SASL_SSL",
-            "MMSR_SASL_MECHANISM": mechanism, "MMSR_SASL_USERNAME": USER, "MMSR_SASL_PASSWORD": password,
-            "MMSR_SSL_CAFILE": info.ca_file, "MMSR_DATA_DIR": str(tmp_path / prefix), "MMSR_APP_ID": f"{prefix}-app",
-            "MMSR_SUMMARY_MODEL": "none", "MMSR_CAPTION_MODEL": "none", "MMSR_DEBOUNCE_SECONDS": "0.2", **topics}
+    """MMSR_ variables of a test's own topics on the secured broker (created with these credentials)."""
+    return make_env(info.bootstrap, tmp_path, security_protocol="SASL_SSL", sasl_mechanism=mechanism,
+                    sasl_username=USER, sasl_password=password, ssl_cafile=info.ca_file).env
 
 
 def test_worker_produce_replay_and_tail_work_with_the_right_credentials(secured_broker, tmp_path):
@@ -62,7 +56,7 @@ def test_worker_produce_replay_and_tail_work_with_the_right_credentials(secured_
     items, log = tmp_path / "items.jsonl", tmp_path / "log.jsonl"
     items.write_text("".join(json.dumps(item) + "\n" for item in helpers.catalog(12)))
     log.write_text("".join(json.dumps(e) + "\n" for e in helpers.interactions(users=3, per_user=3, n_items=12)))
-    assert mmsr("topics", "create", env=env).returncode == 0
+    assert mmsr("topics", "create", env=env).stdout.count(": exists") == 7  # made by make_env, same credentials
     worker = WorkerProcess(env, free_port(), tmp_path / "worker.log", cwd=ROOT)
     try:
         worker.start(timeout=300)
@@ -82,8 +76,9 @@ def test_worker_produce_replay_and_tail_work_with_the_right_credentials(secured_
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
 def test_wrong_credentials_are_one_clear_line_for_every_client(secured_broker, tmp_path, mechanism):
-    info, _ = secured_broker
-    env = client_env(info, "not-the-password", tmp_path, mechanism)
+    info, password = secured_broker
+    env = {**client_env(info, password, tmp_path), "MMSR_SASL_MECHANISM": mechanism,
+           "MMSR_SASL_PASSWORD": "not-the-password"}
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps(helpers.interactions(users=1, per_user=1)[0]) + "\n")
     web = str(free_port())
