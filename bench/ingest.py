@@ -26,7 +26,7 @@ from streams.kafka.admin import create_topics
 from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
 from streams.harness.process import WorkerProcess, wait_until
-from streams.settings import Settings
+from streams.settings import Settings, prefixed_topics
 
 
 def baseline_consume(bootstrap: str, topic: str, n: int) -> float:
@@ -52,8 +52,7 @@ def ingest(info, tmp: Path, name: str, events: list[dict], **overrides) -> tuple
     values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / name), "web_port": port,
               "debounce_seconds": 0.05, "app_id": f"bench-{name}",
               "summary_model": "none", "caption_model": "none",  # the backbone alone: see bench/summaries.py
-              **{f"topic_{t}": f"{name}-{t}" for t in ("items", "interactions", "user_summaries", "recommendations",
-                                                       "dead_letters", "caption_requests", "item_pairs")},
+              **prefixed_topics(name),
               **overrides}
     settings = Settings(**values)
     create_topics(settings)

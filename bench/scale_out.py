@@ -29,16 +29,13 @@ from streams.harness.process import WorkerProcess, wait_until
 from streams.kafka.admin import create_topics
 from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
-from streams.settings import Settings
-
-TOPICS = ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests", "item_pairs")
-
+from streams.settings import Settings, prefixed_topics
 
 def group(info, tmp: Path, name: str, workers: int, **overrides) -> tuple[list[WorkerProcess], Settings]:
     """``workers`` members of one group on their own topics, each with its own state and port."""
     settings = Settings(bootstrap_servers=info.bootstrap, data_dir=str(tmp / name), app_id=f"bench-{name}",
                         summary_model="none", caption_model="none", debounce_seconds=0.05,
-                        **{f"topic_{t}": f"{name}-{t}" for t in TOPICS}, **overrides)
+                        **prefixed_topics(name), **overrides)
     create_topics(settings)
     procs = []
     for n in range(workers):

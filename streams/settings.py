@@ -44,6 +44,23 @@ class Settings(BaseSettings):
     topic_item_pairs: str = Field(
         "item-pairs", description="co-occurrence and count increments, re-keyed by item_id (partitioned like items)"
     )
+    topic_summary_requests: str = Field(
+        "summary-requests", description="state role -> llm role: a user's previous summary and full blocks, keyed by user_id"
+    )
+    topic_rerank_requests: str = Field(
+        "rerank-requests", description="state role -> llm role: a user's summary and candidates to re-rank, keyed by user_id"
+    )
+    topic_captions: str = Field(
+        "captions", description="llm role -> state role: captions written for caption requests, keyed by item_id"
+    )
+    role: Literal["all", "state", "llm"] = Field(
+        "all", description="all: one process does everything; state: events, state, candidate lists, and requests "
+        "for the llm role; llm: captions, summaries and re-ranking from the request topics (no user state; its "
+        "own consumer group, <app_id>-llm)"
+    )
+    summary_request_timeout: float = Field(
+        900.0, gt=0, description="state role: seconds before an unanswered summary request is sent again"
+    )
     user_partitions: int = Field(4, description="partitions of the user-keyed topics (co-partitioned)")
     item_partitions: int = Field(2, description="partitions of the items topic")
     session_timeout: float = Field(
@@ -193,6 +210,24 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.data_dir / "state"
+
+    @property
+    def group_id(self) -> str:
+        """Each role is its own consumer group: the llm role's workers scale apart from the state role's."""
+        return f"{self.app_id}-llm" if self.role == "llm" else self.app_id
+
+    @property
+    def generates_here(self) -> bool:
+        """Whether this process runs the generating models (captions, summaries, re-ranking)."""
+        return self.role != "state"
+
+
+TOPICS = tuple(name.removeprefix("topic_") for name in Settings.model_fields if name.startswith("topic_"))
+
+
+def prefixed_topics(prefix: str) -> dict[str, str]:
+    """``topic_*`` settings naming every topic under ``prefix`` (tests, benchmarks, eval-stream)."""
+    return {f"topic_{t}": f"{prefix}-{t.replace('_', '-')}" for t in TOPICS}
 
 
 def load(**overrides) -> Settings:

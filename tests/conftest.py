@@ -40,16 +40,13 @@ def make_env(bootstrap: str, data_root: Path, **overrides) -> Env:
     app id, data dir and web port; the LLM stages off unless the test turns them on."""
     from streams.kafka.admin import create_topics
     from streams.kafka.launcher import free_port
-    from streams.settings import Settings
+    from streams.settings import Settings, prefixed_topics
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     values = {
         "bootstrap_servers": bootstrap, "data_dir": str(data_root / prefix),
         "app_id": f"{prefix}-app", "web_port": free_port(),
-        "topic_items": f"{prefix}-items", "topic_interactions": f"{prefix}-interactions",
-        "topic_user_summaries": f"{prefix}-user-summaries", "topic_recommendations": f"{prefix}-recommendations",
-        "topic_dead_letters": f"{prefix}-dead-letters", "topic_caption_requests": f"{prefix}-caption-requests",
-        "topic_item_pairs": f"{prefix}-item-pairs",
+        **prefixed_topics(prefix),
         "debounce_seconds": 0.2,
         "summary_model": "none", "caption_model": "none",
         **overrides,

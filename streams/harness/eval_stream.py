@@ -136,7 +136,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     from streams.kafka.client import ItemProducer
     from streams.kafka.launcher import LocalKafka, free_port
     from streams.replay import replay, window
-    from streams.settings import Settings
+    from streams.settings import Settings, prefixed_topics
 
     started = time.time()
     out_dir = Path(out_dir).resolve()
@@ -158,7 +158,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         overrides.setdefault("retrieval_model", str(out_dir / "sequential"))
     fitted = None
     if config.fit_weights:
-        from streams.settings import Settings
+        from streams.settings import Settings, prefixed_topics
 
         fitted = fit_blend_weights(items, backfill, config, out_dir, Settings(**overrides).cooccurrence_config(), log)
         overrides.update({f"weight_{name}": w for name, w in fitted["weights"].items()})
@@ -174,9 +174,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         "web_port": web_port, "summary_model": "none", "caption_model": "none", "recommender_model": "none",
         "debounce_seconds": 0.0, "emit_interval": 0.01, "interaction_within": 0.005, "top_k": config.k,
         "torch_threads": 1,
-        **{f"topic_{t}": f"{prefix}-{t.replace('_', '-')}" for t in
-           ("items", "interactions", "user_summaries", "recommendations", "dead_letters", "caption_requests",
-            "item_pairs")},
+        **prefixed_topics(prefix),
         **overrides})
     create_topics(settings)
     worker = WorkerProcess(settings.to_env(), web_port, out_dir / "worker.log").start(timeout=600)

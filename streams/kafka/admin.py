@@ -31,6 +31,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_interactions, users, big),
         TopicSpec(settings.topic_user_summaries, users, {}),
         TopicSpec(settings.topic_recommendations, users, {}),
+        TopicSpec(settings.topic_summary_requests, users, big),
+        TopicSpec(settings.topic_rerank_requests, users, big),
+        TopicSpec(settings.topic_captions, settings.item_partitions, {}),
         TopicSpec(settings.topic_dead_letters, 1, {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}),
     ]
 

@@ -54,7 +54,7 @@ def test_start_tool_stop_leaves_no_process(tmp_path, kafka_broker):
 def test_topics_create_is_idempotent_and_copartitioned(topic_factory):
     env = topic_factory()
     first = mmsr("topics", "create", env=env.env)
-    assert first.returncode == 0 and first.stdout.count(": exists") == 7
+    assert first.returncode == 0 and first.stdout.count(": exists") == 10
     assert set(create_topics(env.settings).values()) == {"exists"}
     from confluent_kafka.admin import AdminClient
 

@@ -56,7 +56,7 @@ def test_worker_produce_replay_and_tail_work_with_the_right_credentials(secured_
     items, log = tmp_path / "items.jsonl", tmp_path / "log.jsonl"
     items.write_text("".join(json.dumps(item) + "\n" for item in helpers.catalog(12)))
     log.write_text("".join(json.dumps(e) + "\n" for e in helpers.interactions(users=3, per_user=3, n_items=12)))
-    assert mmsr("topics", "create", env=env).stdout.count(": exists") == 7  # made by make_env, same credentials
+    assert mmsr("topics", "create", env=env).stdout.count(": exists") == 10  # made by make_env, same credentials
     worker = WorkerProcess(env, free_port(), tmp_path / "worker.log", cwd=ROOT)
     try:
         worker.start(timeout=300)
