@@ -17,9 +17,10 @@ from streams.events import key_text
 from streams.kafka.security import faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
-from streams.settings import Settings
-from streams.stages.interactions import InteractionsStage
-from streams.stages.items import CaptionsStage, ItemsStage
+from streams.settings import TOPICS, Settings
+from streams.stages.interactions import InteractionsStage, SummaryResultsStage
+from streams.stages.items import CaptionResultsStage, CaptionsStage, ItemsStage
+from streams.stages.llm import RerankRequestsStage, SummaryRequestsStage
 from streams.stages.neighbours import NeighboursStage
 from streams.stages.recommendations import RecommendationsStage
 
@@ -34,7 +35,7 @@ class Worker:
         metrics = Metrics()
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app = faust.App(
-            s.app_id, broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")], store="rocksdb://",
+            s.group_id, broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")], store="rocksdb://",
             datadir=str(s.state_dir), web_bind=s.web_host, web_host=s.web_host, web_port=s.web_port,
             topic_partitions=s.user_partitions, topic_replication_factor=s.replication_factor,
             processing_guarantee="at_least_once", producer_max_request_size=32 * 1024 * 1024,
@@ -43,13 +44,15 @@ class Worker:
             table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
         )
         raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), **raw) for name in
-                       ("items", "interactions", "recommendations", "user_summaries", "dead_letters",
-                        "caption_requests", "item_pairs")}
-        user_state = app.Table("user-state", default=None, partitions=s.user_partitions, key_type=str)
-        global_table = dict(default=None, partitions=s.item_partitions, key_type=str)
-        item_profiles = app.GlobalTable("item-profiles", on_changelog_event=self.on_item_changelog, **global_table)
-        neighbours = app.GlobalTable("item-neighbours", on_changelog_event=self.on_neighbours_changelog, **global_table)
+        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), **raw) for name in TOPICS}
+        if s.role == "llm":  # no tables: every request carries what its answer needs
+            user_state, item_profiles, neighbours = {}, {}, {}
+        else:
+            user_state = app.Table("user-state", default=None, partitions=s.user_partitions, key_type=str)
+            global_table = dict(default=None, partitions=s.item_partitions, key_type=str)
+            item_profiles = app.GlobalTable("item-profiles", on_changelog_event=self.on_item_changelog, **global_table)
+            neighbours = app.GlobalTable("item-neighbours", on_changelog_event=self.on_neighbours_changelog,
+                                         **global_table)
         self.services = Services(s, user_state, item_profiles, Publisher(s, metrics, self.topics), metrics,
                                  Models(s, metrics, embedder))
         self.services.neighbours = neighbours
@@ -58,8 +61,18 @@ class Worker:
         self.interactions = InteractionsStage(self.services)
         self.recommendations = RecommendationsStage(self.services)
         self.neighbours = NeighboursStage(self.services)
+        self.caption_results = CaptionResultsStage(self.captions)
+        self.summary_results = SummaryResultsStage(self.interactions)
+        self.summary_requests = SummaryRequestsStage(self.services)
+        self.rerank_requests = RerankRequestsStage(self.services)
         self.assigned: set[int] = set()
-        self._register()
+        if s.role != "llm":
+            self._register_state()
+        if s.role != "state":
+            self._register_generation()
+        from streams.web import register_views
+
+        register_views(app, self.services, self.consumer_lag, state=s.role != "llm")
 
     async def on_item_changelog(self, event) -> None:
         """Every worker's index follows the item table, other workers' writes included, item by item."""
@@ -86,18 +99,58 @@ class Worker:
         log.info("restored (partitions %s): %d lists owed, %d users owed one at a backfill end", sorted(self.assigned), len(owed),
                  sum(map(len, backfill.values())))
 
-    def _register(self) -> None:
+    def _register_generation(self) -> None:
+        """Captions, summaries and re-ranking: in-process (role all) or from the request topics (role llm)."""
         app, s, services = self.app, self.settings, self.services
+
+        @app.agent(self.topics["caption_requests"], name="captions")
+        async def captions_agent(stream):
+            async for events in stream.take_events(s.caption_batch, within=s.embed_within):
+                await (self.captions.publish(events) if s.role == "llm" else self.captions.process(events))
+
+        if s.role == "llm":
+            if s.summaries_on:
+                @app.agent(self.topics["summary_requests"], name="summary-requests")
+                async def summary_requests_agent(stream):
+                    async for events in stream.take_events(s.summary_batch, within=s.interaction_within):
+                        await self.summary_requests.process(events)
+
+            if s.reranking_on:
+                @app.agent(self.topics["rerank_requests"], name="rerank-requests")
+                async def rerank_requests_agent(stream):
+                    async for events in stream.take_events(s.rerank_users, within=s.interaction_within):
+                        await self.rerank_requests.process(events)
+
+            @app.on_rebalance_complete.connect
+            async def on_assigned(sender, **kwargs):
+                services.restored.set()  # nothing to restore: healthy once assigned
+
+        if s.recommender_model != "none" and s.recommender_adapter:
+            @app.timer(interval=s.adapter_poll_seconds)
+            async def adapter_watch():
+                await services.off_loop(services.models.check_adapter)
+
+    def _register_state(self) -> None:
+        """Events, user state, item aggregates and candidate lists (roles all and state)."""
+        app, s, services = self.app, self.settings, self.services
+
+        if s.role == "state" and s.captions_on:
+            @app.agent(self.topics["captions"], name="caption-results")
+            async def caption_results_agent(stream):
+                async for events in stream.take_events(s.embed_batch, within=s.embed_within):
+                    await self.caption_results.process(events)
+
+        if s.role == "state" and s.summaries_on:
+            @app.agent(self.topics["user_summaries"], name="summary-results")
+            async def summary_results_agent(stream):
+                async for events in stream.take_events(s.interaction_batch, within=s.interaction_within):
+                    await services.restored.wait()
+                    await self.summary_results.process(events)
 
         @app.agent(self.topics["items"], name="items")
         async def items_agent(stream):
             async for events in stream.take_events(s.embed_batch, within=s.embed_within):
                 await self.items.process(events)
-
-        @app.agent(self.topics["caption_requests"], name="captions")
-        async def captions_agent(stream):
-            async for events in stream.take_events(s.caption_batch, within=s.embed_within):
-                await self.captions.process(events)
 
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
@@ -146,19 +199,10 @@ class Worker:
             async def sequential_watch():
                 await services.off_loop(services.models.check_sequential)
 
-        if s.recommender_model != "none" and s.recommender_adapter:
-            @app.timer(interval=s.adapter_poll_seconds)
-            async def adapter_watch():
-                await services.off_loop(services.models.check_adapter)
-
         if s.index_resync_seconds > 0:
             @app.timer(interval=s.index_resync_seconds)
             async def resync():
                 await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
-
-        from streams.web import register_views
-
-        register_views(app, services, self.consumer_lag)
 
     async def consumer_lag(self) -> dict[str, int]:
         """Per input partition: the high watermark minus the next offset this worker will read."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import typing
 from pathlib import Path
 
 import click
@@ -44,7 +45,10 @@ def settings_options(*names: str):
                 fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}",
                                   default=field.default, show_default=True, help=field.description)(fn)
                 continue
-            click_type = click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
+            if typing.get_origin(kind) is typing.Literal:
+                click_type = click.Choice(typing.get_args(kind))
+            else:
+                click_type = click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
             fn = click.option(flag, name, envvar=f"MMSR_{name.upper()}", type=click_type,
                               default=field.default, show_default=True, help=field.description)(fn)
         return fn

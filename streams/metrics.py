@@ -45,6 +45,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pair_entries_skipped_total": ("increments skipped as already applied", ()),
     "retrieval_model_swaps_total": ("sequential model versions loaded", ()),
     "retrieval_model_failures_total": ("sequential model directories that could not be loaded", ()),
+    "summary_requests_total": ("state role: summary requests sent to the llm role", ()),
+    "summaries_skipped_total": ("state role: summaries not applied (not newer, or not the next block)", ("reason",)),
+    "rerank_requests_total": ("state role: re-rank requests sent to the llm role", ()),
 }
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "catalog_items": ("items in this worker's retrieval index", ()),

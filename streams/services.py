@@ -28,7 +28,7 @@ MODEL_ERRORS = (RuntimeError, ValueError, OSError)
 class Models:
     """Every model the worker runs, loaded once. The recommender gets its own instance of its base
     model: peft puts adapters into a model in place, and captions and summaries must come from the
-    base weights."""
+    base weights. The state role loads no generating model (``Settings.generates_here``)."""
 
     def __init__(self, settings: Settings, metrics: Metrics, embedder=None):
         self.settings, self.metrics = settings, metrics
@@ -61,7 +61,7 @@ class Models:
     @functools.cached_property
     def summarizer(self):
         """The recurrent user summarizer, or None when MMSR_SUMMARY_MODEL is 'none'."""
-        if self.settings.summary_model == "none":
+        if self.settings.summary_model == "none" or not self.settings.generates_here:
             return None
         from models.user_summarizer import UserSummarizer
 
@@ -70,7 +70,7 @@ class Models:
     @functools.cached_property
     def captioner(self):
         """The captioner, or None when MMSR_CAPTION_MODEL is 'none'."""
-        if self.settings.caption_model == "none":
+        if self.settings.caption_model == "none" or not self.settings.generates_here:
             return None
         from models.captioner import Captioner
 
@@ -79,7 +79,7 @@ class Models:
     @functools.cached_property
     def reranker(self):
         """The LoRA recommender's slot (hot-swappable adapter), or None when MMSR_RECOMMENDER_MODEL is 'none'."""
-        if self.settings.recommender_model == "none":
+        if self.settings.recommender_model == "none" or not self.settings.generates_here:
             return None
         from models.serving import AdapterSlot
 
@@ -87,7 +87,9 @@ class Models:
 
     def load_all(self) -> None:
         """Load (and on first use convert or build) every configured model before consuming."""
-        _ = self.embedder, self.summarizer, self.captioner, self.reranker
+        if self.settings.role != "llm":  # the llm role embeds nothing: the state role re-embeds captioned items
+            _ = self.embedder
+        _ = self.summarizer, self.captioner, self.reranker
         self.check_adapter()
         self.check_sequential()
 

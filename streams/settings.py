@@ -221,6 +221,18 @@ class Settings(BaseSettings):
         """Whether this process runs the generating models (captions, summaries, re-ranking)."""
         return self.role != "state"
 
+    @property
+    def captions_on(self) -> bool:
+        return self.caption_model != "none"
+
+    @property
+    def summaries_on(self) -> bool:
+        return self.summary_model != "none"
+
+    @property
+    def reranking_on(self) -> bool:
+        return self.recommender_model != "none"
+
 
 TOPICS = tuple(name.removeprefix("topic_") for name in Settings.model_fields if name.startswith("topic_"))
 

@@ -24,6 +24,8 @@ class UserState:
     unknown_items: int = 0
     backfill_pending: bool = False  # touched by stale events; owes one list at the end of a backfill
     owed: dict | None = None  # the trigger (``Trigger.to_state``) of a list not yet published
+    summary_requested: int = 0  # state role: the version an outstanding summary request will reach
+    summary_requested_at: float = 0.0  # when it was sent (epoch seconds): re-sent after a timeout
 
     @classmethod
     def from_dict(cls, data: dict | None, user_id: str) -> "UserState":

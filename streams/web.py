@@ -55,7 +55,27 @@ def owner_route(app, services: Services, match_info: str):
     return decorate
 
 
-def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable[dict[str, int]]]) -> None:
+def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable[dict[str, int]]],
+                   state: bool = True) -> None:
+    """``state``: the views of user and item state too (not on the llm role, which holds none)."""
+    if state:
+        register_state_views(app, services)
+
+    @app.page("/health")
+    async def health(web, request):
+        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment())
+        ok = not app.rebalancing and bool(assigned) and services.restored.is_set()
+        body = {"status": "ok" if ok else "starting", "rebalancing": bool(app.rebalancing),
+                "restored": services.restored.is_set(), "assigned": assigned, "pending_lists": len(services.due)}
+        return web.json(body, status=200 if ok else 503)
+
+    @app.page("/metrics")
+    async def metrics(web, request):
+        body = services.metrics.render(await consumer_lag())
+        return web.text(body.decode(), content_type="text/plain; version=0.0.4")
+
+
+def register_state_views(app, services: Services) -> None:
     @app.page("/users/{user_id}")
     @owner_route(app, services, match_info="user_id")
     async def user(web, request, user_id: str):
@@ -82,15 +102,3 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
             return web.json({"error": f"no interactions with item {item_id!r}"}, status=404)
         return web.json({"item_id": item_id, **record})
 
-    @app.page("/health")
-    async def health(web, request):
-        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment())
-        ok = not app.rebalancing and bool(assigned) and services.restored.is_set()
-        body = {"status": "ok" if ok else "starting", "rebalancing": bool(app.rebalancing),
-                "restored": services.restored.is_set(), "assigned": assigned, "pending_lists": len(services.due)}
-        return web.json(body, status=200 if ok else 503)
-
-    @app.page("/metrics")
-    async def metrics(web, request):
-        body = services.metrics.render(await consumer_lag())
-        return web.text(body.decode(), content_type="text/plain; version=0.0.4")

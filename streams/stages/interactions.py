@@ -30,7 +30,13 @@ class InteractionsStage:
 
     @property
     def summarizing(self) -> bool:
+        """Summaries are written here (role all)."""
         return self.s.models.summarizer is not None
+
+    @property
+    def requesting(self) -> bool:
+        """Summaries are asked of the llm role (role state)."""
+        return self.s.settings.role == "state" and self.s.settings.summaries_on
 
     async def process(self, events) -> None:
         """One batch, in order: valid events grouped per user (one state read and one write per
@@ -89,7 +95,7 @@ class InteractionsStage:
         if not by_user:
             return
         s = self.s.settings
-        pending_cap = 100 * s.summary_block if self.summarizing else s.summary_block
+        pending_cap = 100 * s.summary_block if self.summarizing or self.requesting else s.summary_block
         states: dict[str, UserState] = {}
         triggers: dict[str, Trigger] = {}
         pairs: dict[str, list[dict]] = {}
@@ -108,7 +114,9 @@ class InteractionsStage:
         # skipped as applied and the events never sent
         # the same holds for the item-keyed increments: on the broker before the offsets they carry
         # are recorded as applied, so a crash in between sends them again (and the items skip them)
+        requests = [r for r in map(self.summary_request, states.values()) if r] if self.requesting else []
         pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
+        pending += [await self.s.publisher.send("summary_requests", r["user_id"], r) for r in requests]
         pending += await self.send_pairs(pairs)
         if pending:
             await asyncio.gather(*pending)
@@ -155,10 +163,28 @@ class InteractionsStage:
             records.append((entry["item_id"], profile))
         return pipeline.summary_inputs(records)
 
+    def summary_request(self, state: UserState) -> dict | None:
+        """Role state: the user's full blocks for the llm role, unless a request for them is out.
+
+        One request per user at a time, since each block's summary needs the one before; it
+        carries everything the llm role needs (no state there). Unanswered (the llm role down,
+        or its model failed) it is sent again after MMSR_SUMMARY_REQUEST_TIMEOUT.
+        """
+        s = self.s.settings
+        blocks = state.full_blocks(s.summary_block)
+        if not blocks:
+            return None
+        now = time.time()
+        if state.summary_requested > state.summary_version and now - state.summary_requested_at < s.summary_request_timeout:
+            return None
+        state.summary_requested, state.summary_requested_at = state.summary_version + len(blocks), now
+        self.s.metrics.inc("summary_requests_total")
+        return {"user_id": state.user_id, "partition": state.partition, "base_version": state.summary_version,
+                "summary": state.summary, "covered": state.interaction_count - len(state.pending_block),
+                "blocks": [{"entries": block_entries(block), "texts": self.block_texts(block)} for block in blocks]}
+
     def summarize_users(self, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
-        """The summarizer over (item texts of every full block, previous summary) per user; a thread."""
-        return self.s.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs],
-                                                  on_step=lambda n: self.s.metrics.inc("summaries_generated_total", n))
+        return summarize_users(self.s, inputs)
 
     async def summarize(self, states: dict[str, UserState], arrivals: dict[tuple[int, int], float | None]) -> list[dict]:
         """Every full pending block, recurrently, batched across users; one summary event per block.
@@ -186,17 +212,10 @@ class InteractionsStage:
             for block, summary in zip(blocks[user_id], summaries):
                 state.record_summary(summary, s.summary_block)
                 self.s.metrics.inc("summaries_total")
-                last = block[-1]
-                events.append({
-                    "trigger": {"topic": s.topic_interactions, "partition": state.partition, "offset": last["offset"],
-                                "event_time": last["event_time"], "timestamp": arrivals.get((state.partition,
-                                                                                            last["offset"]))},
-                    "user_id": user_id, "summary": summary, "summary_version": state.summary_version,
-                    "interaction_count": state.interaction_count - len(state.pending_block),
-                    "block": [{"item_id": e["item_id"], "event_time": e["event_time"], "offset": e["offset"]}
-                              for e in block],
-                    "partition": state.partition, "model": s.summary_model, "generated_at": utcnow(),
-                })
+                events.append(summary_event(s, user_id, state.partition, state.summary_version, summary,
+                                            block_entries(block),
+                                            state.interaction_count - len(state.pending_block),
+                                            arrivals.get((state.partition, block[-1]["offset"]))))
         return events
 
     async def finish_backfill(self, event) -> None:
@@ -225,3 +244,73 @@ class InteractionsStage:
         self.s.metrics.inc("lists_owed_total", len(users), reason="backfill-end")
         self.s.metrics.inc("backfill_markers_total")
         log.info("backfill end on partition %d: %d users owed a list", message.partition, len(users))
+
+
+def block_entries(block: list[dict]) -> list[dict]:
+    return [{"item_id": e["item_id"], "event_time": e["event_time"], "offset": e["offset"]} for e in block]
+
+
+def summary_event(settings, user_id: str, partition: int, version: int, summary: str, entries: list[dict],
+                  interaction_count: int, arrival: float | None) -> dict:
+    """A ``user-summaries`` event: the same record whichever role wrote the summary."""
+    last = entries[-1]
+    return {
+        "trigger": {"topic": settings.topic_interactions, "partition": partition, "offset": last["offset"],
+                    "event_time": last["event_time"], "timestamp": arrival},
+        "user_id": user_id, "summary": summary, "summary_version": version, "interaction_count": interaction_count,
+        "block": entries, "partition": partition, "model": settings.summary_model, "generated_at": utcnow(),
+    }
+
+
+def summarize_users(services: Services, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
+    """The summarizer over (item texts of every full block, previous summary) per user; a thread."""
+    return services.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs],
+                                                on_step=lambda n: services.metrics.inc("summaries_generated_total", n))
+
+
+class SummaryResultsStage:
+    """Role state: summaries from the llm role, applied only in version order.
+
+    A summary is applied when its version follows the stored one and its block is the user's
+    oldest pending block; a redelivered or late one (version at or below the stored) is skipped,
+    so a user's summary never moves backwards. A mismatch (the block was dropped meanwhile by the
+    pending cap) clears the outstanding request, so the next interaction asks again.
+    """
+
+    def __init__(self, interactions: InteractionsStage):
+        self.interactions, self.s = interactions, interactions.s
+
+    async def process(self, events) -> None:
+        s, metrics = self.s.settings, self.s.metrics
+        for event in events:
+            message = event.message
+            try:
+                summary = accept(message, "user_summary", "user_id")
+            except schemas.InvalidEvent as error:
+                await self.s.publisher.dead_letter(message, error.kind, str(error))
+                continue
+            in_partition_of(event)
+            user_id = summary["user_id"]
+            state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
+            oldest = state.full_blocks(s.summary_block)[:1]
+            if summary["summary_version"] <= state.summary_version:
+                metrics.inc("summaries_skipped_total", reason="not newer")
+                continue
+            if (summary["summary_version"] != state.summary_version + 1 or not oldest
+                    or [e["offset"] for e in oldest[0]] != [e["offset"] for e in summary["block"]]):
+                metrics.inc("summaries_skipped_total", reason="not the next block")
+                state.summary_requested = state.summary_version
+            else:
+                state.record_summary(summary["summary"], s.summary_block)
+                metrics.inc("summaries_total")
+                if s.reranking_on:  # the new summary re-ranks the user's list
+                    state.owed = Trigger(message.topic, message.partition, message.offset,
+                                         summary["block"][-1]["event_time"], "summary", message.timestamp).to_state()
+                    metrics.inc("lists_owed_total", reason="summary")
+            request = self.interactions.summary_request(state)
+            if request:  # on the broker before the state that records it was sent
+                await (await self.s.publisher.send("summary_requests", user_id, request))
+            in_partition_of(event)
+            self.s.user_state[user_id] = state.to_dict()
+            if state.owed and s.reranking_on:
+                self.s.due.schedule(user_id, 0.0)

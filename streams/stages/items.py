@@ -56,7 +56,7 @@ class ItemsStage:
                 continue
             in_partition_of(event)
             self.apply(item, digests.get(id(item)), embedded.get(id(item)))
-        if s.models.captioner is not None:
+        if s.settings.captions_on:  # captioned here (role all) or by the llm role
             for event, item in changed:
                 if id(item) in embedded:
                     await s.publisher.send("caption_requests", item["item_id"],
@@ -79,7 +79,7 @@ class ItemsStage:
         if vector is not None:  # new or changed content: the caption is redone, the text embedded now
             for key in ("caption", "caption_source", "image_error", "caption_rejected"):
                 profile.pop(key, None)
-            profile["caption_pending"] = s.models.captioner is not None
+            profile["caption_pending"] = s.settings.captions_on
             profile["text"] = embedded_text(item)
             profile["embedding"] = encode_vector(vector)
             s.catalog.upsert(item_id, vector)
@@ -101,7 +101,8 @@ class CaptionsStage:
             ItemInput(r["item_id"], r["title"], r.get("categories"), r.get("description"), r.get("image"))
             for r in requests])
 
-    async def process(self, events) -> None:
+    async def captioned(self, events) -> list[tuple]:
+        """(event, request, caption) for each caption request written; failures dead-lettered."""
         s, metrics = self.s, self.s.metrics
         requests = []
         for event in events:
@@ -111,7 +112,7 @@ class CaptionsStage:
                 await s.publisher.dead_letter(event.message, "MalformedJSON", str(exc))
         captions, failures = await isolate(s, self.caption, [r for _, r in requests])
         metrics.inc("captions_total", len(requests) - len(failures))
-        usable = []
+        done = []
         for i, ((event, request), caption) in enumerate(zip(requests, captions)):
             if i in failures:
                 exc = failures[i]
@@ -121,7 +122,22 @@ class CaptionsStage:
                 metrics.inc("caption_image_fallbacks_total")
             if caption.rejected:
                 metrics.inc("captions_rejected_total", reason=caption.rejected.split(" (")[0])
-            usable.append((event, request, caption))
+            done.append((event, request, caption))
+        return done
+
+    async def process(self, events) -> None:
+        """Role all: caption and apply in one step."""
+        await self.embed_and_apply(await self.captioned(events))
+
+    async def publish(self, events) -> None:
+        """Role llm: caption and send the captions to the state role (``CaptionResultsStage``)."""
+        for event, request, caption in await self.captioned(events):
+            await self.s.publisher.send("captions", request["item_id"],
+                                       {"item_id": request["item_id"], "request": request, **caption.to_dict()})
+
+    async def embed_and_apply(self, usable: list[tuple]) -> None:
+        """Re-embed each item with its caption (a failing item dead-lettered) and apply it."""
+        s = self.s
         texts = [embedded_text(r, usable_caption(c.to_dict())) for _, r, c in usable]
         vectors, failures = await isolate(s, s.models.embed, texts)
         for i, ((event, request, caption), text, vector) in enumerate(zip(usable, texts, vectors)):
@@ -146,3 +162,24 @@ class CaptionsStage:
         s.item_profiles[item_id] = profile
         s.catalog.upsert(item_id, vector)
         s.metrics.inc("captions_applied_total")
+
+
+class CaptionResultsStage:
+    """Role state: captions the llm role wrote, re-embedded and applied like role all's."""
+
+    def __init__(self, captions: CaptionsStage):
+        self.captions, self.s = captions, captions.s
+
+    async def process(self, events) -> None:
+        from models.captioner import Caption
+
+        usable = []
+        for event in events:
+            try:
+                record = json.loads(event.message.value)
+                caption = Caption(record["caption"], record["caption_source"], record.get("image_error"),
+                                  record.get("caption_rejected"))
+                usable.append((event, record["request"], caption))
+            except (ValueError, KeyError, TypeError) as exc:
+                await self.s.publisher.dead_letter(event.message, "MalformedCaption", f"{type(exc).__name__}: {exc}")
+        await self.captions.embed_and_apply(usable)

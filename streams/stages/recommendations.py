@@ -6,6 +6,7 @@ broker has acknowledged the list is the mark cleared, so a crash in between re-s
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -36,6 +37,17 @@ def list_record(state: UserState, ranked: list[tuple[str, float, tuple[str, ...]
         "latency_ms": None if latency is None else round(latency, 3),
         **extra,
     }
+
+
+def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tuple]], scores: list[float], recommender,
+                  k: int, versions: dict, batch_users: int, seconds: float) -> dict:
+    """The re-ranker's list: candidates by p(Yes), the same record whichever role scored them."""
+    ranked = sorted(((item_id, score, sources) for (item_id, sources), score in zip(rows, scores)),
+                    key=lambda row: -row[1])
+    return list_record(state, ranked[:k], "rerank", f"{recommender.lm.name}+{recommender.version}",
+                       state.summary_version, trigger, base_model=recommender.lm.name,
+                       adapter_version=recommender.version, versions=versions,
+                       rerank={"candidates": len(rows), "batch_users": batch_users, "seconds": round(seconds, 4)})
 
 
 class RecommendationsStage:
@@ -108,14 +120,23 @@ class RecommendationsStage:
         reranker = self.s.models.reranker
         rerank = [(st, t) for st, t in owed if reranker is not None and st.summary]
         plain = [(st, t) for st, t in owed if not (reranker is not None and st.summary)]
-        records = []
+        records, requests = [], []
         if plain:
-            lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], s.top_k)
-            records += [self.candidate_list(st, t, strategy, hits) for (st, t), (strategy, hits) in zip(plain, lists)]
+            asking = s.role == "state" and s.reranking_on  # the llm role re-ranks; these lists come first
+            k = max(s.top_k, s.rerank_candidates) if asking else s.top_k
+            lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], k)
+            records += [self.candidate_list(st, t, strategy, hits[:s.top_k])
+                        for (st, t), (strategy, hits) in zip(plain, lists)]
+            if asking:
+                requests = [self.rerank_request(st, t, hits) for (st, t), (_, hits) in zip(plain, lists) if st.summary]
         step = s.rerank_users
         for start in range(0, len(rerank), step):
             records += await self.rerank(rerank[start:start + step])
         await self.s.publisher.recommendations([record for record, _ in records])
+        if requests:  # acknowledged before the owed marks are cleared: a crash sends them again
+            pending = [await self.s.publisher.send("rerank_requests", r["user_id"], r) for r in requests]
+            await asyncio.gather(*pending)
+            self.s.metrics.inc("rerank_requests_total", len(requests))
         for _, (state, trigger) in records:
             self.settle(state, trigger)
         return len(records)
@@ -124,6 +145,14 @@ class RecommendationsStage:
         record = list_record(state, [(h.item_id, h.score, h.sources) for h in hits], strategy, "candidates:blend",
                              state.summary_version, trigger, versions=self.versions())
         return record, (state, trigger)
+
+    def rerank_request(self, state: UserState, trigger: Trigger, hits: list[Fused]) -> dict:
+        """Role state: all the llm role needs to re-rank this list (it holds no state)."""
+        profiles, fields = self.s.item_profiles, ("title", "categories", "description", "caption", "caption_rejected")
+        return {"user_id": state.user_id, "summary": state.summary, "summary_version": state.summary_version,
+                "interaction_count": state.interaction_count, "trigger": trigger.to_state(), "versions": self.versions(),
+                "candidates": [{"item_id": h.item_id, "score": h.score, "sources": list(h.sources),
+                                **{k: (profiles.get(h.item_id) or {}).get(k) for k in fields}} for h in hits]}
 
     def settle(self, state: UserState, trigger: Trigger) -> None:
         """The list is on the broker: clear the owed mark, unless a newer event has owed another."""
@@ -160,14 +189,6 @@ class RecommendationsStage:
                     for (st, t), (strategy, hits) in zip(jobs, lists)]
         self.s.metrics.inc("rerank_seconds_total", seconds)
         self.s.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
-        out = []
-        for (state, trigger), (_, hits), user_scores in zip(jobs, lists, scores):
-            ranked = sorted(((h.item_id, score, h.sources) for h, score in zip(hits, user_scores)),
-                            key=lambda row: -row[1])
-            record = list_record(
-                state, ranked[:s.top_k], "rerank", f"{recommender.lm.name}+{recommender.version}",
-                state.summary_version, trigger, base_model=recommender.lm.name, adapter_version=recommender.version,
-                versions=self.versions(),
-                rerank={"candidates": len(hits), "batch_users": len(jobs), "seconds": round(seconds, 4)})
-            out.append((record, (state, trigger)))
-        return out
+        return [(reranked_list(state, trigger, [(h.item_id, h.sources) for h in hits], user_scores, recommender,
+                               s.top_k, self.versions(), len(jobs), seconds), (state, trigger))
+                for (state, trigger), (_, hits), user_scores in zip(jobs, lists, scores)]

@@ -97,7 +97,10 @@ class FakeModels:
 
 
 def make_services(models=None, **settings) -> Services:
-    s = Settings(summary_model="none", caption_model="none", **settings)
+    # the settings name a model where the fakes provide one, as in a worker that loaded it
+    named = {setting: "fake" if getattr(models, attr, None) is not None else "none" for setting, attr in
+             (("caption_model", "captioner"), ("summary_model", "summarizer"), ("recommender_model", "reranker"))}
+    s = Settings(**{**named, **settings})
     services = Services(s, {}, {}, RecordingPublisher(), Metrics(), models or FakeModels())
     services.catalog._journal = None
     from models.retrieval import CatalogIndex

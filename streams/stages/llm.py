@@ -1,0 +1,100 @@
+"""The llm role: summaries and re-ranked lists from request topics, with no user state.
+
+Each request carries everything its answer needs (the state role built it), so any number of
+llm workers in their own consumer group can answer, on GPUs where present. A summary request's
+answers carry versions (base + 1, base + 2, ...); the state role applies them only in order,
+so a redelivered request cannot move a user's summary backwards. A failed model call answers
+nothing: the state role asks again after its timeout, and users keep their candidate lists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from models import pipeline
+from streams.events import Trigger
+from streams.services import MODEL_ERRORS, Services, isolate
+from streams.stages.interactions import summarize_users, summary_event
+from streams.stages.recommendations import reranked_list
+from streams.state import UserState
+
+log = logging.getLogger("mmsr.worker")
+
+
+async def requests_of(services: Services, events) -> list[dict]:
+    """The JSON requests of a batch; a malformed one is dead-lettered."""
+    out = []
+    for event in events:
+        try:
+            request = json.loads(event.message.value)
+            if not isinstance(request, dict) or "user_id" not in request:
+                raise ValueError("not a request object with a user_id")
+            out.append(request)
+        except ValueError as exc:
+            await services.publisher.dead_letter(event.message, "MalformedRequest", str(exc))
+    return out
+
+
+class SummaryRequestsStage:
+    def __init__(self, services: Services):
+        self.s = services
+
+    async def process(self, events) -> None:
+        """Every request's blocks, recurrently, batched across users; one summary event per block."""
+        s, metrics = self.s.settings, self.s.metrics
+        requests = await requests_of(self.s, events)
+        if not requests:
+            return
+        inputs = [([t for block in r["blocks"] for t in block["texts"]], r["summary"]) for r in requests]
+        started = time.perf_counter()
+        results, failures = await isolate(self.s, lambda batch: summarize_users(self.s, batch), inputs)
+        metrics.inc("summary_seconds_total", time.perf_counter() - started)
+        if failures:
+            metrics.inc("summary_failures_total", len(failures))
+        pending = []
+        for n, (request, summaries) in enumerate(zip(requests, results)):
+            if n in failures:
+                continue
+            for i, (block, summary) in enumerate(zip(request["blocks"], summaries), 1):
+                event = summary_event(s, request["user_id"], request["partition"], request["base_version"] + i,
+                                      summary, block["entries"], request["covered"] + i * s.summary_block, None)
+                pending.append(await self.s.publisher.send("user_summaries", request["user_id"], event))
+                metrics.inc("summaries_total")
+        for future in pending:
+            await future
+
+
+class RerankRequestsStage:
+    def __init__(self, services: Services):
+        self.s = services
+
+    def score(self, requests: list):
+        started = time.perf_counter()
+        scores, recommender = self.s.models.reranker.score(requests)
+        return scores, recommender, time.perf_counter() - started
+
+    async def process(self, events) -> None:
+        """Score each request's candidates in one batched call and publish the re-ranked lists."""
+        s, metrics = self.s.settings, self.s.metrics
+        jobs = await requests_of(self.s, events)
+        if not jobs:
+            return
+        requests = [pipeline.preference_request(job["summary"], [pipeline.candidate(c, c["item_id"])
+                                                                 for c in job["candidates"]]) for job in jobs]
+        try:
+            scores, recommender, seconds = await self.s.off_loop(self.score, requests)
+        except MODEL_ERRORS as exc:  # the users keep the candidate lists the state role published
+            log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
+            metrics.inc("rerank_failures_total")
+            return
+        metrics.inc("rerank_seconds_total", seconds)
+        metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
+        records = []
+        for job, user_scores in zip(jobs, scores):
+            state = UserState(job["user_id"], interaction_count=job["interaction_count"],
+                              summary_version=job["summary_version"])
+            rows = [(c["item_id"], tuple(c.get("sources") or ())) for c in job["candidates"]]
+            records.append(reranked_list(state, Trigger.from_state(job["trigger"]), rows, user_scores, recommender,
+                                         s.top_k, job.get("versions") or {}, len(jobs), seconds))
+        await self.s.publisher.recommendations(records)
