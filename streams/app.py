@@ -39,6 +39,7 @@ class Worker:
             datadir=str(s.state_dir), web_bind=s.web_host, web_host=s.web_host, web_port=s.web_port,
             topic_partitions=s.user_partitions, topic_replication_factor=s.replication_factor,
             processing_guarantee="at_least_once", producer_max_request_size=32 * 1024 * 1024,
+            producer_linger=s.producer_linger, producer_max_batch_size=s.producer_batch_bytes,
             consumer_max_fetch_size=8 * 1024 * 1024, broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout, broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
             table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
@@ -154,7 +155,7 @@ class Worker:
 
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
-            async for events in stream.take_events(2000, within=s.interaction_within):
+            async for events in stream.take_events(5000, within=s.increments_within):
                 await self.neighbours.process(events)
 
         @app.agent(self.topics["interactions"], name="interactions")

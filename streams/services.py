@@ -13,6 +13,8 @@ import time
 from collections import OrderedDict
 from typing import Callable, Iterable, MutableMapping
 
+import orjson
+
 from models.retrieval import CatalogIndex, Popularity
 from streams.events import decode_vector, dead_letter_record, key_text
 from streams.metrics import Metrics
@@ -267,7 +269,7 @@ class Publisher:
 
     async def send(self, topic: str, key: str, value: dict):
         """Queue one JSON event; the returned future resolves when the broker acknowledges it."""
-        return await self.topics[topic].send(key=key.encode(), value=json.dumps(value).encode())
+        return await self.topics[topic].send(key=key.encode(), value=orjson.dumps(value))
 
     async def recommendations(self, recs: list[dict]) -> None:
         """Publish lists and return once the broker has acknowledged every one of them."""

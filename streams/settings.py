@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         45.0, description="consumer group session timeout, seconds: how soon a crashed worker's partitions move"
     )
     replication_factor: int = Field(1, description="replication factor for created topics")
+    producer_linger: float = Field(
+        0.005, ge=0, description="seconds the worker's producer waits to batch messages (changelogs, increments, "
+        "lists): one socket write per batch instead of per message"
+    )
+    producer_batch_bytes: int = Field(1_048_576, gt=0, description="largest batch per partition the worker's producer sends")
     standby_replicas: int = Field(
         0, ge=0, description="standby copies of each user-state partition kept warm on other workers, so a takeover "
         "need not replay the whole changelog"
@@ -114,6 +119,10 @@ class Settings(BaseSettings):
     )
     interaction_batch: int = Field(500, gt=0, description="interactions applied per micro-batch (one state write per user)")
     interaction_within: float = Field(0.02, description="seconds to wait while filling an interaction batch")
+    increments_within: float = Field(
+        0.5, ge=0, description="seconds to wait while filling a batch of item increments: each batch rewrites every "
+        "item record it touches (up to MMSR_COOC_NEIGHBOURS neighbours), so fuller batches write far fewer bytes"
+    )
     embed_model: str = Field("minilm", description="text embedding model: 'minilm', a hub id or a path")
     embed_batch: int = Field(64, gt=0, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")

@@ -141,6 +141,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     started = time.time()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(out_dir)
     events = window([schemas.validate("interaction", e) for e in interactions], None, None)
     catalog = {i["item_id"] for i in items if i.get("op") != "delete"}
     split = time_split(events, config.test_fraction)
@@ -290,6 +291,20 @@ def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, lo
     seconds = time.time() - started
     log(f"sequential model {retriever.version}: {len(retriever.vocabulary)} items, {seconds:.0f}s")
     return seconds
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    """A run's broker, worker state and log are scratch: a second run into the same directory
+    starts from none of them (Faust keeps table offsets per data directory, not per app id, and
+    refused the new run's empty changelogs)."""
+    import shutil
+
+    from streams.kafka.launcher import LocalKafka
+
+    LocalKafka(out_dir / "kafka").stop()
+    for scratch in ("kafka", "worker"):
+        shutil.rmtree(out_dir / scratch, ignore_errors=True)
+    (out_dir / "worker.log").unlink(missing_ok=True)
 
 
 def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEvalConfig, out_dir: Path,

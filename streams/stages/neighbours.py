@@ -7,8 +7,9 @@ are skipped by their source partition and offset (``models.cooccurrence.apply_en
 """
 from __future__ import annotations
 
-import json
 import logging
+
+import orjson
 
 from models.cooccurrence import apply_entries
 from streams.events import in_partition_of
@@ -23,16 +24,17 @@ class NeighboursStage:
         self.config = services.settings.cooccurrence_config()
 
     async def process(self, events) -> None:
-        by_item: dict[str, tuple[object, list[dict]]] = {}
+        by_item: dict[str, list] = {}  # item -> [its last event (for the partition), its entries]
         for event in events:
             try:
-                payload = json.loads(event.message.value)
+                payload = orjson.loads(event.message.value)
                 item_id, entries = payload["item_id"], payload["entries"]
             except (ValueError, KeyError, TypeError) as exc:
                 await self.s.publisher.dead_letter(event.message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
                 continue
-            _, gathered = by_item.get(item_id, (None, []))
-            by_item[item_id] = (event, gathered + entries)  # the last event of the item: its partition
+            gathered = by_item.setdefault(item_id, [event, []])
+            gathered[0] = event
+            gathered[1].extend(entries)  # in place: a popular item is in most messages of a batch
         applied = skipped = 0
         for item_id, (event, entries) in by_item.items():
             in_partition_of(event)
