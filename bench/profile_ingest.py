@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=40000)
     parser.add_argument("--cooccurrence", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--out", default="bench/results/ingest_profile.json")
+    parser.add_argument("--out", default="bench/results/ingest_profile/latest.json")
     args = parser.parse_args()
     spy_bin = Path(sys.executable).with_name("py-spy")
     spy_bin = str(spy_bin) if spy_bin.exists() else shutil.which("py-spy")
