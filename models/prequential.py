@@ -22,11 +22,18 @@ from models.blend import SOURCES, fuse
 from models.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
 
 
+def rank_within(ranked: list[str], target: str, k: int) -> int:
+    """The target's 1-based rank among the first k (0: not there)."""
+    try:
+        return ranked.index(target, 0, k) + 1
+    except ValueError:
+        return 0
+
+
 def hit_metrics(ranked: list[str], target: str, k: int) -> tuple[float, float, float]:
     """(HR@k, NDCG@k, MRR@k) of one event against one list."""
-    try:
-        rank = ranked.index(target, 0, k) + 1
-    except ValueError:
+    rank = rank_within(ranked, target, k)
+    if not rank:
         return 0.0, 0.0, 0.0
     return 1.0, 1.0 / math.log2(rank + 1), 1.0 / rank
 

@@ -302,48 +302,34 @@ def format_recommendation(rec, titles) -> str:
 
 
 # -- training and evaluation --------------------------------------------------------------------
-def dataclass_options(cls, *names: str):
-    """Click options for fields of a config dataclass (help from the field's metadata)."""
-    import dataclasses
+def field_options(cls, *names: str, prefix: str = "", preset: bool = False):
+    """Flags for fields of a config dataclass, with the field's own help (defined once, there).
 
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-
-    def decorate(fn):
-        for name in reversed(names):
-            f = fields[name]
-            flag = f"--{name.replace('_', '-')}"
-            if isinstance(f.default, tuple):
-                fn = click.option(flag, name, default=None, type=str,
-                                  help=f"{f.metadata.get('help', '')}, comma-separated [preset value; default preset: "
-                                       f"{','.join(map(str, f.default))}]")(fn)
-            elif isinstance(f.default, bool):
-                fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, default=f.default, show_default=True,
-                                  help=f.metadata.get("help"))(fn)
-            else:
-                fn = click.option(flag, name, default=None, type=type(f.default),
-                                  help=f"{f.metadata.get('help', '')} [preset value; default preset: {f.default}]")(fn)
-        return fn
-
-    return decorate
-
-
-def field_options(cls, *names: str, prefix: str = ""):
-    """Flags for fields of a config dataclass, with the field's own default and help (defined once,
-    there); ``prefix`` goes before flag and parameter names."""
+    ``preset``: the flag defaults to None, meaning "the preset's value" (the help names the
+    default preset's), and a tuple field takes comma-separated values; otherwise the field's
+    default is the flag's. ``prefix`` goes before flag and parameter names.
+    """
     import dataclasses
 
     fields = {f.name: f for f in dataclasses.fields(cls)}
 
     def decorate(fn):
         for name in reversed(names or tuple(fields)):
-            f = fields[name]
-            flag = f"--{prefix}{name.replace('_', '-')}"
+            f, dest = fields[name], f"{prefix.replace('-', '_')}{name}"
+            flag, help_text = f"--{prefix}{name.replace('_', '-')}", f.metadata.get("help", "")
             if isinstance(f.default, bool):
-                fn = click.option(f"{flag}/--no-{prefix}{name.replace('_', '-')}", f"{prefix.replace('-', '_')}{name}",
-                                  default=f.default, show_default=True, help=f.metadata.get("help"))(fn)
+                fn = click.option(f"{flag}/--no-{prefix}{name.replace('_', '-')}", dest, default=f.default,
+                                  show_default=True, help=help_text)(fn)
+            elif preset and isinstance(f.default, tuple):
+                fn = click.option(flag, dest, default=None, type=str,
+                                  help=f"{help_text}, comma-separated [preset value; default preset: "
+                                       f"{','.join(map(str, f.default))}]")(fn)
+            elif preset:
+                fn = click.option(flag, dest, default=None, type=type(f.default),
+                                  help=f"{help_text} [preset value; default preset: {f.default}]")(fn)
             else:
-                fn = click.option(flag, f"{prefix.replace('-', '_')}{name}", default=f.default, type=type(f.default),
-                                  show_default=True, help=f.metadata.get("help"))(fn)
+                fn = click.option(flag, dest, default=f.default, type=type(f.default), show_default=True,
+                                  help=help_text)(fn)
         return fn
 
     return decorate
@@ -393,7 +379,7 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
 @click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default", help="protocol settings")
 @log_options
 @lora_options
-@dataclass_options(EvalConfig, *EVAL_FIELDS)
+@field_options(EvalConfig, *EVAL_FIELDS, preset=True)
 @one_line_errors
 def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
@@ -421,8 +407,8 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 @click.option("--protocol", type=click.Choice(["paper", "full-catalog"]), default="paper", show_default=True,
               help="'paper': 1 positive : 20 negatives for the LLM pipeline; 'full-catalog': each candidate source "
                    "and their blend ranking the whole catalog, leave-last-out (no LLM)")
-@dataclass_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
-                   "bootstrap", "zero_shot")
+@field_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
+                   "bootstrap", "zero_shot", preset=True)
 @one_line_errors
 def evaluate(out, preset, items, interactions, variants, protocol, **values):
     """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its

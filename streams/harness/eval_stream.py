@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import schemas
-from models.prequential import Scores, time_split
+from models.prequential import Scores, rank_within, time_split
 
 
 @dataclass(frozen=True)
@@ -260,8 +260,8 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
             popular = popularity_list(counts, histories.get(user, set()), k, cache)
             tally.stream.add(ranked, item)
             tally.popularity.add(popular, item)
-            tally.scored.append({"user_id": user, "item_id": item, "stream_rank": rank_of(ranked, item, k),
-                                 "popularity_rank": rank_of(popular, item, k),
+            tally.scored.append({"user_id": user, "item_id": item, "stream_rank": rank_within(ranked, item, k),
+                                 "popularity_rank": rank_within(popular, item, k),
                                  "strategy": None if rec is None else rec.get("strategy"),
                                  "list_interaction_count": None if rec is None else rec.get("interaction_count")})
         producer.send(shifted(event, delta))
@@ -272,10 +272,6 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
             cache["counts_version"] += 1
     producer.flush()
     return tally
-
-
-def rank_of(ranked: list[str], item: str, k: int) -> int:
-    return ranked.index(item, 0, k) + 1 if item in ranked[:k] else 0
 
 
 def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:

@@ -73,3 +73,16 @@ def observed_neighbours(worker, n_items: int) -> dict[str, dict]:
         if record is not None:
             out[f"i{n}"] = {"count": record["count"], "neighbours": record["neighbours"]}
     return out
+
+
+def kill_mid_replay(env, worker, events: list[dict], rate: float, after: int) -> None:
+    """Replay ``events`` at ``rate`` and kill -9 ``worker`` once it has applied ``after`` of them,
+    checking that the kill came while it still had events to apply."""
+    from streams.harness.process import wait_until
+    from streams.replay import replay
+
+    replay(env.bootstrap_servers, env.topic_interactions, events, rate=rate, backfill=False, progress=False)
+    wait_until(lambda: worker.metric("events_applied_total") > after, timeout=60, interval=0.1, message="mid-replay")
+    applied_before = worker.metric("events_applied_total")
+    worker.kill9()
+    assert applied_before < len(events), "the crash has to happen mid-replay"

@@ -56,11 +56,7 @@ def test_kill9_during_a_replay_neither_loses_nor_doubles_increments(topic_factor
     start_with_catalog(env, [worker])
     events = log(users=80, per_user=40, seed=5)
     want, entries = helpers.expected_neighbours(events, env.settings)
-    replay(env.bootstrap_servers, env.topic_interactions, events, rate=1500, backfill=False, progress=False)
-    wait_until(lambda: worker.metric("events_applied_total") > 300, timeout=60, interval=0.1, message="mid-replay")
-    applied_before = worker.metric("events_applied_total")
-    worker.kill9()
-    assert applied_before < len(events), "the crash has to happen mid-replay"
+    helpers.kill_mid_replay(env, worker, events, rate=1500, after=300)
     worker.start()
     wait_until(lambda: helpers.observed_neighbours(worker, ITEMS) == want, timeout=240, interval=2.0,
                message="the counts of a run without the crash")

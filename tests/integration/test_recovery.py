@@ -7,7 +7,7 @@ import pytest
 
 from streams.replay import movielens_events, replay
 from tests.conftest import wait_until
-from tests.integration.helpers import expected_states
+from tests.integration.helpers import expected_states, kill_mid_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,12 +33,7 @@ def test_kill9_during_replay_loses_nothing_and_applies_nothing_twice(topic_facto
     events = movielens_events()[:5000]
     expected = expected_states(events, env.settings)
     worker = worker_factory(env).start()
-    replay(env.bootstrap_servers, env.topic_interactions, events, rate=2500, backfill=False, progress=False)
-    # the replay returned at ~2 s; kill while the worker is still applying
-    wait_until(lambda: worker.metric("events_applied_total") > 500, timeout=60, interval=0.1, message="mid-replay")
-    applied_before = worker.metric("events_applied_total")
-    worker.kill9()
-    assert applied_before < len(events), "the crash has to happen mid-replay"
+    kill_mid_replay(env, worker, events, rate=2500, after=500)  # the replay returns at ~2 s, the worker still applying
 
     worker.start()
     states = wait_all_applied(worker, len(events), expected)

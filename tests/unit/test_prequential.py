@@ -37,3 +37,10 @@ def test_popularity_lists_exclude_the_history_and_follow_the_counts():
     counts["c"] += 5
     cache["counts_version"] += 1
     assert popularity_list(counts, set(), 2, cache) == ["c", "a"]
+
+
+def test_rank_within_counts_from_one_and_stops_at_k():
+    from models.prequential import rank_within
+
+    assert rank_within(["a", "b", "c"], "c", 10) == 3 and rank_within(["a", "b", "c"], "c", 2) == 0
+    assert rank_within([], "a", 10) == 0
