@@ -43,6 +43,8 @@ bench: setup
 	$(BIN)/python -m bench.scoring
 	$(BIN)/python -m bench.training
 	$(BIN)/python -m bench.rerank_latency
+	$(BIN)/python -m bench.scale_out
+	$(BIN)/python -m bench.validation
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo
