@@ -126,7 +126,7 @@ class Worker:
             async def on_assigned(sender, **kwargs):
                 services.restored.set()  # nothing to restore: healthy once assigned
 
-        if s.recommender_model != "none" and s.recommender_adapter:
+        if s.reranking_on and s.recommender_adapter:
             @app.timer(interval=s.adapter_poll_seconds)
             async def adapter_watch():
                 await services.off_loop(services.models.check_adapter)

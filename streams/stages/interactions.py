@@ -183,9 +183,6 @@ class InteractionsStage:
                 "summary": state.summary, "covered": state.interaction_count - len(state.pending_block),
                 "blocks": [{"entries": block_entries(block), "texts": self.block_texts(block)} for block in blocks]}
 
-    def summarize_users(self, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
-        return summarize_users(self.s, inputs)
-
     async def summarize(self, states: dict[str, UserState], arrivals: dict[tuple[int, int], float | None]) -> list[dict]:
         """Every full pending block, recurrently, batched across users; one summary event per block.
 
@@ -198,12 +195,8 @@ class InteractionsStage:
         users = [u for u, b in blocks.items() if b]
         if not users:
             return []
-        started = time.perf_counter()
         inputs = [([t for block in blocks[u] for t in self.block_texts(block)], states[u].summary) for u in users]
-        results, failures = await isolate(self.s, self.summarize_users, inputs)
-        self.s.metrics.inc("summary_seconds_total", time.perf_counter() - started)
-        if failures:
-            self.s.metrics.inc("summary_failures_total", len(failures))
+        results, failures = await summarize_isolated(self.s, inputs)
         events = []
         for n, (user_id, summaries) in enumerate(zip(users, results)):
             if n in failures:
@@ -262,10 +255,20 @@ def summary_event(settings, user_id: str, partition: int, version: int, summary:
     }
 
 
-def summarize_users(services: Services, inputs: list[tuple[list[str], str | None]]) -> list[list[str]]:
-    """The summarizer over (item texts of every full block, previous summary) per user; a thread."""
-    return services.models.summarizer.recurrent([texts for texts, _ in inputs], [prev for _, prev in inputs],
-                                                on_step=lambda n: services.metrics.inc("summaries_generated_total", n))
+async def summarize_isolated(services: Services, inputs: list[tuple[list[str], str | None]]):
+    """The summarizer over (item texts of every full block, previous summary) per user, off the
+    loop, a failing input isolated (``isolate``); time and failures counted. (results, failures)"""
+    def summarize(batch):
+        return services.models.summarizer.recurrent(
+            [texts for texts, _ in batch], [prev for _, prev in batch],
+            on_step=lambda n: services.metrics.inc("summaries_generated_total", n))
+
+    started = time.perf_counter()
+    results, failures = await isolate(services, summarize, inputs)
+    services.metrics.inc("summary_seconds_total", time.perf_counter() - started)
+    if failures:
+        services.metrics.inc("summary_failures_total", len(failures))
+    return results, failures
 
 
 class SummaryResultsStage:
@@ -310,7 +313,6 @@ class SummaryResultsStage:
             request = self.interactions.summary_request(state)
             if request:  # on the broker before the state that records it was sent
                 await (await self.s.publisher.send("summary_requests", user_id, request))
-            in_partition_of(event)
             self.s.user_state[user_id] = state.to_dict()
             if state.owed and s.reranking_on:
                 self.s.due.schedule(user_id, 0.0)

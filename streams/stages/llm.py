@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from models import pipeline
 from streams.events import Trigger
-from streams.services import MODEL_ERRORS, Services, isolate
-from streams.stages.interactions import summarize_users, summary_event
-from streams.stages.recommendations import reranked_list
+from streams.services import MODEL_ERRORS, Services
+from streams.stages.interactions import summarize_isolated, summary_event
+from streams.stages.recommendations import reranked_list, score_batch
 from streams.state import UserState
 
 log = logging.getLogger("mmsr.worker")
@@ -47,11 +46,7 @@ class SummaryRequestsStage:
         if not requests:
             return
         inputs = [([t for block in r["blocks"] for t in block["texts"]], r["summary"]) for r in requests]
-        started = time.perf_counter()
-        results, failures = await isolate(self.s, lambda batch: summarize_users(self.s, batch), inputs)
-        metrics.inc("summary_seconds_total", time.perf_counter() - started)
-        if failures:
-            metrics.inc("summary_failures_total", len(failures))
+        results, failures = await summarize_isolated(self.s, inputs)
         pending = []
         for n, (request, summaries) in enumerate(zip(requests, results)):
             if n in failures:
@@ -69,11 +64,6 @@ class RerankRequestsStage:
     def __init__(self, services: Services):
         self.s = services
 
-    def score(self, requests: list):
-        started = time.perf_counter()
-        scores, recommender = self.s.models.reranker.score(requests)
-        return scores, recommender, time.perf_counter() - started
-
     async def process(self, events) -> None:
         """Score each request's candidates in one batched call and publish the re-ranked lists."""
         s, metrics = self.s.settings, self.s.metrics
@@ -83,13 +73,11 @@ class RerankRequestsStage:
         requests = [pipeline.preference_request(job["summary"], [pipeline.candidate(c, c["item_id"])
                                                                  for c in job["candidates"]]) for job in jobs]
         try:
-            scores, recommender, seconds = await self.s.off_loop(self.score, requests)
+            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests)
         except MODEL_ERRORS as exc:  # the users keep the candidate lists the state role published
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
             metrics.inc("rerank_failures_total")
             return
-        metrics.inc("rerank_seconds_total", seconds)
-        metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
         records = []
         for job, user_scores in zip(jobs, scores):
             state = UserState(job["user_id"], interaction_count=job["interaction_count"],

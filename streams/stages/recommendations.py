@@ -39,6 +39,17 @@ def list_record(state: UserState, ranked: list[tuple[str, float, tuple[str, ...]
     }
 
 
+def score_batch(services: Services, requests: list):
+    """The batched re-ranker call with one adapter pinned for all of it, timed and counted; runs
+    in a thread. (scores per request, the recommender that scored, seconds)"""
+    started = time.perf_counter()
+    scores, recommender = services.models.reranker.score(requests)
+    seconds = time.perf_counter() - started
+    services.metrics.inc("rerank_seconds_total", seconds)
+    services.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
+    return scores, recommender, seconds
+
+
 def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tuple]], scores: list[float], recommender,
                   k: int, versions: dict, batch_users: int, seconds: float) -> dict:
     """The re-ranker's list: candidates by p(Yes), the same record whichever role scored them."""
@@ -161,12 +172,6 @@ class RecommendationsStage:
         if data and data.get("owed") == trigger.to_state():
             self.s.user_state[state.user_id] = {**data, "owed": None}
 
-    def score(self, requests: list):
-        """The batched re-ranker call with one adapter pinned for all of it; runs in a thread."""
-        started = time.perf_counter()
-        scores, recommender = self.s.models.reranker.score(requests)
-        return scores, recommender, time.perf_counter() - started
-
     async def rerank(self, jobs: list[tuple[UserState, Trigger]]) -> list[tuple[dict, tuple]]:
         """Re-rank the candidate stage's top N for each job in one batched call across users.
 
@@ -181,14 +186,12 @@ class RecommendationsStage:
                                                              for h in hits])
                     for (st, _), (_, hits) in zip(jobs, lists)]
         try:
-            scores, recommender, seconds = await self.s.off_loop(self.score, requests)
+            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests)
         except MODEL_ERRORS as exc:  # the model must not stop the stream: fall back to candidate lists
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
             self.s.metrics.inc("rerank_failures_total")
             return [self.candidate_list(st, t, strategy, hits[:s.top_k])
                     for (st, t), (strategy, hits) in zip(jobs, lists)]
-        self.s.metrics.inc("rerank_seconds_total", seconds)
-        self.s.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
         return [(reranked_list(state, trigger, [(h.item_id, h.sources) for h in hits], user_scores, recommender,
                                s.top_k, self.versions(), len(jobs), seconds), (state, trigger))
                 for (state, trigger), (_, hits), user_scores in zip(jobs, lists, scores)]
