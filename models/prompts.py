@@ -41,7 +41,7 @@ DIRECT_INSTRUCTION = (
 
 def clean(text: str | None, limit: int = 1000) -> str:
     """One line, bounded, with anything that could close or open a data block defused."""
-    text = _MARKER.sub(" ", (text or "").replace(CANDIDATE_SPLIT, " "))
+    text = _MARKER.sub(" ", (text or "").replace(CANDIDATE_SPLIT, " ").replace(COLLAB_TOKEN, " "))
     return _SPACE.sub(" ", text).strip()[:limit]
 
 
@@ -127,6 +127,11 @@ RECOMMEND_QUESTION = "Will the user interact with this candidate? Answer Yes or 
 # Where the shared user part of a scoring prompt ends and the candidate's part begins. Removed from
 # untrusted text by ``clean``, so only the prompt builder can place it.
 CANDIDATE_SPLIT = "\x1fmmsr-candidate\x1f"
+# The placeholder whose embedding a collaborative vector replaces (``models.collab``); removed from
+# untrusted text by ``clean``, so only the prompt builder can place one.
+COLLAB_TOKEN = "<|mmsr-collab|>"
+USER_COLLAB = f"The user's interaction pattern: {COLLAB_TOKEN}"
+CANDIDATE_COLLAB = f"The candidate's interaction pattern: {COLLAB_TOKEN}"
 
 
 def user_preferences(summary: str) -> str:
@@ -139,14 +144,18 @@ def user_recent_items(items: list[str]) -> str:
     return f"Items the user interacted with recently, oldest first:\n{_item_lines(items)}"
 
 
-def recommend_messages(user_part: str, candidate: str, with_image: bool) -> list[dict]:
+def recommend_messages(user_part: str, candidate: str, with_image: bool, collab: bool = False) -> list[dict]:
     """User part, then the candidate (its image first for a vision model), then the question.
 
     ``CANDIDATE_SPLIT`` marks the end of the part shared by all of a user's candidates, which runs
     to the opening of the candidate's data block: every candidate's prompt is the same up to there.
+    With ``collab``, one placeholder follows the user part (in the shared prefix) and one the
+    candidate's data (in the candidate part).
     """
-    head = f"{RECOMMEND_INSTRUCTION}\n\n{user_part}\n\nCandidate: <data>{CANDIDATE_SPLIT}"
-    tail = f"{clean(candidate, 2400)}</data>\n{RECOMMEND_QUESTION}"
+    user = f"{user_part}\n{USER_COLLAB}" if collab else user_part
+    after = f"\n{CANDIDATE_COLLAB}" if collab else ""
+    head = f"{RECOMMEND_INSTRUCTION}\n\n{user}\n\nCandidate: <data>{CANDIDATE_SPLIT}"
+    tail = f"{clean(candidate, 2400)}</data>{after}\n{RECOMMEND_QUESTION}"
     if with_image:
         return [{"role": "user", "content": [{"type": "text", "text": head}, {"type": "image"},
                                              {"type": "text", "text": tail}]}]

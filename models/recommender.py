@@ -6,6 +6,10 @@ scorer runs that prefix once per user (batched across users, left padded), keeps
 and runs only the candidates' parts against copies of it (left padded inside the candidate
 segment, with explicit positions, so every row's last token is its answer position). The naive
 scorer (one full forward per candidate) is the reference the tests compare it with.
+
+With collaborative tokens (``models.collab``) both scorers and training read ``inputs_embeds``:
+the token embeddings with the user's projected SASRec state spliced in at the prefix's
+placeholder and the candidate's projected item embedding at the candidate part's.
 """
 from __future__ import annotations
 
@@ -40,10 +44,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One user's shared part (``prompts.user_preferences`` or ``user_recent_items``) and candidates."""
+    """One user's shared part (``prompts.user_preferences`` or ``user_recent_items``) and candidates;
+    ``history`` (item ids, oldest first) is what collaborative tokens read of the user."""
 
     user_part: str
     candidates: list[Candidate]
+    history: tuple[str, ...] = ()
 
 
 def answer_token_id(tokenizer, word: str) -> int:
@@ -74,10 +80,10 @@ def candidate_text(candidate: Candidate, caption_chars: int) -> str:
 
 
 def split_prompt(lm: LoadedModel, user_part: str, candidate: Candidate,
-                 caption_chars: int) -> tuple[str, str, object | None]:
+                 caption_chars: int, collab: bool = False) -> tuple[str, str, object | None]:
     """The rendered prompt cut at the candidate: (shared prefix, candidate part, image or None)."""
     with_image = lm.is_vision and candidate.image is not None
-    messages = prompts.recommend_messages(user_part, candidate_text(candidate, caption_chars), with_image)
+    messages = prompts.recommend_messages(user_part, candidate_text(candidate, caption_chars), with_image, collab)
     rendered = render(lm, messages)
     head, tail = rendered.split(prompts.CANDIDATE_SPLIT)
     return head, tail, candidate.image if with_image else None
@@ -92,11 +98,12 @@ def encode(lm: LoadedModel, texts: list[str], images: list | None = None) -> dic
     return {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
 
 
-def full_inputs(lm: LoadedModel, user_part: str, candidate: Candidate, caption_chars: int) -> tuple[torch.Tensor, dict]:
+def full_inputs(lm: LoadedModel, user_part: str, candidate: Candidate, caption_chars: int,
+                collab: bool = False) -> tuple[torch.Tensor, dict]:
     """One candidate's whole prompt as the naive scorer and training read it: the prefix and the
     candidate part tokenized apart (the very ids the shared scorer uses), then joined; plus the
     image inputs, if any."""
-    head, tail, image = split_prompt(lm, user_part, candidate, caption_chars)
+    head, tail, image = split_prompt(lm, user_part, candidate, caption_chars, collab)
     prefix = encode(lm, [head])
     rest = encode(lm, [tail], [image] if image is not None else None)
     ids = torch.cat([prefix["input_ids"], rest["input_ids"]], dim=1)
@@ -108,12 +115,26 @@ def yes_probability(logits: torch.Tensor, yes: int, no: int) -> torch.Tensor:
     return torch.sigmoid(logits[..., yes].float() - logits[..., no].float())
 
 
+def token_inputs(model, collab, input_ids: torch.Tensor, vectors: torch.Tensor | None) -> dict:
+    """What the model reads for these ids: the ids themselves, or with collaborative tokens the
+    spliced embeddings (``vectors``: one raw collaborative vector per placeholder, row-major)."""
+    if collab is None:
+        return {"input_ids": input_ids}
+    return {"inputs_embeds": collab.embeds(model, input_ids, vectors)}
+
+
 class Recommender:
     """Scores candidates with a (vision-)language model, optionally carrying a LoRA adapter."""
 
-    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base"):
-        self.lm, self.config, self.version = lm, config, version
+    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base", collab=None):
+        """``collab``: a ``models.collab.CollabTokens`` (its projector moves to the model's device)."""
+        self.lm, self.config, self.version, self.collab = lm, config, version, collab
         self.yes, self.no = yes_no_ids(lm.tokenizer)
+        if collab is not None:
+            collab.projector.to(lm.device).eval()
+
+    def _split(self, request: ScoreRequest, candidate: Candidate):
+        return split_prompt(self.lm, request.user_part, candidate, self.config.caption_chars, self.collab is not None)
 
     # -- reference --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -122,10 +143,14 @@ class Recommender:
         out = []
         for request in requests:
             scores = []
+            user = self.collab.user_inputs([request.history]) if self.collab is not None else None
             for candidate in request.candidates:
-                ids, extra = full_inputs(self.lm, request.user_part, candidate, self.config.caption_chars)
+                ids, extra = full_inputs(self.lm, request.user_part, candidate, self.config.caption_chars,
+                                         self.collab is not None)
+                vectors = None if user is None else torch.cat([user, self.collab.item_inputs([candidate.item_id])])
                 with self.lm.lock:
-                    logits = self.lm.model(input_ids=ids, logits_to_keep=1, **extra).logits[:, -1]
+                    inputs = token_inputs(self.lm.model, self.collab, ids, vectors)
+                    logits = self.lm.model(**inputs, logits_to_keep=1, **extra).logits[:, -1]
                 scores.append(float(yes_probability(logits, self.yes, self.no)[0]))
             out.append(scores)
         return out
@@ -145,18 +170,19 @@ class Recommender:
 
     def _score_users(self, requests: list[ScoreRequest]) -> list[list[float]]:
         lm = self.lm
-        pieces = [[split_prompt(lm, r.user_part, c, self.config.caption_chars) for c in r.candidates]
-                  for r in requests]
+        pieces = [[self._split(r, c) for c in r.candidates] for r in requests]
         heads = [p[0][0] for p in pieces]
         prefix = encode(lm, heads)
         mask = prefix["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        users = None if self.collab is None else self.collab.user_inputs([r.history for r in requests])
         with lm.lock:
-            cached = lm.model(input_ids=prefix["input_ids"], attention_mask=mask, position_ids=positions,
+            inputs = token_inputs(lm.model, self.collab, prefix["input_ids"], users)
+            cached = lm.model(**inputs, attention_mask=mask, position_ids=positions,
                               use_cache=True, logits_to_keep=1).past_key_values
         layers = [(layer.keys, layer.values) for layer in cached.layers]
         lengths = mask.sum(-1)
-        rows = [(u, c, tail, image) for u, user_pieces in enumerate(pieces)
+        rows = [(u, c, tail, image, requests[u].candidates[c].item_id) for u, user_pieces in enumerate(pieces)
                 for c, (_, tail, image) in enumerate(user_pieces)]
         out = [[0.0] * len(p) for p in pieces]
         # the processor takes images for all rows of a call or none; rows of like length share a
@@ -166,7 +192,7 @@ class Recommender:
             for start in range(0, len(group), self.config.rows_per_batch):
                 batch = group[start:start + self.config.rows_per_batch]
                 probs = self._score_rows(batch, layers, mask, lengths)
-                for (u, c, _, _), p in zip(batch, probs.tolist()):
+                for (u, c, *_), p in zip(batch, probs.tolist()):
                     out[u][c] = p
         return out
 
@@ -174,15 +200,17 @@ class Recommender:
         from transformers import DynamicCache
 
         lm = self.lm
-        users = torch.tensor([u for u, _, _, _ in batch], device=lm.device)
-        images = [image for _, _, _, image in batch if image is not None]
-        enc = encode(lm, [tail for _, _, tail, _ in batch], images or None)
+        users = torch.tensor([row[0] for row in batch], device=lm.device)
+        images = [row[3] for row in batch if row[3] is not None]
+        enc = encode(lm, [row[2] for row in batch], images or None)
         tail_mask = enc.pop("attention_mask")
+        items = None if self.collab is None else self.collab.item_inputs([row[4] for row in batch])
         cache = DynamicCache(ddp_cache_data=[(k.index_select(0, users), v.index_select(0, users)) for k, v in layers],
                              config=lm.model.config)
         positions = prefix_lengths[users, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
         attention = torch.cat([prefix_mask.index_select(0, users), tail_mask], dim=1)
         with lm.lock:
+            enc.update(token_inputs(lm.model, self.collab, enc.pop("input_ids"), items))
             logits = lm.model(**enc, attention_mask=attention, position_ids=positions, past_key_values=cache,
                               use_cache=True, logits_to_keep=1).logits[:, -1]
         return yes_probability(logits, self.yes, self.no)
