@@ -47,18 +47,38 @@ def _wrap(lm: LoadedModel, model) -> LoadedModel:
     return LoadedModel(lm.name, lm.path, model, lm.tokenizer, lm.processor, lm.device, lm.dtype, lm.lock)
 
 
-def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig = ScorerConfig()) -> Recommender:
+def collab_tokens(lm: LoadedModel, adapter_dir: Path, sequential):
+    """The adapter's collaborative tokens paired with ``sequential``, or None for a text-only adapter.
+
+    Raises ``models.collab.VersionMismatch`` for a sequential model other than the projector's,
+    and ValueError when the adapter needs one and none is given.
+    """
+    from models.collab import CollabTokens, Projector, has_projector
+
+    if not has_projector(adapter_dir):
+        return None
+    projector = Projector.from_pretrained(adapter_dir)
+    if sequential is None:
+        raise ValueError(f"adapter {adapter_dir} reads collaborative tokens from sequential model "
+                         f"{projector.config.sequential_version!r}, and no sequential model is serving")
+    return CollabTokens(projector, sequential, lm.tokenizer)
+
+
+def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig = ScorerConfig(),
+                 sequential=None) -> Recommender:
     """A recommender over ``lm`` with a saved adapter; its version comes from the metadata.
 
-    peft injects the LoRA layers into ``lm.model`` in place: ``lm`` must not be shared with
-    anything that generates (captions, summaries) afterwards.
+    An adapter trained with collaborative tokens needs the ``sequential`` model its projector was
+    trained with. peft injects the LoRA layers into ``lm.model`` in place: ``lm`` must not be
+    shared with anything that generates (captions, summaries) afterwards.
     """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     metadata = read_metadata(adapter_dir)
+    collab = collab_tokens(lm, adapter_dir, sequential)
     model = PeftModel.from_pretrained(lm.model, adapter_dir).eval()
-    return Recommender(_wrap(lm, model), config, version=metadata.get("version", adapter_dir.name))
+    return Recommender(_wrap(lm, model), config, version=metadata.get("version", adapter_dir.name), collab=collab)
 
 
 class AdapterSlot:
@@ -91,12 +111,16 @@ class AdapterSlot:
         with self.pinned() as recommender:
             return recommender.score(requests), recommender
 
-    def swap(self, adapter_dir: Path | str) -> str:
+    def swap(self, adapter_dir: Path | str, sequential=None) -> str:
+        """Serve ``adapter_dir``; its collaborative tokens (if any) read ``sequential``, which must be
+        the model its projector was trained with (``VersionMismatch`` otherwise, and the slot keeps
+        serving what it served)."""
         from peft import PeftModel
 
         adapter_dir = Path(adapter_dir)
         version = read_metadata(adapter_dir).get("version") or adapter_dir.name
         name = re.sub(r"\W", "_", version)
+        collab = collab_tokens(self.lm, adapter_dir, sequential)
         with self._pin, self.lm.lock:
             previous = self.peft.active_adapter if self.peft is not None else None
             if self.peft is None:
@@ -106,5 +130,5 @@ class AdapterSlot:
                 self.peft.set_adapter(name)
                 self.peft.delete_adapter(previous)
             self.peft.eval()
-            self.recommender = Recommender(_wrap(self.lm, self.peft), self.config, version=version)
+            self.recommender = Recommender(_wrap(self.lm, self.peft), self.config, version=version, collab=collab)
         return version

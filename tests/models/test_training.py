@@ -115,3 +115,95 @@ def test_lora_targets_the_language_model_only(tiny_llava):
     assert not any("vision" in n or "projector" in n for n in adapted)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+# -- collaborative tokens: CoLLM's stages ------------------------------------------------------------
+def collab_examples():
+    """Candidates whose text is identical: only the collaborative tokens tell positives from negatives."""
+    same = lambda item_id: Candidate(item_id, "A film (1995)", ["Drama"])  # noqa: E731
+    return ([Example(LIKES, same(f"a{i}"), True, history=("a0", "a1")) for i in range(4)]
+            + [Example(LIKES, same(f"b{i}"), False, history=("a0", "a1")) for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def sasrec():
+    from models.config import SASRecConfig
+    from models.sequential import SequentialRetriever
+
+    groups = {"a": [f"a{i}" for i in range(4)], "b": [f"b{i}" for i in range(4)]}
+    sequences = {f"{g}{n}": [items[(n + j) % 4] for j in range(4)] for g, items in groups.items() for n in range(12)}
+    return SequentialRetriever.train(sequences, SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=5, seed=0))
+
+
+def test_the_projector_stage_learns_what_the_text_cannot_and_reloads_as_one_version(tmp_path, sasrec):
+    from safetensors.torch import load_file
+
+    from models.collab import CollabTokens, Projector, VersionMismatch
+    from models.sequential import SequentialRetriever
+
+    examples = collab_examples()
+    stage1 = train(registry.load(registry.SMOLLM2, device="cpu"), examples, tmp_path / "lora", LoraSettings(),
+                   TrainConfig(epochs=2, batch_size=8, grad_accum=1, lr=5e-4, checkpoint_every=0), progress=False)
+    lm = registry.load(registry.SMOLLM2, device="cpu")
+    collab = CollabTokens(Projector.for_models(lm, sasrec), sasrec, lm.tokenizer)
+    config = TrainConfig(epochs=12, batch_size=8, grad_accum=1, lr=2e-3, checkpoint_every=4, stage="projector")
+    stage2 = train(lm, examples, tmp_path / "collab", LoraSettings(), config, progress=False, collab=collab,
+                   init_adapter=tmp_path / "lora" / "adapter")
+    curve = stage2["metrics"]["loss_curve"]
+    assert curve[-1] < 0.5 * curve[0] and curve[-1] < 0.4, curve  # text alone sits at ln 2 here
+    assert stage1["metrics"]["final_loss"] > 0.6, stage1["metrics"]  # the text really cannot separate them
+    assert stage2["collab"]["sequential_version"] == sasrec.version
+    # the stage-1 LoRA was frozen: the saved adapter weights are stage 1's
+    before = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "collab" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    # adapter and projector load as one; the scores separate the groups and match the trained model
+    request = [ScoreRequest(LIKES, [e.candidate for e in examples], history=("a0", "a1"))]
+    served = load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "collab" / "adapter",
+                          sequential=sasrec)
+    scores = served.score(request)[0]
+    assert min(scores[:4]) > max(scores[4:]), scores
+    assert served.collab.version == sasrec.version
+    other = SequentialRetriever(sasrec.model, sasrec.vocabulary, {**sasrec.metadata, "version": "sasrec-new"})
+    with pytest.raises(VersionMismatch):
+        load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "collab" / "adapter",
+                     sequential=other)
+    with pytest.raises(ValueError, match="no sequential model"):
+        load_adapter(registry.load(registry.SMOLLM2, device="cpu"), tmp_path / "collab" / "adapter")
+
+
+def test_the_joint_stage_resumes_from_its_checkpoint(tmp_path, sasrec):
+    from safetensors.torch import load_file
+
+    from models.collab import CollabTokens, Projector, has_projector
+
+    examples = collab_examples()
+    train(registry.load(registry.SMOLLM2, device="cpu"), examples, tmp_path / "lora", LoraSettings(),
+          TrainConfig(epochs=1, batch_size=8, checkpoint_every=0), progress=False)
+    config = TrainConfig(epochs=2, batch_size=2, grad_accum=2, lr=1e-3, checkpoint_every=1, stage="joint")
+
+    def run(out, on_step=None):
+        lm = registry.load(registry.SMOLLM2, device="cpu")
+        collab = CollabTokens(Projector.for_models(lm, sasrec, seed=3), sasrec, lm.tokenizer)
+        return train(lm, examples, tmp_path / out, LoraSettings(), config, progress=False, on_step=on_step,
+                     collab=collab, init_adapter=tmp_path / "lora" / "adapter")
+
+    straight = run("a")
+
+    def crash_after_two(step, loss):
+        if step == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run("b", crash_after_two)
+    assert (tmp_path / "b" / "checkpoints" / "step-2" / "projector.safetensors").is_file()
+    resumed = run("b")
+    a, b = straight["metrics"]["loss_curve"], resumed["metrics"]["loss_curve"]
+    assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    # the joint stage trains the LoRA too, and saves it with the projector
+    before = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before) and has_projector(tmp_path / "a" / "adapter")
+    with pytest.raises(ValueError, match="needs collaborative tokens"):
+        train(registry.load(registry.SMOLLM2, device="cpu"), examples, tmp_path / "c", LoraSettings(), config,
+              progress=False)
