@@ -113,17 +113,11 @@ class CollabTokens:
     def version(self) -> str:
         return self.projector.config.sequential_version
 
-    @torch.no_grad()
     def user_inputs(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         """(users, d): SASRec's last hidden state after each history (zeros when none of it is known)."""
-        seq = self.sequential
-        rows = [[seq.index[i] for i in h if i in seq.index][-seq.config.max_len:] for h in histories]
-        out = torch.zeros(len(rows), seq.config.hidden)
-        known = [u for u, r in enumerate(rows) if r]
-        if known:
-            length = seq.config.max_len
-            ids = torch.tensor([[0] * (length - len(rows[u])) + rows[u] for u in known])
-            out[known] = seq.model(ids)[:, -1].float()
+        hidden, known = self.sequential.user_states([list(h) for h in histories])
+        out = torch.zeros(len(histories), self.sequential.config.hidden)
+        out[known] = hidden
         return out
 
     @torch.no_grad()

@@ -34,7 +34,11 @@ class SASRecConfig:
 
 
 KS = (3, 5, 10)
-LLM_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
+TEXT_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
+# collaborative tokens on top of a text variant's LoRA (CoLLM's stage 1), and the fused score
+COLLAB_VARIANTS = ("collab", "tallrec-collab", "fused")
+STAGE_ONE = {"collab": "mllm-msr", "tallrec-collab": "tallrec-style"}
+LLM_VARIANTS = TEXT_VARIANTS + COLLAB_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,14 @@ class EvalConfig:
     grad_accum: int = field(default=1, metadata={"help": "forwards per optimizer step"})
     lr: float = field(default=5e-4, metadata={"help": "LoRA learning rate"})
     sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
+    hard_negatives: float = field(default=0.5, metadata={
+        "help": "share of training negatives drawn from the candidate stage's top N (co-occurrence); the rest uniform"})
+    hard_pool: int = field(default=50, metadata={"help": "N: the candidate-stage list hard negatives come from"})
+    projector_epochs: int = field(default=2, metadata={"help": "collaborative variants: projector stage epochs"})
+    projector_lr: float = field(default=1e-3, metadata={"help": "collaborative variants: projector stage learning rate"})
+    joint_epochs: int = field(default=0, metadata={"help": "collaborative variants: joint stage epochs (0: none)"})
+    validation_negatives: int = field(default=20, metadata={"help": "negatives per validation positive (fused score)"})
+    fused_llm: str = field(default="collab", metadata={"help": "the variant whose LLM margin the fused score reads"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
     variants: tuple[str, ...] = field(default=LLM_VARIANTS, metadata={"help": "LoRA-trained models to run"})
     zero_shot: bool = field(default=True, metadata={"help": "also score with the base model, no adapter"})

@@ -7,12 +7,24 @@ come from the history only: S_t with the first item of block t+1 as the positive
 sampled item the user never touched as the negative (1:1); ``next_items`` > 1 takes more of block
 t+1's items as positives after S_t, each with its own negative (more pairs, no more summaries).
 Test candidates: the positive and 20 sampled never-touched items per seed. Every model scores the same candidates.
+Training negatives: a share (``hard_negatives``, default half) from the candidate stage's top N
+(co-occurrence over everything before the validation items, the user's items excluded), the
+rest uniform: the re-ranker sees the candidate stage's items in the stream.
+
+Validation (the fused score): the last history item, with S_{T-1} (which has not read it) and
+``validation_negatives`` negatives of the same two kinds. It is later in time than every
+training positive and never one itself. The collaborative variants' SASRec ("sasrec-pre-validation",
+also scored alone) and the co-occurrence and popularity features are trained on everything
+before the validation items, so no feature has seen a validation positive.
 
 Models in one run: random, popularity and SASRec (trained on every user's history, test items
 excluded), the zero-shot base LLM, the full pipeline (LoRA on recurrent summaries with item
 captions), a TALLRec-style model (same LM and LoRA, recent titles instead of a summary), and
 the ablations "direct summary" (one summary of the same items, not recurrent) and "no item
-captions" (summaries and candidates without captions).
+captions" (summaries and candidates without captions). Then CoLLM's collaborative tokens on top
+of the MLLM-MSR and TALLRec adapters ("collab", "tallrec-collab": stage 2 trains the projector
+with the stage-1 LoRA frozen), and "fused": a logistic regression of one variant's LLM margin,
+the SASRec score, the co-occurrence score and log popularity, fitted on the validation pairs.
 """
 from __future__ import annotations
 
@@ -26,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from models import pipeline
-from models.config import KS, LLM_VARIANTS, PRESETS, EvalConfig  # noqa: F401 (the protocol's settings)
+from models.config import COLLAB_VARIANTS, KS, LLM_VARIANTS, PRESETS, STAGE_ONE, EvalConfig  # noqa: F401
 from models.ranking import auc, bootstrap_interval, user_metrics
 
 
@@ -78,6 +90,11 @@ class UserCase:
     test_item: str
     test_negatives: dict[int, list[str]]  # seed -> negatives
     train_pairs: list[tuple[int, str, str]]  # (summary index t, positive, negative): S_t then block t+1's first item
+    validation: tuple[int, str, list[str]] | None = None  # (summary index, the last history item, negatives)
+
+    def before(self, item_id: str) -> list[str]:
+        """The history before one of its items (what the user had done when they took it)."""
+        return self.history[:self.history.index(item_id)]
 
     def candidates(self) -> list[str]:
         """The positive and every seed's negatives, each once: one scoring request per user."""
@@ -87,12 +104,30 @@ class UserCase:
         return out
 
 
+def pre_validation(data: Dataset) -> dict[str, list[str]]:
+    """Every user's items before their validation and test items: what collaborative features learn from."""
+    return {u: seq[:-2] for u, seq in data.sequences.items()}
+
+
+def candidate_stage(data: Dataset):
+    """The co-occurrence source over the pre-validation sequences (``models.prequential``'s replay state)."""
+    from models.cooccurrence import CooccurrenceConfig
+    from models.prequential import SourceState
+
+    state = SourceState(CooccurrenceConfig())
+    for user, seq in sorted(pre_validation(data).items()):
+        for item in seq:
+            state.apply_item(user, item)
+    return state
+
+
 def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
     rng = random.Random(config.seed)
     need = config.block + 1  # at least one summarized block before the test item
     eligible = sorted((u for u, seq in data.sequences.items() if len(seq) >= need), key=_natural)
     chosen = sorted(rng.sample(eligible, min(config.users or len(eligible), len(eligible))), key=_natural)
     catalog = sorted(data.items, key=_natural)
+    stage = candidate_stage(data) if config.hard_negatives > 0 else None
     cases = []
     for user in chosen:
         seq = data.sequences[user]
@@ -102,13 +137,29 @@ def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
         touched = set(seq)
         negatives = {s: sample_negatives(random.Random(f"{s}-{user}"), catalog, touched, config.negatives)
                      for s in config.seeds}
+        hard = [i for i in stage.cooccurrence(user, config.hard_pool + len(seq)) if i not in touched][:config.hard_pool] \
+            if stage is not None else []
+
+        def negative(count: int) -> list[str]:
+            """``count`` negatives, each from the hard pool with probability ``hard_negatives``."""
+            out: list[str] = []
+            for _ in range(count):
+                pool = [i for i in hard if i not in out]
+                if pool and rng.random() < config.hard_negatives:
+                    out.append(rng.choice(pool))
+                else:
+                    out += sample_negatives(rng, catalog, touched | set(out), 1)
+            return out
+
         blocks = len(window) // config.block
+        validation = (blocks - 2, window[-1], negative(config.validation_negatives)) if blocks >= 2 else None
         pairs = []
         for t in range(blocks - 1):
             start = (t + 1) * config.block
             for positive in window[start:start + min(config.next_items, config.block)]:
-                pairs.append((t, positive, sample_negatives(rng, catalog, touched, 1)[0]))
-        cases.append(UserCase(user, history, window, test_item, negatives, pairs))
+                if validation is None or positive != validation[1]:
+                    pairs.append((t, positive, negative(1)[0]))
+        cases.append(UserCase(user, history, window, test_item, negatives, pairs, validation))
     return cases
 
 
@@ -218,28 +269,39 @@ def recent_titles(texts: Texts, items: list[str], n: int) -> list[str]:
     return [texts.data.items[i]["title"] for i in items[-n:]]
 
 
-def variant_prompts(name: str, texts: Texts, cases: list[UserCase], summaries: dict) -> tuple[list, list]:
-    """(training examples, test requests) of one variant."""
+def variant_prompts(name: str, texts: Texts, cases: list[UserCase], summaries: dict) -> tuple[list, list, list]:
+    """(training examples, test requests, validation requests: None for a user without one) of one
+    text variant. Every example and request carries the history before its item, which the
+    collaborative tokens read (text-only scorers ignore it)."""
+    import dataclasses
+
     from models.training import Example
 
     captions = name not in ("no-captions", "tallrec-style")  # TALLRec reads titles, as in its paper
     tallrec = name == "tallrec-style"
-    examples, requests = [], []
+    examples, requests, validation = [], [], []
     for case in cases:
         def request(candidates, before=None, t=-1, case=case):
             """The shared part as of summary S_t, or of the titles before item ``before`` (TALLRec)."""
+            history = case.history if before is None else case.before(before)
             if tallrec:
-                history = case.history if before is None else case.history[:case.history.index(before)]
-                return pipeline.recent_titles_request(recent_titles(texts, history, texts.config.recent_titles),
+                made = pipeline.recent_titles_request(recent_titles(texts, history, texts.config.recent_titles),
                                                       candidates)
-            return pipeline.preference_request(summaries[case.user_id][t], candidates)
+            else:
+                made = pipeline.preference_request(summaries[case.user_id][t], candidates)
+            return dataclasses.replace(made, history=tuple(history))
 
         for t, positive, negative in case.train_pairs:
-            part = request([], before=positive, t=t).user_part
-            examples += [Example(part, candidate(texts, positive, captions), True),
-                         Example(part, candidate(texts, negative, captions), False)]
+            shared = request([], before=positive, t=t)
+            examples += [Example(shared.user_part, candidate(texts, positive, captions), True, shared.history),
+                         Example(shared.user_part, candidate(texts, negative, captions), False, shared.history)]
         requests.append(request([candidate(texts, i, captions) for i in case.candidates()]))
-    return examples, requests
+        if case.validation is not None:
+            t, item, negatives = case.validation
+            validation.append(request([candidate(texts, i, captions) for i in [item, *negatives]], before=item, t=t))
+        else:
+            validation.append(None)
+    return examples, requests, validation
 
 
 # -- metrics ----------------------------------------------------------------------------------------
@@ -304,6 +366,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     summaries: dict[str, dict[str, list[str]]] = {}
     training: dict[str, dict] = {}
     metrics: dict[str, dict] = {}
+    fusion: dict[str, dict] = {}
 
     def write_report() -> dict:
         """Rewritten after every model, so a run stopped part-way keeps the models it finished."""
@@ -311,7 +374,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
             metrics[name] = evaluate_scores(cases, scores[name], config.seeds, config.bootstrap)
         report = {
             "dataset": dataset_name, "config": _jsonable(config), "users": [c.user_id for c in cases],
-            "metrics": metrics, "training": training, "seconds": timings,
+            "metrics": metrics, "training": training, "fusion": fusion, "seconds": timings,
             "total_seconds": round(time.time() - started, 1), "git_revision": revision, "machine": machine,
             "example_summaries": {c.user_id: summaries["recurrent"][c.user_id][-1]
                                   for c in cases[:3] if "recurrent" in summaries},
@@ -334,15 +397,27 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
             scores[name][case.user_id] = dict(zip(items, scorer.score(case.user_id, case.history, items)))
     write_report()
 
+    runs = planned_variants(config)
+    sequential = None
+    if any(v in COLLAB_VARIANTS for v in runs):
+        from models.sequential import SequentialRetriever
+
+        sequential = clock("sasrec-pre-validation", SequentialRetriever.train, pre_validation(data),
+                           SASRecConfig(epochs=config.sasrec_epochs, seed=config.seed, device=config.device))
+        sequential.model.cpu()
+        scores["sasrec-pre-validation"] = {c.user_id: dict(zip(c.candidates(), sequential.item_scores(
+            c.history, c.candidates()))) for c in cases}
+        write_report()
+
     lm = registry.load(config.model, device=config.device)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
     needed = {i for c in cases for i in c.window + c.candidates() + [p for _, p, n in c.train_pairs]
-              + [n for _, p, n in c.train_pairs]}
+              + [n for _, p, n in c.train_pairs] + ([c.validation[1], *c.validation[2]] if c.validation else [])}
     clock("captions", texts.caption_all, needed)
     summaries["recurrent"] = clock("summaries", texts.summaries, cases, "recurrent", True)
-    if "direct-summary" in config.variants:
+    if "direct-summary" in runs:
         summaries["direct"] = clock("summaries", texts.summaries, cases, "direct", True)
-    if "no-captions" in config.variants:
+    if "no-captions" in runs:
         summaries["recurrent-no-captions"] = clock("summaries", texts.summaries, cases, "recurrent", False)
     source = {"mllm-msr": "recurrent", "direct-summary": "direct", "no-captions": "recurrent-no-captions",
               "tallrec-style": "recurrent"}
@@ -354,23 +429,101 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         log(f"{name}: scored; {out_dir / 'results.md'} updated")
 
     if config.zero_shot:
-        _, requests = variant_prompts("mllm-msr", texts, cases, summaries["recurrent"])
+        _, requests, _ = variant_prompts("mllm-msr", texts, cases, summaries["recurrent"])
         score_all("zero-shot", Recommender(lm), requests)
     lora = LoraSettings()
-    for name in config.variants:
-        examples, requests = variant_prompts(name, texts, cases, summaries[source[name]])
-        log(f"{name}: training on {len(examples)} examples")
+
+    def fit_stage(name: str, examples, stage: str, epochs: int, lr: float, init: Path | None = None) -> Path:
+        """One training stage into adapters/<name> on a fresh model (with collaborative tokens after
+        stage 1: a new projector, or the one ``init`` holds); the adapter directory."""
+        from models.collab import CollabTokens, Projector, has_projector
+
+        log(f"{name}: {stage} stage on {len(examples)} examples")
+        train_config = TrainConfig(epochs=epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
+                                   lr=lr, seed=config.seed, checkpoint_every=25, stage=stage)
         fresh = registry.load(config.model, device=config.device)
-        train_config = TrainConfig(epochs=config.epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
-                                   lr=config.lr, seed=config.seed, checkpoint_every=25)
-        metadata = clock(f"training:{name}", train, fresh, examples, out_dir / "adapters" / name, lora, train_config,
-                         {"dataset": dataset_name, "variant": name,
-                          "users": len(cases), "examples": len(examples), "eval": _jsonable(config)})
+        collab = None
+        if stage != "lora":
+            projector = Projector.from_pretrained(init) if has_projector(init) else \
+                Projector.for_models(fresh, sequential, seed=config.seed)
+            collab = CollabTokens(projector, sequential, fresh.tokenizer)
+        metadata = clock(f"training:{name}", train, fresh, examples, out_dir / "adapters" / name, lora,
+                         train_config, {"dataset": dataset_name, "variant": name, "users": len(cases),
+                                        "examples": len(examples), "eval": _jsonable(config)},
+                         True, None, collab, init)
         training[name] = metadata["metrics"]
-        recommender = load_adapter(registry.load(config.model, device=config.device),
-                                   out_dir / "adapters" / name / "adapter")
+        return out_dir / "adapters" / name / "adapter"
+
+    for name in runs:
+        if name == "fused":
+            continue
+        base = STAGE_ONE.get(name, name)
+        examples, requests, validation = variant_prompts(base, texts, cases, summaries[source[base]])
+        if name in STAGE_ONE:  # stage 2 (and 3): the projector on top of the text variant's frozen LoRA
+            adapter = fit_stage(name, examples, "projector", config.projector_epochs, config.projector_lr,
+                                out_dir / "adapters" / base / "adapter")
+            if config.joint_epochs:
+                adapter = fit_stage(f"{name}-joint", examples, "joint", config.joint_epochs, config.lr, adapter)
+        else:
+            adapter = fit_stage(name, examples, "lora", config.epochs, config.lr)
+        recommender = load_adapter(registry.load(config.model, device=config.device), adapter, sequential=sequential)
         score_all(name, recommender, requests)
+        if name == config.fused_llm and "fused" in runs:
+            scores["fused"], fusion[name] = clock("fused", fit_fused, recommender, sequential, adapter, validation,
+                                                  cases, scores, data, config)
+            write_report()
     return write_report()
+
+
+def planned_variants(config: EvalConfig) -> list[str]:
+    """The variants to run, in order: those asked for, plus what they stand on (a collaborative
+    variant's text variant, the fused score's LLM)."""
+    asked = list(config.variants)
+    if "fused" in asked and config.fused_llm not in asked:
+        if config.fused_llm not in LLM_VARIANTS or config.fused_llm == "fused":
+            raise ValueError(f"fused_llm must be one of the LLM variants, not {config.fused_llm!r}")
+        asked.insert(asked.index("fused"), config.fused_llm)
+    needed = set(asked) | {STAGE_ONE[v] for v in asked if v in STAGE_ONE}
+    return [v for v in LLM_VARIANTS if v in needed]
+
+
+def fit_fused(recommender, sequential, adapter: Path, validation: list, cases: list[UserCase], scores: dict,
+              data: Dataset, config: EvalConfig):
+    """Fit the fused score on the validation requests, save it beside the adapter, and score the tests.
+
+    Returns (test scores per user, the fusion report)."""
+    import math
+
+    from models import fusion
+
+    stage = candidate_stage(data)
+    counts = stage.counts
+
+    def rows_of(history: list[str], items: list[str], p_yes: list[float]) -> list[list[float]]:
+        cooc = stage.cooccurrence_scores(history)
+        seq = sequential.item_scores(history, items)
+        return [[fusion.llm_margin(p), s, cooc.get(i, 0.0), math.log1p(counts.get(i, 0))]
+                for i, p, s in zip(items, p_yes, seq)]
+
+    todo = [(c, r) for c, r in zip(cases, validation) if r is not None]
+    p_yes = recommender.score([r for _, r in todo])
+    x, y, groups = [], [], []
+    for (case, request), probs in zip(todo, p_yes):
+        items = [c.item_id for c in request.candidates]
+        x += rows_of(list(request.history), items, probs)
+        y += [1.0] + [0.0] * (len(items) - 1)
+        groups += [case.user_id] * len(items)
+    scorer = fusion.fit(x, y, groups, bootstrap=min(config.bootstrap, 200), seed=config.seed,
+                        info={"llm": config.fused_llm, "adapter_version": recommender.version,
+                              "validation_users": len(todo)})
+    scorer.save_pretrained(adapter)
+    llm = scores[config.fused_llm]
+    out = {}
+    for case in cases:
+        items = case.candidates()
+        out[case.user_id] = dict(zip(items, scorer.logits(rows_of(case.history, items, [llm[case.user_id][i]
+                                                                                       for i in items])).tolist()))
+    return out, {"weights": scorer.report(), "fitted_on": scorer.fitted_on}
 
 
 def machine_info(requested: str) -> dict:
@@ -405,7 +558,7 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]
                        + [n for _, _, n in c.train_pairs]})
     summaries = texts.summaries(cases, "recurrent", True)
-    examples, _ = variant_prompts("mllm-msr", texts, cases, summaries)
+    examples, _, _ = variant_prompts("mllm-msr", texts, cases, summaries)
     log(f"training on {len(examples)} examples from {len(cases)} users")
     train_config = TrainConfig(epochs=config.epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
                                lr=config.lr, seed=config.seed)
@@ -419,7 +572,8 @@ def _jsonable(config: EvalConfig) -> dict:
 
 
 # -- report -------------------------------------------------------------------------------------------
-ORDER = ("random", "popularity", "sasrec", "zero-shot", "tallrec-style", "direct-summary", "no-captions", "mllm-msr")
+ORDER = ("random", "popularity", "sasrec", "sasrec-pre-validation", "zero-shot", "tallrec-style", "direct-summary",
+         "no-captions", "mllm-msr", "collab", "tallrec-collab", "fused")
 
 
 def markdown_table(report: dict) -> str:
@@ -448,7 +602,8 @@ def chart(report: dict, path: Path) -> None:
         low = [v - report["metrics"][n][metric]["ci95"][0] for n, v in zip(names, values)]
         high = [report["metrics"][n][metric]["ci95"][1] - v for n, v in zip(names, values)]
         ax.bar(range(len(names)), values, yerr=[low, high], capsize=3,
-               color=["#999999" if n in ("random", "popularity", "sasrec") else "#3b7dd8" for n in names])
+               color=["#999999" if n in ("random", "popularity", "sasrec", "sasrec-pre-validation") else "#3b7dd8"
+                      for n in names])
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
         ax.set_title(metric.upper())
         ax.set_ylim(0, 1)

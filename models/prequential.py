@@ -75,9 +75,10 @@ class SourceState:
         self.offset = 0
 
     def apply(self, event: dict) -> None:
-        user, item = event["user_id"], event["item_id"]
+        self.apply_item(event["user_id"], event["item_id"], schemas.parse_time(event["event_time"]).timestamp())
+
+    def apply_item(self, user: str, item: str, ts: float = 0.0) -> None:
         history = self.histories.setdefault(user, [])
-        ts = schemas.parse_time(event["event_time"]).timestamp()
         for target, entry in pair_entries(history, item, 0, self.offset, ts, self.config).items():
             self.records[target], _ = apply_entries(self.records.get(target), [entry], self.config)
             self.counts[target] = self.records[target]["count"]
@@ -85,10 +86,13 @@ class SourceState:
         history.append(item)  # repeats kept, as in the stream's user history (pairs skip them)
 
     def cooccurrence(self, user: str, n: int) -> list[str]:
-        history = self.histories.get(user, [])
-        recent = history[-self.config.window:] if self.config.window > 0 else []
-        scores = neighbour_scores(recent, self.records, self.counts, set(history), self.config.query_half_life)
+        scores = self.cooccurrence_scores(self.histories.get(user, []))
         return sorted(scores, key=lambda i: (-scores[i], i))[:n]
+
+    def cooccurrence_scores(self, history: list[str]) -> dict[str, float]:
+        """The co-occurrence source's scores for a user with this history (oldest first), history excluded."""
+        recent = history[-self.config.window:] if self.config.window > 0 else []
+        return neighbour_scores(recent, self.records, self.counts, set(history), self.config.query_half_life)
 
     def trending(self, user: str, n: int) -> list[str]:
         seen = set(self.histories.get(user, []))

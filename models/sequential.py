@@ -72,17 +72,35 @@ class SequentialRetriever:
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
         return cls(model, vocabulary, json.loads((directory / METADATA).read_text()))
 
+    @torch.no_grad()
+    def user_states(self, histories: list[list[str]] | list[tuple[str, ...]]) -> tuple[torch.Tensor, list[int]]:
+        """(users with a known item, hidden) last hidden states after each history, in one forward;
+        and which users those rows are (the others have no item the model knows)."""
+        rows = [[self.index[i] for i in h if i in self.index][-self.config.max_len:] for h in histories]
+        known = [u for u, r in enumerate(rows) if r]
+        if not known:
+            return torch.zeros(0, self.config.hidden), known
+        length = self.config.max_len
+        seqs = torch.tensor([[0] * (length - len(rows[u])) + rows[u] for u in known])
+        return self.model(seqs)[:, -1].float(), known
+
+    @torch.no_grad()
+    def item_scores(self, history: list[str], items: list[str]) -> list[float]:
+        """The model's scores of ``items`` after ``history``; NaN where it knows the item or the user not."""
+        hidden, known = self.user_states([history])
+        ids = [self.index.get(i, 0) for i in items]
+        if not known:
+            return [float("nan")] * len(items)
+        values = (self.model.items.weight[ids].float() @ hidden[0]).tolist()
+        return [v if j else float("nan") for v, j in zip(values, ids)]
+
     @torch.inference_mode()
     def top_k(self, histories: list[list[str]], k: int, exclude: list[set[str]]) -> list[list[tuple[str, float]]]:
         """Per user: the ``k`` best items the model knows, history excluded; one forward for all."""
-        rows = [[self.index[i] for i in h if i in self.index][-self.config.max_len:] for h in histories]
         out: list[list[tuple[str, float]]] = [[] for _ in histories]
-        known = [u for u, r in enumerate(rows) if r]
+        hidden, known = self.user_states(histories)
         if not known:
             return out
-        length = self.config.max_len
-        seqs = torch.tensor([[0] * (length - len(rows[u])) + rows[u] for u in known])
-        hidden = self.model(seqs)[:, -1]
         scores = hidden @ self.model.items.weight.T  # column 0 is padding
         scores[:, 0] = -torch.inf
         for n, u in enumerate(known):

@@ -370,7 +370,7 @@ def event_data(items, interactions):
 
 
 EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "caption_tokens", "summary_tokens", "epochs",
-               "train_batch", "grad_accum", "lr", "seed", "device")
+               "train_batch", "grad_accum", "lr", "hard_negatives", "hard_pool", "seed", "device")
 
 
 @main.command()
@@ -407,8 +407,8 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 @click.option("--protocol", type=click.Choice(["paper", "full-catalog"]), default="paper", show_default=True,
               help="'paper': 1 positive : 20 negatives for the LLM pipeline; 'full-catalog': each candidate source "
                    "and their blend ranking the whole catalog, leave-last-out (no LLM)")
-@field_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs",
-                   "bootstrap", "zero_shot", preset=True)
+@field_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs", "projector_epochs", "projector_lr", "joint_epochs",
+               "validation_negatives", "fused_llm", "bootstrap", "zero_shot", preset=True)
 @one_line_errors
 def evaluate(out, preset, items, interactions, variants, protocol, **values):
     """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its

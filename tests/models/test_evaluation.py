@@ -29,6 +29,20 @@ def test_smoke_evaluation_writes_table_chart_and_json(tmp_path):
         saved = json.loads((tmp_path / "adapters" / variant / "adapter" / ADAPTER_METADATA).read_text())
         assert saved["data"]["variant"] == variant and saved["base_model"] == "tiny-random-llava"
         assert report["training"][variant]["steps"] > 0
+    # the collaborative variants: the projector stage on the text variant's frozen LoRA, saved inside one adapter
+    from models.collab import Projector
+    from models.fusion import FEATURES, FusedScorer
+
+    for variant, base in (("collab", "mllm-msr"), ("tallrec-collab", "tallrec-style")):
+        adapter = tmp_path / "adapters" / variant / "adapter"
+        saved = json.loads((adapter / ADAPTER_METADATA).read_text())
+        assert saved["train"]["stage"] == "projector" and saved["collab"]["started_from"].endswith(f"{base}/adapter")
+        assert Projector.from_pretrained(adapter).config.sequential_version == saved["collab"]["sequential_version"]
+    # the fused score: fitted on the validation pairs, saved beside its LLM's adapter, weights reported
+    fused = FusedScorer.from_pretrained(tmp_path / "adapters" / "collab" / "adapter")
+    assert fused.features == FEATURES and fused.fitted_on["validation_users"] == 4
+    assert fused.fitted_on["rows"] == 4 * 21 and fused.fitted_on["positives"] == 4
+    assert set(report["fusion"]["collab"]["weights"]) == set(FEATURES)
     table = (tmp_path / "results.md").read_text()
     assert all(f"| {name} |" in table for name in ORDER)
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
