@@ -48,6 +48,17 @@ class FusedScorer:
     def score_rows(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
         return self.logits(np.array([[row.get(f, math.nan) for f in self.features] for row in rows]))
 
+    def rerank(self, recommender, request, p_yes: list[float], features: list[Mapping[str, float]]) -> list[float]:
+        """Fused probabilities of one request's candidates: the LLM's margins with the candidate
+        stage's ``features`` (co-occurrence, log popularity) and the sequential score of the
+        model the re-ranker's collaborative tokens are paired with (missing without one)."""
+        items = [c.item_id for c in request.candidates]
+        collab = recommender.collab
+        sequential = collab.sequential.item_scores(list(request.history), items) if collab is not None \
+            else [math.nan] * len(items)
+        rows = [{**f, "llm_margin": llm_margin(p), "sequential": s} for p, s, f in zip(p_yes, sequential, features)]
+        return (1 / (1 + np.exp(-self.score_rows(rows)))).tolist()
+
     def report(self) -> dict:
         return {name: {"weight": round(w, 4), "ci95": [round(lo, 4), round(hi, 4)] if self.ci95 else None}
                 for name, w, (lo, hi) in zip(self.features, self.coef, self.ci95 or [(math.nan, math.nan)] * len(self.coef))}

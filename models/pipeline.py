@@ -57,11 +57,12 @@ def candidate(item: Mapping | None, item_id: str, captions: bool = True):
                      item.get("description"), usable_caption(item) if captions else None)
 
 
-def preference_request(summary: str, candidates: list):
-    """The MLLM-MSR scoring request: the recurrent summary as the shared part."""
+def preference_request(summary: str, candidates: list, history: Iterable[str] = ()):
+    """The MLLM-MSR scoring request: the recurrent summary as the shared part (``history``, the
+    user's recent item ids, is what collaborative tokens read)."""
     from models.recommender import ScoreRequest
 
-    return ScoreRequest(prompts.user_preferences(summary), list(candidates))
+    return ScoreRequest(prompts.user_preferences(summary), list(candidates), tuple(history))
 
 
 def recent_titles_request(titles: list[str], candidates: list):

@@ -126,9 +126,11 @@ def token_inputs(model, collab, input_ids: torch.Tensor, vectors: torch.Tensor |
 class Recommender:
     """Scores candidates with a (vision-)language model, optionally carrying a LoRA adapter."""
 
-    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base", collab=None):
-        """``collab``: a ``models.collab.CollabTokens`` (its projector moves to the model's device)."""
-        self.lm, self.config, self.version, self.collab = lm, config, version, collab
+    def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base", collab=None,
+                 fusion=None):
+        """``collab``: a ``models.collab.CollabTokens`` (its projector moves to the model's device);
+        ``fusion``: the adapter's ``models.fusion.FusedScorer``, which the stream ranks by when present."""
+        self.lm, self.config, self.version, self.collab, self.fusion = lm, config, version, collab, fusion
         self.yes, self.no = yes_no_ids(lm.tokenizer)
         if collab is not None:
             collab.projector.to(lm.device).eval()

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from models.fusion import FusedScorer
 from models.recommender import Recommender, ScorerConfig, ScoreRequest
 from models.registry import LoadedModel
 
@@ -78,7 +79,8 @@ def load_adapter(lm: LoadedModel, adapter_dir: Path | str, config: ScorerConfig 
     metadata = read_metadata(adapter_dir)
     collab = collab_tokens(lm, adapter_dir, sequential)
     model = PeftModel.from_pretrained(lm.model, adapter_dir).eval()
-    return Recommender(_wrap(lm, model), config, version=metadata.get("version", adapter_dir.name), collab=collab)
+    return Recommender(_wrap(lm, model), config, version=metadata.get("version", adapter_dir.name), collab=collab,
+                       fusion=FusedScorer.from_pretrained(adapter_dir))
 
 
 class AdapterSlot:
@@ -121,6 +123,7 @@ class AdapterSlot:
         version = read_metadata(adapter_dir).get("version") or adapter_dir.name
         name = re.sub(r"\W", "_", version)
         collab = collab_tokens(self.lm, adapter_dir, sequential)
+        fusion = FusedScorer.from_pretrained(adapter_dir)
         with self._pin, self.lm.lock:
             previous = self.peft.active_adapter if self.peft is not None else None
             if self.peft is None:
@@ -130,5 +133,6 @@ class AdapterSlot:
                 self.peft.set_adapter(name)
                 self.peft.delete_adapter(previous)
             self.peft.eval()
-            self.recommender = Recommender(_wrap(self.lm, self.peft), self.config, version=version, collab=collab)
+            self.recommender = Recommender(_wrap(self.lm, self.peft), self.config, version=version, collab=collab,
+                                           fusion=fusion)
         return version

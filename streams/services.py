@@ -92,10 +92,11 @@ class Models:
         if self.settings.role != "llm":  # the llm role embeds nothing: the state role re-embeds captioned items
             _ = self.embedder
         _ = self.summarizer, self.captioner, self.reranker
+        self.check_sequential()  # first: an adapter with collaborative tokens pairs with it
         self.check_adapter()
-        self.check_sequential()
 
     sequential = None  # the served SequentialRetriever, or None
+    _refused: tuple | None = None  # (adapter version, sequential version) of the last refused swap
 
     def check_sequential(self) -> bool:
         """Load the sequential model directory's version when it differs from the one serving; True on a swap.
@@ -137,11 +138,16 @@ class Models:
             return False
         if not version or version == self.reranker.version:
             return False
+        attempt = (version, None if self.sequential is None else self.sequential.version)
+        if attempt == self._refused:
+            return False  # refused with this sequential model already; said once
         try:
-            self.reranker.swap(path)
-        except MODEL_ERRORS as exc:  # a bad adapter must not stop the worker
-            log.exception("adapter %s (version %s) could not be loaded: %s", path, version, exc)
+            self.reranker.swap(path, self.sequential)
+        except MODEL_ERRORS as exc:  # a bad adapter (or one paired with another sequential model) must not stop the worker
+            log.error("adapter %s (version %s) could not be loaded, serving %s still: %s", path, version,
+                      self.reranker.version, exc)
             self.metrics.inc("adapter_failures_total")
+            self._refused = attempt
             return False
         self.metrics.inc("adapter_swaps_total")
         log.info("recommender adapter version %s in use", version)

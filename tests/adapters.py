@@ -18,3 +18,31 @@ def make_adapter(directory, version: str, seed: int, base: str = registry.SMOLLM
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
     save_adapter(model, directory, {"base_model": base, "version": version})
+
+
+def make_collab_adapter(directory, version: str, seed: int, sequential, fusion=None, base: str = registry.SMOLLM2,
+                        scale: float = 0.02) -> None:
+    """A random adapter with a random projector paired with ``sequential`` (and a fused score), saved as
+    `mmsr eval`'s collaborative stages save them."""
+    from models.collab import Projector
+
+    lm = registry.load(base, device="cpu")
+    model = attach_lora(lm, LoraSettings(), seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    projector = Projector.for_models(lm, sequential, seed=seed)
+    save_adapter(model, directory, {"base_model": base, "version": version,
+                                    "collab": {"sequential_version": sequential.version}}, projector)
+    if fusion is not None:
+        fusion.save_pretrained(directory)
+
+
+def fusion_of(llm_margin: float, sequential: float, sequential_mean: float = 0.0, sequential_scale: float = 1.0):
+    """A fused score that reads only the LLM margin and the sequential score, with these weights."""
+    from models.fusion import FEATURES, FusedScorer
+
+    return FusedScorer(FEATURES, (0.0, sequential_mean, 0.0, 0.0), (1.0, sequential_scale, 1.0, 1.0),
+                       (llm_margin, sequential, 0.0, 0.0), 0.0, ((0.0, 0.0),) * 4, {"by": "tests"})

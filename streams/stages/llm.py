@@ -71,9 +71,11 @@ class RerankRequestsStage:
         if not jobs:
             return
         requests = [pipeline.preference_request(job["summary"], [pipeline.candidate(c, c["item_id"])
-                                                                 for c in job["candidates"]]) for job in jobs]
+                                                                 for c in job["candidates"]], job.get("history") or ())
+                    for job in jobs]
+        features = [[c.get("features") or {} for c in job["candidates"]] for job in jobs]
         try:
-            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests)
+            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests, features)
         except MODEL_ERRORS as exc:  # the users keep the candidate lists the state role published
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
             metrics.inc("rerank_failures_total")

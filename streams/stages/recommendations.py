@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from models import pipeline
@@ -39,11 +40,20 @@ def list_record(state: UserState, ranked: list[tuple[str, float, tuple[str, ...]
     }
 
 
-def score_batch(services: Services, requests: list):
+def fusion_features(hits: list[Fused], cooccurrence: dict[str, float], counts) -> list[dict]:
+    """What the fused score reads of each candidate from the candidate stage."""
+    return [{"cooccurrence": cooccurrence.get(h.item_id, 0.0), "log_popularity": math.log1p(counts.get(h.item_id, 0))}
+            for h in hits]
+
+
+def score_batch(services: Services, requests: list, features: list[list[dict]]):
     """The batched re-ranker call with one adapter pinned for all of it, timed and counted; runs
-    in a thread. (scores per request, the recommender that scored, seconds)"""
+    in a thread. With the adapter's fused score, the scores are its calibrated probabilities.
+    (scores per request, the recommender that scored, seconds)"""
     started = time.perf_counter()
     scores, recommender = services.models.reranker.score(requests)
+    if recommender.fusion is not None:
+        scores = [recommender.fusion.rerank(recommender, r, s, f) for r, s, f in zip(requests, scores, features)]
     seconds = time.perf_counter() - started
     services.metrics.inc("rerank_seconds_total", seconds)
     services.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
@@ -52,12 +62,14 @@ def score_batch(services: Services, requests: list):
 
 def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tuple]], scores: list[float], recommender,
                   k: int, versions: dict, batch_users: int, seconds: float) -> dict:
-    """The re-ranker's list: candidates by p(Yes), the same record whichever role scored them."""
+    """The re-ranker's list: candidates by p(Yes) (or the fused score), the same record whichever role scored them."""
     ranked = sorted(((item_id, score, sources) for (item_id, sources), score in zip(rows, scores)),
                     key=lambda row: -row[1])
     return list_record(state, ranked[:k], "rerank", f"{recommender.lm.name}+{recommender.version}",
                        state.summary_version, trigger, base_model=recommender.lm.name,
                        adapter_version=recommender.version, versions=versions,
+                       scoring="fused" if recommender.fusion is not None else "llm",
+                       collab_sequential=None if recommender.collab is None else recommender.collab.version,
                        rerank={"candidates": len(rows), "batch_users": batch_users, "seconds": round(seconds, 4)})
 
 
@@ -65,11 +77,12 @@ class RecommendationsStage:
     def __init__(self, services: Services):
         self.s = services
 
-    def candidates(self, states: list[UserState], k: int) -> list[tuple[str, list[Fused]]]:
-        """The candidate stage for several users: each source's top N, blended (run in a thread)."""
+    def candidates(self, states: list[UserState], k: int) -> list[tuple[str, list[Fused], list[dict]]]:
+        """The candidate stage for several users: each source's top N, blended, and what the fused
+        score reads of each candidate (run in a thread)."""
         s, index = self.s.settings, self.s.catalog.index
         if index is None:
-            return [("trending", []) for _ in states]
+            return [("trending", [], []) for _ in states]
         n, weights = s.source_candidates, s.blend_weights()
         excluded = [set(st.seen) for st in states]
         sequential = self.s.models.sequential
@@ -81,6 +94,7 @@ class RecommendationsStage:
         for u, state in enumerate(states):
             ranked: dict[str, list[str]] = {}
             recent = state.recent_items(s.cooc_window)
+            scores: dict[str, float] = {}
             if weights["cooccurrence"] > 0 and recent:
                 records = {r: self.s.neighbours.get(r) for r in recent}
                 scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u],
@@ -95,8 +109,14 @@ class RecommendationsStage:
                 ranked["trending"] = [h.item_id for h in
                                       self.s.item_stats.trending.top_k(n, exclude=excluded[u], allowed=index)]
             fused = fuse(ranked, weights, k, s.rrf_k, excluded[u])
-            out.append(("blend" if state.history else "trending", fused))
+            out.append(("blend" if state.history else "trending", fused,
+                        fusion_features(fused, scores, self.s.item_stats.counts)))
         return out
+
+    def collab_history(self, state: UserState) -> list[str]:
+        """The recent items collaborative tokens read (the sequential model's window)."""
+        sequential = self.s.models.sequential
+        return state.recent_items(sequential.config.max_len if sequential is not None else self.s.settings.cooc_window)
 
     def versions(self) -> dict:
         """The models a candidate list was built with."""
@@ -137,9 +157,10 @@ class RecommendationsStage:
             k = max(s.top_k, s.rerank_candidates) if asking else s.top_k
             lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], k)
             records += [self.candidate_list(st, t, strategy, hits[:s.top_k])
-                        for (st, t), (strategy, hits) in zip(plain, lists)]
+                        for (st, t), (strategy, hits, _) in zip(plain, lists)]
             if asking:
-                requests = [self.rerank_request(st, t, hits) for (st, t), (_, hits) in zip(plain, lists) if st.summary]
+                requests = [self.rerank_request(st, t, hits, features)
+                            for (st, t), (_, hits, features) in zip(plain, lists) if st.summary]
         step = s.rerank_users
         for start in range(0, len(rerank), step):
             records += await self.rerank(rerank[start:start + step])
@@ -157,13 +178,15 @@ class RecommendationsStage:
                              state.summary_version, trigger, versions=self.versions())
         return record, (state, trigger)
 
-    def rerank_request(self, state: UserState, trigger: Trigger, hits: list[Fused]) -> dict:
+    def rerank_request(self, state: UserState, trigger: Trigger, hits: list[Fused], features: list[dict]) -> dict:
         """Role state: all the llm role needs to re-rank this list (it holds no state)."""
         profiles, fields = self.s.item_profiles, ("title", "categories", "description", "caption", "caption_rejected")
         return {"user_id": state.user_id, "summary": state.summary, "summary_version": state.summary_version,
                 "interaction_count": state.interaction_count, "trigger": trigger.to_state(), "versions": self.versions(),
-                "candidates": [{"item_id": h.item_id, "score": h.score, "sources": list(h.sources),
-                                **{k: (profiles.get(h.item_id) or {}).get(k) for k in fields}} for h in hits]}
+                "history": self.collab_history(state),
+                "candidates": [{"item_id": h.item_id, "score": h.score, "sources": list(h.sources), "features": f,
+                                **{k: (profiles.get(h.item_id) or {}).get(k) for k in fields}}
+                               for h, f in zip(hits, features)]}
 
     def settle(self, state: UserState, trigger: Trigger) -> None:
         """The list is on the broker: clear the owed mark, unless a newer event has owed another."""
@@ -183,15 +206,16 @@ class RecommendationsStage:
         lists = await self.s.off_loop(self.candidates, [st for st, _ in jobs], s.rerank_candidates)
         profiles = self.s.item_profiles
         requests = [pipeline.preference_request(st.summary, [pipeline.candidate(profiles.get(h.item_id), h.item_id)
-                                                             for h in hits])
-                    for (st, _), (_, hits) in zip(jobs, lists)]
+                                                             for h in hits], self.collab_history(st))
+                    for (st, _), (_, hits, _) in zip(jobs, lists)]
         try:
-            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests)
+            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests,
+                                                                 [features for _, _, features in lists])
         except MODEL_ERRORS as exc:  # the model must not stop the stream: fall back to candidate lists
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
             self.s.metrics.inc("rerank_failures_total")
             return [self.candidate_list(st, t, strategy, hits[:s.top_k])
-                    for (st, t), (strategy, hits) in zip(jobs, lists)]
+                    for (st, t), (strategy, hits, _) in zip(jobs, lists)]
         return [(reranked_list(state, trigger, [(h.item_id, h.sources) for h in hits], user_scores, recommender,
                                s.top_k, self.versions(), len(jobs), seconds), (state, trigger))
-                for (state, trigger), (_, hits), user_scores in zip(jobs, lists, scores)]
+                for (state, trigger), (_, hits, _), user_scores in zip(jobs, lists, scores)]

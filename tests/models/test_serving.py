@@ -82,3 +82,57 @@ def test_a_swap_waits_for_the_scoring_call_in_flight_and_lists_carry_the_version
     assert swap_done.is_set() and slot.version == "v2"
     after, used = slot.score(requests)
     assert used.version == "v2" and max(abs(a - b) for a, b in zip(after[0], expected_v2[0])) < 1e-5
+
+
+def tiny_sasrec(tmp_path, seed: int):
+    from models.config import SASRecConfig
+    from models.sequential import SequentialRetriever
+
+    sequences = {f"u{n}": [f"i{(n + j) % 10}" for j in range(5)] for n in range(20)}
+    model = SequentialRetriever.train(sequences, SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=2, seed=seed))
+    model.metadata["version"] = f"sasrec-test-{seed}"
+    model.save_pretrained(tmp_path / "sasrec")
+    return model
+
+
+def test_a_collab_adapter_pairs_with_its_sequential_model_or_is_refused(tmp_path):
+    import math
+
+    from models.sequential import SequentialRetriever
+    from streams.stages.recommendations import score_batch
+    from tests.adapters import fusion_of, make_collab_adapter
+
+    first = tiny_sasrec(tmp_path, 1)
+    make_collab_adapter(tmp_path / "adapter", "c1", 1, first, fusion_of(1.0, 0.5))
+    settings = Settings(summary_model="none", caption_model="none", recommender_model=registry.SMOLLM2,
+                        recommender_adapter=str(tmp_path / "adapter"), retrieval_model=str(tmp_path / "sasrec"),
+                        device="cpu", data_dir=tmp_path)
+    metrics = Metrics()
+    models = Models(settings, metrics, embedder=object())
+    models.load_all()
+    assert models.reranker.version == "c1" and models.reranker.recommender.collab.version == first.version
+    # the fused score: the LLM margin and the paired SASRec's score, as the adapter's fusion says
+    request = preference_request("The user appears to have a preference for dramas.",
+                                 [Candidate("i1", "Heat (1995)"), Candidate("i2", "Babe (1995)"),
+                                  Candidate("x", "Unknown (2001)")], ["i3", "i4"])
+    services = type("S", (), {"models": models, "metrics": metrics})()
+    fused, recommender, _ = score_batch(services, [request], [[{}, {}, {}]])
+    p_yes, _ = models.reranker.score([request])
+    sequential = first.item_scores(["i3", "i4"], ["i1", "i2", "x"])
+    for f, p, s in zip(fused[0], p_yes[0], sequential):
+        margin = math.log(p) - math.log1p(-p)
+        expected = 1 / (1 + math.exp(-(margin + (0.5 * s if not math.isnan(s) else 0.0))))
+        assert abs(f - expected) < 1e-6, (f, expected)
+    assert math.isnan(sequential[2]) and recommender.fusion is not None
+
+    # a retrained sequential model is served; an adapter still paired with the old one is refused
+    second = tiny_sasrec(tmp_path, 2)
+    assert models.check_sequential() and models.sequential.version == second.version
+    make_collab_adapter(tmp_path / "adapter", "c2", 2, first)
+    assert not models.check_adapter()
+    assert models.reranker.version == "c1" and metrics.get("adapter_failures_total") == 1
+    assert not models.check_adapter() and metrics.get("adapter_failures_total") == 1  # refused once, not each poll
+    # c1 keeps reading the SASRec it was trained with, never the new one
+    assert models.reranker.recommender.collab.sequential.version == first.version
+    make_collab_adapter(tmp_path / "adapter", "c3", 3, SequentialRetriever.from_pretrained(tmp_path / "sasrec"))
+    assert models.check_adapter() and models.reranker.recommender.collab.version == second.version

@@ -29,6 +29,35 @@ def test_leave_last_out_with_summarized_window_and_pairs():
         assert case.test_negatives[0] != case.test_negatives[1]
         candidates = case.candidates()
         assert candidates[0] == case.test_item and len(candidates) == len(set(candidates))
+        # validation: the last history item with S_{T-1}, which has not read it; never a training positive
+        t, item, negatives = case.validation
+        assert (t, item) == (1, case.window[-1]) and item not in {p for _, p, _ in case.train_pairs}
+        assert len(negatives) == config.validation_negatives == len(set(negatives)) and not set(negatives) & set(seq)
+
+
+def test_half_the_negatives_come_from_the_candidate_stage():
+    from models.evaluation import candidate_stage
+
+    import random
+
+    rng = random.Random(0)
+    items = {str(i): {"title": f"Item {i}", "categories": ["Drama"]} for i in range(300)}
+    data = Dataset(items, {str(u): rng.sample(range(120), 15) for u in range(200)})
+    data.sequences = {u: [str(i) for i in seq] for u, seq in data.sequences.items()}
+    config = EvalConfig(users=30, window=9, block=3, seeds=(0,), validation_negatives=10)
+    stage = candidate_stage(data)
+    hard = total = 0
+    for case in build_cases(data, config):
+        pool = set(stage.cooccurrence(case.user_id, config.hard_pool + 20))
+        negatives = case.validation[2] + [n for _, _, n in case.train_pairs]
+        hard += sum(n in pool for n in negatives)
+        total += len(negatives)
+    assert 0.4 < hard / total < 0.75, hard / total  # half drawn from the pool (a uniform draw lands there rarely)
+    uniform = build_cases(data, EvalConfig(users=30, window=9, block=3, seeds=(0,), validation_negatives=10,
+                                           hard_negatives=0.0))
+    in_pool = sum(n in set(stage.cooccurrence(c.user_id, config.hard_pool + 20)) for c in uniform
+                  for n in c.validation[2])
+    assert in_pool / sum(len(c.validation[2]) for c in uniform) < 0.35
 
 
 def test_next_items_adds_pairs_from_the_next_block_without_moving_the_first_ones():
@@ -37,8 +66,9 @@ def test_next_items_adds_pairs_from_the_next_block_without_moving_the_first_ones
     three = build_cases(data, EvalConfig(users=10, window=9, block=3, seeds=(0,), next_items=3))
     for a, b in zip(one, three):
         assert a.test_negatives == b.test_negatives
-        expected = [(t, b.window[(t + 1) * 3 + k]) for t in (0, 1) for k in range(3)]
-        assert [(t, p) for t, p, _ in b.train_pairs] == expected
+        # block 3's last item is the validation positive: held out of training
+        expected = [(t, b.window[(t + 1) * 3 + k]) for t in (0, 1) for k in range(3) if (t, k) != (1, 2)]
+        assert [(t, p) for t, p, _ in b.train_pairs] == expected and b.validation[1] == b.window[-1]
         assert not {n for _, _, n in b.train_pairs} & set(data.sequences[b.user_id])
         assert [p for _, p, _ in a.train_pairs] == [b.window[3], b.window[6]]
 

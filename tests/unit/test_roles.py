@@ -72,9 +72,14 @@ class FakeReranker:
         name = "fake-lm"
 
     version = "v1"
+    fusion = collab = None
+
+    def __init__(self):
+        self.seen = []
 
     def score(self, requests):
         # prefers higher item numbers: the opposite of the candidate order below
+        self.seen += requests
         return [[float(c.item_id[1:]) for c in r.candidates] for r in requests], self
 
 
@@ -86,17 +91,20 @@ def test_the_llm_role_reranks_from_the_request_alone():
 
     state = UserState("u1", interaction_count=4, summary="Likes drama.", summary_version=1,
                       history=[{"item_id": "i0", "type": "click", "event_time": NOW_EVENT}], seen=["i0"])
-    hits = RecommendationsStage(services).candidates([state], 5)[0][1]
-    assert len(hits) == 5
+    _, hits, features = RecommendationsStage(services).candidates([state], 5)[0]
+    assert len(hits) == 5 == len(features) and all(set(f) == {"cooccurrence", "log_popularity"} for f in features)
     trigger = Trigger("interactions", 0, 3, NOW_EVENT, "interaction", None)
-    request = RecommendationsStage(services).rerank_request(state, trigger, hits)
-    assert {"title", "caption"} <= set(request["candidates"][0]) and request["summary"] == "Likes drama."
-    llm = make_services(FakeModels(reranker=FakeReranker()), top_k=3)
+    request = RecommendationsStage(services).rerank_request(state, trigger, hits, features)
+    assert {"title", "caption", "features"} <= set(request["candidates"][0]) and request["summary"] == "Likes drama."
+    assert request["history"] == ["i0"]  # what collaborative tokens read, in the request: the llm role has no state
+    reranker = FakeReranker()
+    llm = make_services(FakeModels(reranker=reranker), top_k=3)
     run(RerankRequestsStage(llm).process(events("rerank-requests", [request], "user_id")))
     [rec] = llm.publisher.lists
     assert rec["strategy"] == "rerank" and rec["user_id"] == "u1" and rec["summary_version"] == 1
     ids = [int(i["item_id"][1:]) for i in rec["items"]]
     assert ids == sorted(ids, reverse=True) and len(ids) == 3 and rec["trigger"]["offset"] == 3
+    assert reranker.seen[0].history == ("i0",) and rec["scoring"] == "llm"
 
 
 NOW_EVENT = "2099-01-01T00:00:00Z"
