@@ -434,23 +434,11 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     lora = LoraSettings()
 
     def fit_stage(name: str, examples, stage: str, epochs: int, lr: float, init: Path | None = None) -> Path:
-        """One training stage into adapters/<name> on a fresh model (with collaborative tokens after
-        stage 1: a new projector, or the one ``init`` holds); the adapter directory."""
-        from models.collab import CollabTokens, Projector, has_projector
-
         log(f"{name}: {stage} stage on {len(examples)} examples")
-        train_config = TrainConfig(epochs=epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
-                                   lr=lr, seed=config.seed, checkpoint_every=25, stage=stage)
-        fresh = registry.load(config.model, device=config.device)
-        collab = None
-        if stage != "lora":
-            projector = Projector.from_pretrained(init) if has_projector(init) else \
-                Projector.for_models(fresh, sequential, seed=config.seed)
-            collab = CollabTokens(projector, sequential, fresh.tokenizer)
-        metadata = clock(f"training:{name}", train, fresh, examples, out_dir / "adapters" / name, lora,
-                         train_config, {"dataset": dataset_name, "variant": name, "users": len(cases),
-                                        "examples": len(examples), "eval": _jsonable(config)},
-                         True, None, collab, init)
+        info = {"dataset": dataset_name, "variant": name, "users": len(cases), "examples": len(examples),
+                "eval": _jsonable(config)}
+        metadata = clock(f"training:{name}", train_stage, config, lora, sequential, examples,
+                         out_dir / "adapters" / name, stage, epochs, lr, init, info)
         training[name] = metadata["metrics"]
         return out_dir / "adapters" / name / "adapter"
 
@@ -469,10 +457,30 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         recommender = load_adapter(registry.load(config.model, device=config.device), adapter, sequential=sequential)
         score_all(name, recommender, requests)
         if name == config.fused_llm and "fused" in runs:
-            scores["fused"], fusion[name] = clock("fused", fit_fused, recommender, sequential, adapter, validation,
-                                                  cases, scores, data, config)
+            scorer = clock("fused", fit_fusion, recommender, sequential, adapter, validation, cases, data, config)
+            scores["fused"] = fused_test_scores(scorer, scores[name], sequential, cases, data)
+            fusion[name] = {"weights": scorer.report(), "fitted_on": scorer.fitted_on}
             write_report()
     return write_report()
+
+
+def train_stage(config: EvalConfig, lora, sequential, examples: list, run_dir: Path, stage: str, epochs: int,
+                lr: float, init: Path | None = None, info: dict | None = None) -> dict:
+    """One training stage into ``run_dir``/adapter on a fresh model; after stage 1 with collaborative
+    tokens read from ``sequential``, through a new projector or the one ``init`` holds."""
+    from models import registry
+    from models.collab import CollabTokens, Projector, has_projector
+    from models.training import TrainConfig, train
+
+    train_config = TrainConfig(epochs=epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
+                               lr=lr, seed=config.seed, checkpoint_every=25, stage=stage)
+    fresh = registry.load(config.model, device=config.device)
+    collab = None
+    if stage != "lora":
+        projector = Projector.from_pretrained(init) if has_projector(init) else \
+            Projector.for_models(fresh, sequential, seed=config.seed)
+        collab = CollabTokens(projector, sequential, fresh.tokenizer)
+    return train(fresh, examples, run_dir, lora, train_config, info, True, None, collab, init)
 
 
 def planned_variants(config: EvalConfig) -> list[str]:
@@ -487,43 +495,50 @@ def planned_variants(config: EvalConfig) -> list[str]:
     return [v for v in LLM_VARIANTS if v in needed]
 
 
-def fit_fused(recommender, sequential, adapter: Path, validation: list, cases: list[UserCase], scores: dict,
-              data: Dataset, config: EvalConfig):
-    """Fit the fused score on the validation requests, save it beside the adapter, and score the tests.
-
-    Returns (test scores per user, the fusion report)."""
+def fusion_rows(stage, sequential, history: list[str], items: list[str], p_yes: list[float]) -> list[list[float]]:
+    """The fused score's features (``models.fusion.FEATURES``) of ``items`` for a user with ``history``."""
     import math
 
+    from models.fusion import llm_margin
+
+    cooc = stage.cooccurrence_scores(history)
+    seq = sequential.item_scores(history, items)
+    return [[llm_margin(p), s, cooc.get(i, 0.0), math.log1p(stage.counts.get(i, 0))]
+            for i, p, s in zip(items, p_yes, seq)]
+
+
+def fit_fusion(recommender, sequential, adapter: Path, validation: list, cases: list[UserCase], data: Dataset,
+               config: EvalConfig):
+    """Fit the fused score on the validation requests (scored by ``recommender``) and save it
+    beside the adapter; the ``FusedScorer``."""
     from models import fusion
 
     stage = candidate_stage(data)
-    counts = stage.counts
-
-    def rows_of(history: list[str], items: list[str], p_yes: list[float]) -> list[list[float]]:
-        cooc = stage.cooccurrence_scores(history)
-        seq = sequential.item_scores(history, items)
-        return [[fusion.llm_margin(p), s, cooc.get(i, 0.0), math.log1p(counts.get(i, 0))]
-                for i, p, s in zip(items, p_yes, seq)]
 
     todo = [(c, r) for c, r in zip(cases, validation) if r is not None]
     p_yes = recommender.score([r for _, r in todo])
     x, y, groups = [], [], []
     for (case, request), probs in zip(todo, p_yes):
         items = [c.item_id for c in request.candidates]
-        x += rows_of(list(request.history), items, probs)
+        x += fusion_rows(stage, sequential, list(request.history), items, probs)
         y += [1.0] + [0.0] * (len(items) - 1)
         groups += [case.user_id] * len(items)
     scorer = fusion.fit(x, y, groups, bootstrap=min(config.bootstrap, 200), seed=config.seed,
                         info={"llm": config.fused_llm, "adapter_version": recommender.version,
                               "validation_users": len(todo)})
     scorer.save_pretrained(adapter)
-    llm = scores[config.fused_llm]
+    return scorer
+
+
+def fused_test_scores(scorer, llm_scores: dict, sequential, cases: list[UserCase], data: Dataset) -> dict:
+    """The fused score of every test candidate, from the LLM variant's p(Yes) of it."""
+    stage = candidate_stage(data)
     out = {}
     for case in cases:
         items = case.candidates()
-        out[case.user_id] = dict(zip(items, scorer.logits(rows_of(case.history, items, [llm[case.user_id][i]
-                                                                                       for i in items])).tolist()))
-    return out, {"weights": scorer.report(), "fitted_on": scorer.fitted_on}
+        rows = fusion_rows(stage, sequential, case.history, items, [llm_scores[case.user_id][i] for i in items])
+        out[case.user_id] = dict(zip(items, scorer.logits(rows).tolist()))
+    return out
 
 
 def machine_info(requested: str) -> dict:
@@ -540,31 +555,56 @@ def machine_info(requested: str) -> dict:
 
 
 def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | None = None,
-                  cache_dir: Path | None = None, log=print) -> dict:
+                  cache_dir: Path | None = None, log=print, sequential_dir: Path | None = None,
+                  fused: bool = False) -> dict:
     """``mmsr train``: the full pipeline's adapter (recurrent summaries with captions) from a log.
 
     The same protocol as the evaluation: per user, the last item is held out; training pairs come
-    from the summarized history only (1 positive : 1 sampled negative).
+    from the summarized history only (1 positive : 1 sampled negative, half of them hard). With
+    ``sequential_dir`` (the sequential model the stream serves) CoLLM's later stages follow: the
+    projector (stage-1 LoRA frozen), then ``joint_epochs`` of both; with ``fused`` the fused score is
+    fitted on the validation pairs. Earlier stages stay under ``stages/``; the last writes
+    ``out_dir``/adapter, the directory a worker watches. Each stage resumes from its checkpoints.
     """
     from models import registry
     from models.config import LoraSettings
-    from models.training import TrainConfig, train
+    from models.serving import load_adapter
 
     dataset_name = "movielens-100k" if data is None else "events"
     data = data or Dataset.movielens()
+    out_dir = Path(out_dir)
     cases = build_cases(data, config)
     lm = registry.load(config.model, device=config.device)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
     texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]
-                       + [n for _, _, n in c.train_pairs]})
+                       + [n for _, _, n in c.train_pairs] + ([c.validation[1], *c.validation[2]] if c.validation else [])})
     summaries = texts.summaries(cases, "recurrent", True)
-    examples, _, _ = variant_prompts("mllm-msr", texts, cases, summaries)
+    examples, _, validation = variant_prompts("mllm-msr", texts, cases, summaries)
     log(f"training on {len(examples)} examples from {len(cases)} users")
-    train_config = TrainConfig(epochs=config.epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
-                               lr=config.lr, seed=config.seed)
-    return train(registry.load(config.model, device=config.device), examples, Path(out_dir), lora or LoraSettings(),
-                 train_config, {"dataset": dataset_name, "users": len(cases), "examples": len(examples),
-                                "protocol": _jsonable(config)})
+    sequential = None
+    stages = [("lora", config.epochs, config.lr)]
+    if sequential_dir is not None:
+        from models.sequential import SequentialRetriever
+
+        sequential = SequentialRetriever.from_pretrained(sequential_dir)
+        stages += [("projector", config.projector_epochs, config.projector_lr)]
+        stages += [("joint", config.joint_epochs, config.lr)] if config.joint_epochs else []
+    elif fused:
+        raise ValueError("the fused score reads the sequential model's scores: give the sequential model too")
+    info = {"dataset": dataset_name, "users": len(cases), "examples": len(examples), "protocol": _jsonable(config)}
+    init = None
+    for n, (stage, epochs, lr) in enumerate(stages):
+        run_dir = out_dir if n == len(stages) - 1 else out_dir / "stages" / stage
+        log(f"stage {stage}: {epochs} epochs")
+        metadata = train_stage(config, lora or LoraSettings(), sequential, examples, run_dir, stage, epochs, lr, init,
+                               info)
+        init = run_dir / "adapter"
+    if fused:
+        recommender = load_adapter(registry.load(config.model, device=config.device), init, sequential=sequential)
+        scorer = fit_fusion(recommender, sequential, init, validation, cases, data, config)
+        metadata["fusion"] = scorer.report()
+        log(f"fused score: {json.dumps(scorer.report())}")
+    return metadata
 
 
 def _jsonable(config: EvalConfig) -> dict:

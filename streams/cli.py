@@ -379,9 +379,17 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
 @click.option("--preset", type=click.Choice(["default", "gpu", "smoke"]), default="default", help="protocol settings")
 @log_options
 @lora_options
-@field_options(EvalConfig, *EVAL_FIELDS, preset=True)
+@click.option("--sequential-model", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="collaborative tokens: the sequential model directory the stream serves (mmsr train-retrieval; "
+                   "train it on data before the validation items, or the fused weights overrate it); adds the "
+                   "projector stage (and --joint-epochs of both)")
+@click.option("--fused/--no-fused", default=False, show_default=True,
+              help="also fit the fused score on the validation pairs (needs --sequential-model)")
+@field_options(EvalConfig, *EVAL_FIELDS, "projector_epochs", "projector_lr", "joint_epochs", "validation_negatives",
+               preset=True)
 @one_line_errors
-def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, **values):
+def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, sequential_model,
+          fused, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
 
     Resumes from the run directory's last checkpoint when one is there.
@@ -390,7 +398,8 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 
     config = eval_config(preset, values)
     lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
-    metadata = train_adapter(config, out, lora, event_data(items, interactions), log=click.echo)
+    metadata = train_adapter(config, out, lora, event_data(items, interactions), log=click.echo,
+                             sequential_dir=sequential_model, fused=fused)
     click.echo(f"adapter {metadata['version']} in {out / 'adapter'} (loss {metadata['metrics']['first_loss']:.4f} "
                f"-> {metadata['metrics']['final_loss']:.4f})")
 

@@ -60,3 +60,28 @@ def test_train_command_saves_an_adapter_with_metadata(tmp_path):
     assert metadata["data"]["users"] == 3 and metadata["lora"] == {"r": 16, "alpha": 32, "dropout": 0.1,
                                                                     "target_modules": "language-linear"}
     assert metadata["metrics"]["steps"] > 0 and metadata["git_revision"]
+
+
+def test_train_command_with_collaborative_tokens_and_the_fused_score(tmp_path):
+    """The stages a stream adapter is made with: LoRA, then the projector against the served sequential
+    model, then the fused score, all in the one adapter directory the worker watches."""
+    from models.collab import Projector
+    from models.fusion import FEATURES, FusedScorer
+
+    retrieval = CliRunner().invoke(main, ["train-retrieval", "--out", str(tmp_path / "sasrec"), "--epochs", "2"])
+    assert retrieval.exit_code == 0, retrieval.output
+    result = CliRunner().invoke(main, ["train", "--preset", "smoke", "--out", str(tmp_path / "run"), "--users", "3",
+                                       "--sequential-model", str(tmp_path / "sasrec"), "--fused",
+                                       "--validation-negatives", "5"])
+    assert result.exit_code == 0, result.output
+    adapter = tmp_path / "run" / "adapter"
+    metadata = json.loads((adapter / ADAPTER_METADATA).read_text())
+    sasrec = json.loads((tmp_path / "sasrec" / "mmsr-retrieval.json").read_text())
+    assert metadata["train"]["stage"] == "projector" and metadata["collab"]["sequential_version"] == sasrec["version"]
+    assert metadata["collab"]["started_from"] == str(tmp_path / "run" / "stages" / "lora" / "adapter")
+    assert Projector.from_pretrained(adapter).config.sequential_version == sasrec["version"]
+    fused = FusedScorer.from_pretrained(adapter)
+    assert fused.features == FEATURES and fused.fitted_on["rows"] == 3 * 6
+    assert fused.fitted_on["adapter_version"] == metadata["version"]
+    refused = CliRunner().invoke(main, ["train", "--preset", "smoke", "--out", str(tmp_path / "x"), "--fused"])
+    assert refused.exit_code != 0 and "sequential model" in refused.output
