@@ -72,6 +72,13 @@ class Dataset:
         return cls(items, sequences_of(e for e in events if e["item_id"] in items))
 
 
+def dataset_of(catalog: list[dict], events: list[dict]) -> Dataset:
+    """A dataset from item events and time-ordered interaction events (``mmsr train --until``'s cut log)."""
+    items = {i["item_id"]: {"title": i.get("title") or i["item_id"], "categories": i.get("categories") or [],
+                            "description": i.get("description")} for i in catalog if i.get("op") != "delete"}
+    return Dataset(items, sequences_of(e for e in events if e["item_id"] in items))
+
+
 def sequences_of(events) -> dict[str, list[str]]:
     """Time-ordered item ids per user, repeats of an item kept once (its first time)."""
     out: dict[str, list[str]] = {}

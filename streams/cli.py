@@ -385,11 +385,12 @@ EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "capt
                    "projector stage (and --joint-epochs of both)")
 @click.option("--fused/--no-fused", default=False, show_default=True,
               help="also fit the fused score on the validation pairs (needs --sequential-model)")
+@click.option("--until", default=None, help="RFC 3339: train on events before this time only (e.g. an eval-stream split)")
 @field_options(EvalConfig, *EVAL_FIELDS, "projector_epochs", "projector_lr", "joint_epochs", "validation_negatives",
                preset=True)
 @one_line_errors
 def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, sequential_model,
-          fused, **values):
+          fused, until, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
 
     Resumes from the run directory's last checkpoint when one is there.
@@ -398,8 +399,13 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 
     config = eval_config(preset, values)
     lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
-    metadata = train_adapter(config, out, lora, event_data(items, interactions), log=click.echo,
-                             sequential_dir=sequential_model, fused=fused)
+    if until:
+        from models.evaluation import dataset_of
+
+        data = dataset_of(*load_log(items, interactions, until))
+    else:
+        data = event_data(items, interactions)
+    metadata = train_adapter(config, out, lora, data, log=click.echo, sequential_dir=sequential_model, fused=fused)
     click.echo(f"adapter {metadata['version']} in {out / 'adapter'} (loss {metadata['metrics']['first_loss']:.4f} "
                f"-> {metadata['metrics']['final_loss']:.4f})")
 

@@ -42,6 +42,13 @@ class StreamEvalConfig:
                 "same sources) and run the worker with them"})
     validation_fraction: float = field(default=0.1, metadata={"help": "share of pre-split events used to fit weights"})
     wait_seconds: float = field(default=60.0, metadata={"help": "longest wait for one list before giving up"})
+    sequential_model: str = field(default="", metadata={
+        "help": "serve this sequential model directory instead of training one (it must be trained on pre-split "
+                "events only: its recorded 'until' is checked)"})
+    reranker: str = field(default="", metadata={
+        "help": "put the re-ranker in the loop: this adapter directory (mmsr train), with --llm for summaries and "
+                "scoring; summaries of the backfill are awaited before the test window. Slow on a CPU: use a subset"})
+    llm: str = field(default="smollm2-135m-instruct", metadata={"help": "with --reranker: the summary and scoring LLM"})
 
 
 WORKER_COUNTERS = ("events_applied_total", "recommendations_emitted_total", "lists_owed_total", "dead_letters_total",
@@ -154,9 +161,16 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     timings: dict[str, float] = {}
 
     overrides = dict(worker_settings or {})
-    if config.sequential:
+    if config.sequential_model:
+        check_trained_before(config.sequential_model, test[0]["event_time"] if test else None)
+        overrides.setdefault("retrieval_model", str(Path(config.sequential_model).resolve()))
+    elif config.sequential:
         timings["train_retrieval"] = train_sequential(backfill, out_dir / "sequential", config, log)
         overrides.setdefault("retrieval_model", str(out_dir / "sequential"))
+    if config.reranker:
+        overrides.setdefault("summary_model", config.llm)
+        overrides.setdefault("recommender_model", config.llm)
+        overrides.setdefault("recommender_adapter", str(Path(config.reranker).resolve()))
     fitted = None
     if config.fit_weights:
         from streams.settings import Settings, prefixed_topics
@@ -199,6 +213,10 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         owed = Counter(e["user_id"] for e in backfill)  # every user the backfill touched is owed a list
         wait_until(lambda: all(watcher.latest.get(u, {}).get("interaction_count", 0) >= n for u, n in owed.items()),
                    timeout=1800, interval=0.5, message="the lists owed at the backfill's end")
+        if settings.summaries_on:  # re-ranked lists need the summaries the backfill owes
+            blocks = sum(n // settings.summary_block for n in owed.values())
+            wait_until(lambda: worker.metric("summaries_total") >= blocks, timeout=3 * 3600, interval=1.0,
+                       message=f"the backfill's {blocks} summaries")
         timings["backfill"] = time.time() - t0
         log(f"backfill: {len(backfill)} events in {timings['backfill']:.0f}s, {watcher.count} lists")
 
@@ -287,6 +305,19 @@ def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, lo
     seconds = time.time() - started
     log(f"sequential model {retriever.version}: {len(retriever.vocabulary)} items, {seconds:.0f}s")
     return seconds
+
+
+def check_trained_before(directory: str, first_test_time: str | None) -> None:
+    """A given sequential model must not have seen the test window (its metadata says until when)."""
+    from models.sequential import METADATA
+
+    metadata = json.loads((Path(directory) / METADATA).read_text())
+    until = (metadata.get("data") or {}).get("until")
+    if first_test_time is None:
+        return
+    if not until or schemas.parse_time(until) > schemas.parse_time(first_test_time):
+        raise ValueError(f"sequential model {directory} was trained on events until {until or 'an unknown time'}, "
+                         f"after the test window's start ({first_test_time}); train it with --until")
 
 
 def clear_previous_run(out_dir: Path) -> None:

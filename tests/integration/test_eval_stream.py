@@ -56,3 +56,43 @@ def test_each_scored_event_is_scored_against_the_list_emitted_before_it(kafka_br
     assert result["stream"]["HR@10"] >= 0.5 and result["stream"]["MRR@10"] >= 0.5
     assert result["popularity"]["MRR@10"] < result["stream"]["MRR@10"]
     assert (tmp_path / "out" / "results.md").read_text().startswith("# mmsr eval-stream")
+
+
+def test_the_reranker_in_the_loop_with_collab_tokens_and_a_checked_sequential_model(kafka_broker, tmp_path):
+    """A tiny LLaVA summarizes the backfill and re-ranks (collaborative tokens from a SASRec trained on
+    the backfill only, fused score): the scored lists after the first test event are re-ranked ones."""
+    from models import registry
+    from models.config import SASRecConfig
+    from models.evaluation import sequences_of
+    from models.sequential import SequentialRetriever
+    from tests.adapters import fusion_of, make_collab_adapter
+
+    items, events, backfill = known_log()
+    extra = [{"user_id": "x", "item_id": item, "type": "click", "event_time": at(2000 + n)}
+             for n, item in enumerate(("i12", "i13"))]  # x: three backfill items, one summary block
+    events = events[:backfill - 1] + extra + [{**e, "event_time": at(3000 + n)}
+                                              for n, e in enumerate(events[backfill - 1:])]
+    split_events = events[:backfill + 1]
+    sasrec = SequentialRetriever.train(sequences_of(split_events), SASRecConfig(hidden=16, blocks=1, max_len=8,
+                                                                               epochs=2),
+                                       data={"until": split_events[-1]["event_time"]})
+    sasrec.save_pretrained(tmp_path / "sasrec")
+    make_collab_adapter(tmp_path / "adapter", "loop-1", 1, sasrec, fusion_of(1.0, 0.5), base=registry.TINY_LLAVA)
+    config = StreamEvalConfig(test_fraction=2 / len(events), sequential_model=str(tmp_path / "sasrec"),
+                              reranker=str(tmp_path / "adapter"), llm=registry.TINY_LLAVA)
+    result = run(config, tmp_path / "out", items, events, bootstrap=kafka_broker.bootstrap, log=lambda *_: None,
+                 worker_settings={"summary_max_new_tokens": 4, "rerank_candidates": 8})
+    rows = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
+    assert [(r["user_id"], r["item_id"]) for r in rows] == [("x", "i0"), ("x", "i1")]
+    assert rows[1]["strategy"] == "rerank" and rows[1]["list_interaction_count"] == 4
+    # the harness reads the counters as the last test event goes out: every event before it is applied
+    assert result["strategies"]["rerank"] >= 0.5 and result["worker_counters"]["events_applied_total"] >= len(events) - 1
+    assert result["worker_settings"]["recommender_adapter"] == str((tmp_path / "adapter").resolve())
+
+    # a sequential model that has seen the test window is refused before anything runs
+    leaky = SequentialRetriever.train(sequences_of(events), SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=1),
+                                      data={"until": events[-1]["event_time"]})
+    leaky.save_pretrained(tmp_path / "leaky")
+    with pytest.raises(ValueError, match="after the test window's start"):
+        run(StreamEvalConfig(test_fraction=2 / len(events), sequential_model=str(tmp_path / "leaky")),
+            tmp_path / "out2", items, events, bootstrap=kafka_broker.bootstrap, log=lambda *_: None)
