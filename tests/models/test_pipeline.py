@@ -33,6 +33,7 @@ SUMMARY = "The user appears to have a preference for tense crime stories with pa
 
 class CapturingReranker:
     version = "v-test"
+    fusion = collab = None
 
     def __init__(self, lm):
         self.requests = []
@@ -84,13 +85,17 @@ def test_stream_and_evaluation_prompts_are_equal_token_for_token(smollm2, tmp_pa
     candidate_ids = [c.item_id for c in stream_request.candidates]
     assert "m2" not in candidate_ids and len(candidate_ids) == 3  # history excluded
     case = UserCase("u1", ["m2"], ["m2"], candidate_ids[0], {0: candidate_ids[1:]}, [])
-    _, [eval_request] = variant_prompts("mllm-msr", texts, [case], {"u1": [SUMMARY]})
+    _, [eval_request], _ = variant_prompts("mllm-msr", texts, [case], {"u1": [SUMMARY]})
     assert eval_request.user_part == stream_request.user_part == prompts.user_preferences(SUMMARY)
+    assert eval_request.history == stream_request.history == ("m2",)  # what collaborative tokens read
     by_id = {c.item_id: c for c in eval_request.candidates}
     for candidate in stream_request.candidates:
         stream_ids, _ = full_inputs(smollm2, stream_request.user_part, candidate, 600)
         eval_ids, _ = full_inputs(smollm2, eval_request.user_part, by_id[candidate.item_id], 600)
         assert torch.equal(stream_ids, eval_ids), candidate.item_id
+        with_tokens = [full_inputs(smollm2, r.user_part, c, 600, collab=True)[0]
+                       for r, c in ((stream_request, candidate), (eval_request, by_id[candidate.item_id]))]
+        assert torch.equal(*with_tokens) and with_tokens[0].shape[1] > stream_ids.shape[1]
     # the summarizer's prompt for the block, rendered, is one token sequence on both paths
     from models.generation import render
 
