@@ -146,7 +146,7 @@ def test_the_projector_stage_learns_what_the_text_cannot_and_reloads_as_one_vers
                    TrainConfig(epochs=2, batch_size=8, grad_accum=1, lr=5e-4, checkpoint_every=0), progress=False)
     lm = registry.load(registry.SMOLLM2, device="cpu")
     collab = CollabTokens(Projector.for_models(lm, sasrec), sasrec, lm.tokenizer)
-    config = TrainConfig(epochs=12, batch_size=8, grad_accum=1, lr=2e-3, checkpoint_every=4, stage="projector")
+    config = TrainConfig(epochs=20, batch_size=8, grad_accum=1, lr=2e-3, checkpoint_every=5, stage="projector")
     stage2 = train(lm, examples, tmp_path / "collab", LoraSettings(), config, progress=False, collab=collab,
                    init_adapter=tmp_path / "lora" / "adapter")
     curve = stage2["metrics"]["loss_curve"]
