@@ -8,8 +8,9 @@ from models.config import LoraSettings
 from models.training import attach_lora, save_adapter
 
 
-def make_adapter(directory, version: str, seed: int, base: str = registry.SMOLLM2, scale: float = 0.02) -> None:
-    """A LoRA adapter with random B matrices of std ``scale`` (a fresh one is an exact no-op)."""
+def random_lora(base: str, seed: int, scale: float):
+    """(the loaded base model, a peft model over it whose LoRA B matrices are random with std ``scale``:
+    a fresh adapter is an exact no-op)."""
     lm = registry.load(base, device="cpu")
     model = attach_lora(lm, LoraSettings(), seed=seed)
     generator = torch.Generator().manual_seed(seed)
@@ -17,6 +18,12 @@ def make_adapter(directory, version: str, seed: int, base: str = registry.SMOLLM
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return lm, model
+
+
+def make_adapter(directory, version: str, seed: int, base: str = registry.SMOLLM2, scale: float = 0.02) -> None:
+    """A random LoRA adapter, saved as `mmsr train` saves one."""
+    _, model = random_lora(base, seed, scale)
     save_adapter(model, directory, {"base_model": base, "version": version})
 
 
@@ -26,13 +33,7 @@ def make_collab_adapter(directory, version: str, seed: int, sequential, fusion=N
     `mmsr eval`'s collaborative stages save them."""
     from models.collab import Projector
 
-    lm = registry.load(base, device="cpu")
-    model = attach_lora(lm, LoraSettings(), seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    lm, model = random_lora(base, seed, scale)
     projector = Projector.for_models(lm, sequential, seed=seed)
     save_adapter(model, directory, {"base_model": base, "version": version,
                                     "collab": {"sequential_version": sequential.version}}, projector)
