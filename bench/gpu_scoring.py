@@ -11,6 +11,8 @@ Model FLOPs per pass: 2 x (language-model parameters) per text token, plus 2 x (
 and projector parameters) per image patch token, plus attention (4 x layers x hidden x query
 tokens x attended tokens); MFU = FLOPs / seconds / the card's dense bf16 peak.
 ``--tiny`` runs the same code at toy shapes on any device (a smoke run, no figure to report).
+``--collab`` also times both scorers with collaborative tokens (a random SASRec-sized item table
+and projector) against the text-only rates of the same run.
 """
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def build_requests(users: int, candidates: int, image_size: int) -> list[ScoreRe
                            caption="A bright poster with two figures against a city skyline at dusk, bold red title.",
                            image=Image.fromarray(rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)))
                  for c in range(candidates)]
-        out.append(ScoreRequest(prompts.user_preferences(PARAGRAPH.format(a="drama", b="crime")), cands))
+        history = tuple(f"h{(u * 7 + j) % 200}" for j in range(20))
+        out.append(ScoreRequest(prompts.user_preferences(PARAGRAPH.format(a="drama", b="crime")), cands, history))
     return out
 
 
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--tokenizer", help="a directory holding SmolLM2's tokenizer files; default: the packaged "
                                             "model's (a GPU machine without the package needs only these files)")
+    parser.add_argument("--collab", action="store_true", help="also time scoring with collaborative tokens")
     parser.add_argument("--out", default="bench/results/gpu_scoring.json")
     args = parser.parse_args()
 
@@ -161,6 +165,20 @@ def main() -> None:
         "max_abs_score_difference_bf16": worst,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if device.type == "cuda" else None,
     }
+    if args.collab:
+        from bench.scoring import random_collab
+
+        items = [i for r in requests for i in (*r.history, *(c.item_id for c in r.candidates))]
+        with_tokens = Recommender(lm, recommender.config, collab=random_collab(lm, items))
+        with_tokens.score(requests[:1])
+        collab_shared, t_collab = timed(lambda: with_tokens.score(requests), device)
+        collab_naive, t_collab_naive = timed(lambda: with_tokens.score_naive(naive_requests), device)
+        result["collab_tokens"] = {
+            "shared_prefix_candidates_per_s": round(n_shared / t_collab, 2),
+            "naive_candidates_per_s": round(n_naive / t_collab_naive, 2),
+            "shared_rate_vs_text_only": round(t_shared / t_collab, 3),
+            "max_abs_score_difference_bf16": max(abs(a - b) for ra, rb in zip(collab_shared, collab_naive)
+                                                 for a, b in zip(ra, rb))}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -9,6 +9,10 @@ parts, with the token counts recorded:
 - ``paragraph``: a preference paragraph of the summarizer's length cap (1,200 characters; the
   paper's summaries are paragraphs of this size, written by 7B+ models);
 - ``smollm2``: SmolLM2-135M's own summaries of nine of the user's items, which are much shorter.
+
+``collab_tokens`` repeats both with collaborative tokens (a SASRec-sized random item table and a
+random projector: the cost, not the quality) and reports the rates against the text-only ones
+of the same run.
 """
 from __future__ import annotations
 
@@ -57,8 +61,23 @@ def build_requests(lm, users: int, candidates: int, caption_tokens: int, seed: i
     written = summarizer.direct([[prompts.describe_item(i["title"], i["categories"]) for i in h] for h in histories])
     paragraph = [PARAGRAPH.format(a=h[0]["categories"][0].lower(), b=h[1]["categories"][0].lower())
                  for h in histories]
-    return {"paragraph": [ScoreRequest(prompts.user_preferences(p), c) for p, c in zip(paragraph, per_user)],
-            "smollm2": [ScoreRequest(prompts.user_preferences(w), c) for w, c in zip(written, per_user)]}
+    ids = [tuple(i["item_id"] for i in h) for h in histories]
+    return {"paragraph": [ScoreRequest(prompts.user_preferences(p), c, h) for p, c, h in zip(paragraph, per_user, ids)],
+            "smollm2": [ScoreRequest(prompts.user_preferences(w), c, h) for w, c, h in zip(written, per_user, ids)]}
+
+
+def random_collab(lm, item_ids, hidden: int = 64, seed: int = 0):
+    """Collaborative tokens over an untrained SASRec of the served size and a fresh projector."""
+    from models.baselines import SASRec
+    from models.collab import CollabTokens, Projector
+    from models.config import SASRecConfig
+    from models.sequential import SequentialRetriever
+
+    torch.manual_seed(seed)
+    vocabulary = sorted(set(item_ids))
+    sequential = SequentialRetriever(SASRec(len(vocabulary), SASRecConfig(hidden=hidden)), vocabulary,
+                                     {"version": "random-for-benchmarks"})
+    return CollabTokens(Projector.for_models(lm, sequential, seed=seed), sequential, lm.tokenizer)
 
 
 def compare(recommender, requests, rounds: int) -> dict:
@@ -121,6 +140,16 @@ def main() -> None:
         "users_per_batch": args.users_per_batch, "rows_per_batch": args.rows_per_batch,
         "user_parts": {name: compare(recommender, requests, args.rounds) for name, requests in sets.items()},
     }
+    items = [i for requests in sets.values() for r in requests for i in (*r.history, *(c.item_id for c in r.candidates))]
+    with_tokens = Recommender(lm, config, collab=random_collab(lm, items))
+    result["collab_tokens"] = {}
+    for name, requests in sets.items():
+        figures = compare(with_tokens, requests, args.rounds)
+        text = result["user_parts"][name]
+        figures["shared_rate_vs_text_only"] = round(figures["shared_prefix_candidates_per_s"]
+                                                    / text["shared_prefix_candidates_per_s"], 3)
+        figures["naive_rate_vs_text_only"] = round(figures["naive_candidates_per_s"] / text["naive_candidates_per_s"], 3)
+        result["collab_tokens"][name] = figures
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -22,8 +22,10 @@ def test_gpu_generation_script_runs_at_tiny_shapes(tmp_path):
 def test_gpu_scoring_script_runs_at_tiny_shapes(tmp_path):
     out = tmp_path / "s.json"
     subprocess.run([sys.executable, "-m", "bench.gpu_scoring", "--tiny", "--users", "2", "--candidates", "4",
-                    "--naive-users", "1", "--out", str(out)], check=True, capture_output=True, timeout=600)
+                    "--naive-users", "1", "--collab", "--out", str(out)], check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     assert result["tiny"] is True and result["candidates_per_user"] == 4
     assert result["shared_prefix_candidates_per_s"] > 0 and result["naive_candidates_per_s"] > 0
     assert result["max_abs_score_difference_bf16"] < 1e-4  # fp32 on the CPU: same scores both ways
+    collab = result["collab_tokens"]  # the same with collaborative tokens
+    assert collab["shared_prefix_candidates_per_s"] > 0 and collab["max_abs_score_difference_bf16"] < 1e-4

@@ -82,3 +82,20 @@ def test_untrusted_text_cannot_place_a_collab_token(smollm2):
     assert [row.count(token) for row in ids] == [1, 1]  # only the builder's placeholders
     head, tail, _ = split_prompt(smollm2, user, hostile, 100, collab=False)
     assert prompts.COLLAB_TOKEN not in head + tail
+
+
+def test_splicing_puts_the_projector_output_at_the_placeholders_and_leaves_text_tokens(smollm2, sequential):
+    collab = CollabTokens(Projector.for_models(smollm2, sequential), sequential, smollm2.tokenizer)
+    head, tail, _ = split_prompt(smollm2, prompts.user_preferences("likes films"), Candidate("0-1", "Heat"), 100,
+                                 collab=True)
+    ids = torch.tensor([smollm2.tokenizer(head + tail, add_special_tokens=False)["input_ids"]])
+    vectors = torch.cat([collab.user_inputs([("h1", "h2")]), collab.item_inputs(["0-1"])])
+    with torch.no_grad():
+        spliced = collab.embeds(smollm2.model, ids, vectors)
+        table = smollm2.model.get_input_embeddings()
+        mask = ids[0] == collab.token_id
+        assert int(mask.sum()) == 2
+        assert torch.equal(spliced[0, mask], collab.projector(vectors))
+        assert torch.equal(spliced[0, ~mask], table(ids[0, ~mask]))
+    with pytest.raises(ValueError, match="2 collaborative placeholders for 1 vectors"):
+        collab.embeds(smollm2.model, ids, vectors[:1])

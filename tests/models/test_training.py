@@ -151,7 +151,9 @@ def test_the_projector_stage_learns_what_the_text_cannot_and_reloads_as_one_vers
                    init_adapter=tmp_path / "lora" / "adapter")
     curve = stage2["metrics"]["loss_curve"]
     assert curve[-1] < 0.5 * curve[0] and curve[-1] < 0.4, curve  # text alone sits at ln 2 here
-    assert stage1["metrics"]["final_loss"] > 0.6, stage1["metrics"]  # the text really cannot separate them
+    # stage 1 learns the answer prior from the text, but the text really cannot separate the two groups
+    first1 = stage1["metrics"]["loss_curve"]
+    assert first1[-1] < first1[0] and stage1["metrics"]["final_loss"] > 0.6, first1
     assert stage2["collab"]["sequential_version"] == sasrec.version
     # the stage-1 LoRA was frozen: the saved adapter weights are stage 1's
     before = load_file(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
