@@ -76,8 +76,10 @@ class EvalConfig:
 
 
 PRESETS = {
-    # the documented CPU default: 16 users, 2 negative seeds, every variant; sized to finish within an
-    # hour on a 2-core machine (measured: 40.9 min, cold caches; bench/results/eval_ml100k_default)
+    # the documented CPU default: 16 users, 2 negative seeds, every variant. The four text variants took
+    # 40.9 min on a 2-core machine (cold caches; bench/results/eval_ml100k_default); the collaborative
+    # variants add a second SASRec, two projector stages and the fused fit (five variants: 86 min with
+    # the machine shared, bench/results/eval_ml100k_collab), so all seven take well over an hour
     "default": EvalConfig(),
     # for a GPU machine: 256 users, three pairs per summary (3,072 training examples per model), three
     # seeds; measured on an H200 in bf16 (bench/results/eval_ml100k_gpu): baselines, zero-shot and two
