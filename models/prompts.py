@@ -11,6 +11,12 @@ import re
 
 SUMMARY_PREFIX = "The user appears to have a preference for"
 _MARKER = re.compile(r"</?\s*data\s*>", re.IGNORECASE)
+# Chat-template and multimodal control tokens in the spellings tokenizers parse out of plain text
+# (ChatML <|im_end|>, Llama-3 <|eot_id|>, Qwen <|vision_start|>, LLaVA <image>, Llama-2 [INST],
+# Gemma <start_of_turn>, <s>, </s>): in a title they would close the user's turn, open an
+# assistant turn, or add an image slot that fails the batch.
+_CONTROL = re.compile(r"<\|[^<>|]{0,64}\|>|</?\s*(?:s|image|video|unk|pad|mask|bos|eos|start_of_turn|end_of_turn)\s*>"
+                      r"|\[/?\s*INST\s*\]", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
 
 ITEM_INSTRUCTION = (
@@ -41,7 +47,8 @@ DIRECT_INSTRUCTION = (
 
 def clean(text: str | None, limit: int = 1000) -> str:
     """One line, bounded, with anything that could close or open a data block defused."""
-    text = _MARKER.sub(" ", (text or "").replace(CANDIDATE_SPLIT, " ").replace(COLLAB_TOKEN, " "))
+    text = (text or "").replace(CANDIDATE_SPLIT, " ").replace(COLLAB_TOKEN, " ")
+    text = _MARKER.sub(" ", _CONTROL.sub(" ", text))
     return _SPACE.sub(" ", text).strip()[:limit]
 
 
