@@ -128,13 +128,16 @@ def candidate_stage(data: Dataset):
     return state
 
 
-def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
+def build_cases(data: Dataset, config: EvalConfig, stage=None) -> list[UserCase]:
+    """The users' cases; ``stage`` is ``candidate_stage(data)`` if the caller has built it already."""
     rng = random.Random(config.seed)
     need = config.block + 1  # at least one summarized block before the test item
     eligible = sorted((u for u, seq in data.sequences.items() if len(seq) >= need), key=_natural)
     chosen = sorted(rng.sample(eligible, min(config.users or len(eligible), len(eligible))), key=_natural)
     catalog = sorted(data.items, key=_natural)
-    stage = candidate_stage(data) if config.hard_negatives > 0 else None
+    if stage is None and config.hard_negatives > 0:
+        stage = candidate_stage(data)
+    hard_negatives = stage is not None and config.hard_negatives > 0
     cases = []
     for user in chosen:
         seq = data.sequences[user]
@@ -145,7 +148,7 @@ def build_cases(data: Dataset, config: EvalConfig) -> list[UserCase]:
         negatives = {s: sample_negatives(random.Random(f"{s}-{user}"), catalog, touched, config.negatives)
                      for s in config.seeds}
         hard = [i for i in stage.cooccurrence(user, config.hard_pool + len(seq)) if i not in touched][:config.hard_pool] \
-            if stage is not None else []
+            if hard_negatives else []
 
         def negative(count: int) -> list[str]:
             """``count`` negatives, each from the hard pool with probability ``hard_negatives``."""
@@ -357,7 +360,8 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset_name = "movielens-100k" if data is None else "events"
     data = data or Dataset.movielens()
-    cases = build_cases(data, config)
+    sources = candidate_stage(data)  # hard negatives and the fused score's features: one replay for the run
+    cases = build_cases(data, config, sources)
     log(f"{len(cases)} users, {sum(len(c.train_pairs) for c in cases)} training positives, "
         f"{len(config.seeds)} seeds x {config.negatives} negatives")
     timings: dict[str, float] = {}
@@ -464,8 +468,8 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         recommender = load_adapter(registry.load(config.model, device=config.device), adapter, sequential=sequential)
         score_all(name, recommender, requests)
         if name == config.fused_llm and "fused" in runs:
-            scorer = clock("fused", fit_fusion, recommender, sequential, adapter, validation, cases, data, config)
-            scores["fused"] = fused_test_scores(scorer, scores[name], sequential, cases, data)
+            scorer = clock("fused", fit_fusion, recommender, sequential, sources, adapter, validation, cases, config)
+            scores["fused"] = fused_test_scores(scorer, scores[name], sequential, sources, cases)
             fusion[name] = {"weights": scorer.report(), "fitted_on": scorer.fitted_on}
             write_report()
     return write_report()
@@ -514,13 +518,11 @@ def fusion_rows(stage, sequential, history: list[str], items: list[str], p_yes: 
             for i, p, s in zip(items, p_yes, seq)]
 
 
-def fit_fusion(recommender, sequential, adapter: Path, validation: list, cases: list[UserCase], data: Dataset,
+def fit_fusion(recommender, sequential, stage, adapter: Path, validation: list, cases: list[UserCase],
                config: EvalConfig):
-    """Fit the fused score on the validation requests (scored by ``recommender``) and save it
-    beside the adapter; the ``FusedScorer``."""
+    """Fit the fused score on the validation requests (scored by ``recommender``; ``stage`` is
+    ``candidate_stage``'s) and save it beside the adapter; the ``FusedScorer``."""
     from models import fusion
-
-    stage = candidate_stage(data)
 
     todo = [(c, r) for c, r in zip(cases, validation) if r is not None]
     p_yes = recommender.score([r for _, r in todo])
@@ -537,9 +539,8 @@ def fit_fusion(recommender, sequential, adapter: Path, validation: list, cases: 
     return scorer
 
 
-def fused_test_scores(scorer, llm_scores: dict, sequential, cases: list[UserCase], data: Dataset) -> dict:
+def fused_test_scores(scorer, llm_scores: dict, sequential, stage, cases: list[UserCase]) -> dict:
     """The fused score of every test candidate, from the LLM variant's p(Yes) of it."""
-    stage = candidate_stage(data)
     out = {}
     for case in cases:
         items = case.candidates()
@@ -580,7 +581,8 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     dataset_name = "movielens-100k" if data is None else "events"
     data = data or Dataset.movielens()
     out_dir = Path(out_dir)
-    cases = build_cases(data, config)
+    sources = candidate_stage(data)
+    cases = build_cases(data, config, sources)
     lm = registry.load(config.model, device=config.device)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
     texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]
@@ -608,7 +610,7 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
         init = run_dir / "adapter"
     if fused:
         recommender = load_adapter(registry.load(config.model, device=config.device), init, sequential=sequential)
-        scorer = fit_fusion(recommender, sequential, init, validation, cases, data, config)
+        scorer = fit_fusion(recommender, sequential, sources, init, validation, cases, config)
         metadata["fusion"] = scorer.report()
         log(f"fused score: {json.dumps(scorer.report())}")
     return metadata
