@@ -1,9 +1,11 @@
 """Baselines scored on the same candidates as the LLM recommender: random, popularity and SASRec.
 
 SASRec (Kang & McAuley, 2018) is implemented here in torch: causal self-attention over the last
-``max_len`` items, learned positions, and the binary cross-entropy objective with one sampled
-negative per position; a candidate's score is the dot product of the last position's output
-with the candidate's embedding.
+``max_len`` items, learned positions; a candidate's score is the dot product of the last
+position's output with the candidate's embedding. Two objectives (``SASRecConfig.loss``): the
+paper's binary cross-entropy with one sampled negative per position, and softmax cross-entropy
+over the whole catalog (as RecBole's SASRec), which is what a model that ranks the whole catalog
+needs (the stream's sequential source).
 """
 from __future__ import annotations
 
@@ -16,6 +18,25 @@ from torch import nn
 
 from models.config import SASRecConfig
 from models.device import pick_device
+
+
+def training_windows(seqs: list[list[int]], max_len: int, whole: bool) -> tuple[list[list[int]], list[int]]:
+    """SASRec's training windows of at most max_len+1 items, and the sequence each came from.
+
+    ``whole``: a long history is cut from its end into consecutive windows that share one item,
+    so every transition is learned exactly once; otherwise only the last window is kept and a
+    heavy user's earlier items never reach the model."""
+    span = max_len + 1
+    out, owner = [], []
+    for n, seq in enumerate(seqs):
+        end = len(seq)
+        while end >= 2:
+            out.append(seq[max(end - span, 0):end])
+            owner.append(n)
+            if not whole:
+                break
+            end -= span - 1
+    return out, owner
 
 
 class RandomScorer:
@@ -41,6 +62,10 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.items = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)  # 0 is padding
+        if config.loss == "ce":  # unit-variance inputs after the sqrt(hidden) scale, logits of order 1 at the start
+            with torch.no_grad():
+                self.items.weight.normal_(0.0, config.hidden ** -0.5)
+                self.items.weight[0].zero_()
         self.positions = nn.Embedding(config.max_len, config.hidden)
         self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(config.hidden, config.heads, config.hidden, config.dropout,
@@ -77,39 +102,52 @@ class SASRecScorer:
         from tqdm.auto import tqdm
 
         c, rng = self.config, random.Random(self.config.seed)
+        if c.loss not in ("ce", "bce"):
+            raise ValueError(f"SASRec loss must be 'ce' or 'bce', not {c.loss!r}")
         n_items = len(self.index)
-        inputs = torch.tensor([self._pad(s[:-1]) for s in seqs], device=self.device)
-        target_rows = [self._pad(s[1:]) for s in seqs]  # host copy: negatives are drawn in Python
+        windows, owner = training_windows(seqs, c.max_len, c.whole_sequences)
+        inputs = torch.tensor([self._pad(s[:-1]) for s in windows], device=self.device)
+        target_rows = [self._pad(s[1:]) for s in windows]  # host copy: negatives are drawn in Python
         targets = torch.tensor(target_rows, device=self.device)
         seen = [set(s) for s in seqs]
         optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(0.9, 0.98))
         losses = []
         self.model.train()
         for _ in tqdm(range(c.epochs), desc="sasrec", disable=not progress):
-            order = list(range(len(seqs)))
+            order = list(range(len(windows)))
             rng.shuffle(order)
             total = 0.0
             for start in range(0, len(order), c.batch_size):
                 rows = order[start:start + c.batch_size]
                 x, pos = inputs[rows], targets[rows]
-                neg = torch.tensor([[self._negative(rng, seen[r], n_items) if p else 0 for p in target_rows[r]]
-                                    for r in rows], device=self.device)
                 h = self.model(x)
-                pos_logit = (h * self.model.items(pos)).sum(-1)
-                neg_logit = (h * self.model.items(neg)).sum(-1)
                 mask = pos > 0
-                loss = (nn.functional.binary_cross_entropy_with_logits(pos_logit[mask], torch.ones_like(pos_logit[mask]))
-                        + nn.functional.binary_cross_entropy_with_logits(neg_logit[mask], torch.zeros_like(neg_logit[mask])))
+                if c.loss == "ce":
+                    logits = h[mask] @ self.model.items.weight.T
+                    logits[:, 0] = -torch.inf  # padding is never a next item
+                    loss = nn.functional.cross_entropy(logits, pos[mask])
+                else:
+                    neg = torch.tensor([[self._negative(rng, seen[owner[r]], n_items) if p else 0
+                                         for p in target_rows[r]] for r in rows], device=self.device)
+                    pos_logit = (h * self.model.items(pos)).sum(-1)
+                    neg_logit = (h * self.model.items(neg)).sum(-1)
+                    loss = (nn.functional.binary_cross_entropy_with_logits(pos_logit[mask], torch.ones_like(pos_logit[mask]))
+                            + nn.functional.binary_cross_entropy_with_logits(neg_logit[mask],
+                                                                             torch.zeros_like(neg_logit[mask])))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(rows)
-            losses.append(total / len(seqs))
+            losses.append(total / len(windows))
         self.model.eval()
         return losses
 
     @staticmethod
     def _negative(rng: random.Random, seen: set[int], n_items: int) -> int:
+        """An item the user has not seen; any item for a user who has seen them all (the loop
+        below never ended for such a user: training hung)."""
+        if len(seen) >= n_items:
+            return rng.randint(1, n_items)
         while True:
             candidate = rng.randint(1, n_items)
             if candidate not in seen:

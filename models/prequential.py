@@ -143,7 +143,7 @@ def score_blend(lists: Mapping[str, list[list[str]]], targets: list, weights: Ma
     return scores.summary()
 
 
-def fit_weights(lists: Mapping[str, list[list[str]]], targets: list, grid: Iterable[float] = (0.0, 0.05, 0.2, 1.0),
+def fit_weights(lists: Mapping[str, list[list[str]]], targets: list, grid: Iterable[float] = (0.0, 0.05, 0.2, 0.6, 1.0),
                 k: int = 10, rrf_k: float = 60.0) -> tuple[dict[str, float], dict]:
     """The grid point of weights (co-occurrence fixed at 1) with the best HR@k on these events."""
     present = [s for s in SOURCES if s != "cooccurrence" and lists.get(s) and any(lists[s])]
@@ -183,7 +183,7 @@ def content_source(embed: Callable[[list[str]], np.ndarray], items: Mapping[str,
 
 
 def full_catalog(events: list[dict], items: Mapping[str, dict], config: CooccurrenceConfig = CooccurrenceConfig(),
-                 weights: Mapping[str, float] | None = None, sasrec_epochs: int = 200, embed=None, k: int = 10,
+                 weights: Mapping[str, float] | None = None, sasrec_epochs: int = 100, embed=None, k: int = 10,
                  recall_at: int = 50, progress: bool = False, log=print) -> dict:
     """Leave-last-out over the full catalog, every source alone and blended, the history excluded.
 
@@ -193,7 +193,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     """
     import time
 
-    from models.config import SASRecConfig
+    from models.config import SequentialSourceConfig
     from models.sequential import SequentialRetriever
 
     last: dict[str, int] = {}
@@ -212,7 +212,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
 
     sequences = sequences_of(train)
     started = time.time()
-    model = SequentialRetriever.train(sequences, SASRecConfig(epochs=sasrec_epochs), progress=progress)
+    model = SequentialRetriever.train(sequences, SequentialSourceConfig(epochs=sasrec_epochs), progress=progress)
     timings["sasrec"] = time.time() - started
     content = content_source(embed, items) if embed is not None else None
     depth = max(recall_at, 100)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings, SASRecConfig
+from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings, SequentialSourceConfig
 from streams.harness.eval_stream import StreamEvalConfig
 from streams.settings import Settings, load
 
@@ -469,7 +469,7 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
               help="model directory (watch it with MMSR_RETRIEVAL_MODEL)")
 @log_options
 @click.option("--until", default=None, help="RFC 3339: train on events before this time only")
-@field_options(SASRecConfig)
+@field_options(SequentialSourceConfig)
 @one_line_errors
 def train_retrieval(out, items, interactions, until, **sasrec):
     """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
@@ -480,7 +480,7 @@ def train_retrieval(out, items, interactions, until, **sasrec):
 
     _, events = load_log(items, interactions, until)
     started = time.time()
-    config = SASRecConfig(**sasrec)
+    config = SequentialSourceConfig(**sasrec)
     retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
                                           data={"events": len(events), "until": until})
     retriever.save_pretrained(out)
@@ -522,7 +522,7 @@ def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
     settings = Settings()
     embedder = TextEmbedder(settings.embed_model, device="cpu")
     result = full_catalog(events, {i["item_id"]: i for i in catalog}, settings.cooccurrence_config(),
-                          settings.blend_weights(), sasrec_epochs=sasrec_epochs or 200,
+                          settings.blend_weights(), sasrec_epochs=sasrec_epochs or SequentialSourceConfig.epochs,
                           embed=lambda texts: embedder.embed(texts), progress=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")

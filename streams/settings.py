@@ -99,10 +99,12 @@ class Settings(BaseSettings):
     )
     retrieval_poll_seconds: float = Field(5.0, gt=0, description="how often the sequential model directory is checked")
     source_candidates: int = Field(100, gt=0, description="candidates each source proposes before blending")
-    # fitted on ML-100K's validation window (eval-stream --fit-weights' replay, finer grid); content kept
-    # at 0.02, not the fitted 0, so items too new for the other sources can still be proposed
+    # fitted on ML-100K's validation window (the last 10% of the pre-split events, offline replay of the
+    # same sources, a grid of sequential 0-1.5 x trending 0-0.2, with the full-softmax SASRec of
+    # models.config.SequentialSourceConfig); content kept at 0.02, not the fitted 0, so items too new for
+    # the other sources can still be proposed
     weight_cooccurrence: float = Field(1.0, ge=0, description="blend weight of item co-occurrence")
-    weight_sequential: float = Field(0.05, ge=0, description="blend weight of the sequential model")
+    weight_sequential: float = Field(0.6, ge=0, description="blend weight of the sequential model")
     weight_content: float = Field(0.02, ge=0, description="blend weight of content similarity (item-text embeddings)")
     weight_trending: float = Field(0.05, ge=0, description="blend weight of trending items")
     rrf_k: float = Field(60.0, gt=0, description="reciprocal-rank fusion constant k0 in w / (k0 + rank)")

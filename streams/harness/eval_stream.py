@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import schemas
+from models.config import SequentialSourceConfig
 from models.prequential import Scores, rank_within, time_split
 
 
@@ -36,7 +37,7 @@ class StreamEvalConfig:
     seed: int = field(default=0, metadata={"help": "user sample"})
     k: int = field(default=10, metadata={"help": "list length scored (HR@k, NDCG@k, MRR@k)"})
     sequential: bool = field(default=True, metadata={"help": "train SASRec on the pre-split events and serve it"})
-    sasrec_epochs: int = field(default=200, metadata={"help": "SASRec training epochs"})
+    sasrec_epochs: int = field(default=SequentialSourceConfig.epochs, metadata={"help": "SASRec training epochs"})
     fit_weights: bool = field(default=False, metadata={
         "help": "fit the blend weights on a validation window before the test window (offline replay of the "
                 "same sources) and run the worker with them"})
@@ -293,12 +294,11 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
 
 
 def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:
-    from models.config import SASRecConfig
     from models.evaluation import sequences_of
     from models.sequential import SequentialRetriever
 
     started = time.time()
-    retriever = SequentialRetriever.train(sequences_of(events), SASRecConfig(epochs=config.sasrec_epochs),
+    retriever = SequentialRetriever.train(sequences_of(events), SequentialSourceConfig(epochs=config.sasrec_epochs),
                                           progress=True, data={"events": len(events),
                                                                "until": events[-1]["event_time"] if events else None})
     retriever.save_pretrained(out)
