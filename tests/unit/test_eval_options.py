@@ -23,3 +23,20 @@ def test_items_without_interactions_is_refused(tmp_path):
     items.write_text("")
     result = CliRunner().invoke(main, ["train", "--items", str(items)])
     assert result.exit_code != 0 and "--items and --interactions go together" in result.output
+
+
+def test_the_streams_sequential_source_is_trained_to_rank_the_whole_catalog(tmp_path):
+    """train-retrieval and eval-stream train the full-softmax SASRec on every window; mmsr eval keeps the paper's."""
+    import json
+
+    from models.config import SASRecConfig
+    from streams.harness.eval_stream import StreamEvalConfig, train_sequential
+
+    events = [{"user_id": f"u{u}", "item_id": f"i{(u + t) % 7}", "event_time": "2021-03-01T00:00:00Z"}
+              for u in range(4) for t in range(6)]
+    train_sequential(events, tmp_path / "seq", StreamEvalConfig(sasrec_epochs=1), log=lambda *_: None)
+    saved = json.loads((tmp_path / "seq" / "config.json").read_text())
+    assert (saved["loss"], saved["whole_sequences"], saved["epochs"]) == ("ce", True, 1)
+    assert (SASRecConfig().loss, SASRecConfig().whole_sequences) == ("bce", False)
+    result = CliRunner().invoke(main, ["train-retrieval", "--help"])
+    assert "[default: ce]" in result.output and "[default: whole-sequences]" in result.output
