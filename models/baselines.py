@@ -102,8 +102,6 @@ class SASRecScorer:
         from tqdm.auto import tqdm
 
         c, rng = self.config, random.Random(self.config.seed)
-        if c.loss not in ("ce", "bce"):
-            raise ValueError(f"SASRec loss must be 'ce' or 'bce', not {c.loss!r}")
         n_items = len(self.index)
         windows, owner = training_windows(seqs, c.max_len, c.whole_sequences)
         inputs = torch.tensor([self._pad(s[:-1]) for s in windows], device=self.device)

@@ -37,6 +37,10 @@ class SASRecConfig:
     seed: int = field(default=0, metadata={"help": "initialisation, batches and negatives"})
     device: str = field(default="cpu", metadata={"help": "torch device ('auto': CUDA when present)"})
 
+    def __post_init__(self):
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"SASRec loss must be 'ce' or 'bce', not {self.loss!r}")
+
 
 @dataclass(frozen=True)
 class SequentialSourceConfig(SASRecConfig):

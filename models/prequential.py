@@ -19,6 +19,7 @@ import numpy as np
 
 import schemas
 from models.blend import SOURCES, fuse
+from models.config import SequentialSourceConfig
 from models.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
 
 
@@ -183,7 +184,7 @@ def content_source(embed: Callable[[list[str]], np.ndarray], items: Mapping[str,
 
 
 def full_catalog(events: list[dict], items: Mapping[str, dict], config: CooccurrenceConfig = CooccurrenceConfig(),
-                 weights: Mapping[str, float] | None = None, sasrec_epochs: int = 100, embed=None, k: int = 10,
+                 weights: Mapping[str, float] | None = None, sasrec_epochs: int = SequentialSourceConfig.epochs, embed=None, k: int = 10,
                  recall_at: int = 50, progress: bool = False, log=print) -> dict:
     """Leave-last-out over the full catalog, every source alone and blended, the history excluded.
 
@@ -193,7 +194,6 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     """
     import time
 
-    from models.config import SequentialSourceConfig
     from models.sequential import SequentialRetriever
 
     last: dict[str, int] = {}
