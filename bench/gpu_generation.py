@@ -96,12 +96,14 @@ def summary_inputs(batch: int, device, prompt_tokens: int = 320) -> dict:
 
 
 @torch.inference_mode()
-def run(model, inputs: dict, new_tokens: int, device) -> float:
+def run(model, inputs: dict, new_tokens: int, device, kv_cache: str = "dynamic") -> float:
+    """Seconds for one generate call; ``kv_cache`` 'static' is what ``GenerationConfig(kv_cache=
+    "static")`` serves with (on CUDA transformers compiles the decoding step for it)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                   pad_token_id=0)
+                   pad_token_id=0, cache_implementation="static" if kv_cache == "static" else None)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -113,6 +115,8 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,16,64")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device: a smoke run")
+    parser.add_argument("--kv-caches", default="dynamic,static",
+                        help="eager decoding (dynamic) and the static cache with compiled decoding, in the same run")
     parser.add_argument("--out", default="bench/results/gpu_generation.json")
     args = parser.parse_args()
 
@@ -127,14 +131,23 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows = []
         run(model, summary_inputs(1, device, 16), 2, device)  # warm-up: kernels, allocator
-        for batch in (int(b) for b in args.batches.split(",")):
-            t_cap = run(model, caption_inputs(kind, model, batch, device, dtype), args.new_tokens, device)
-            t_sum = run(model, summary_inputs(batch, device), args.new_tokens, device)
-            rows.append({"batch": batch,
-                         "captions_per_s": round(batch / t_cap, 3), "summaries_per_s": round(batch / t_sum, 3),
-                         "caption_tokens_per_s": round(batch * args.new_tokens / t_cap, 1),
-                         "summary_tokens_per_s": round(batch * args.new_tokens / t_sum, 1)})
-            print(kind, rows[-1], flush=True)
+        for kv_cache in args.kv_caches.split(","):
+            for batch in (int(b) for b in args.batches.split(",")):
+                timed = {}
+                for name, inputs in (("caption", caption_inputs(kind, model, batch, device, dtype)),
+                                     ("summary", summary_inputs(batch, device))):
+                    # the first call at a shape compiles (static); the second is the served speed
+                    first = run(model, inputs, args.new_tokens, device, kv_cache)
+                    timed[name] = run(model, inputs, args.new_tokens, device, kv_cache) if kv_cache == "static" else first
+                    timed[f"{name}_first_call_s"] = round(first, 2)
+                t_cap, t_sum = timed["caption"], timed["summary"]
+                rows.append({"kv_cache": kv_cache, "batch": batch,
+                             "captions_per_s": round(batch / t_cap, 3), "summaries_per_s": round(batch / t_sum, 3),
+                             "caption_tokens_per_s": round(batch * args.new_tokens / t_cap, 1),
+                             "summary_tokens_per_s": round(batch * args.new_tokens / t_sum, 1),
+                             "first_call_s": {"caption": timed["caption_first_call_s"],
+                                              "summary": timed["summary_first_call_s"]}})
+                print(kind, rows[-1], flush=True)
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         result["models"][kind] = {"parameters": params, "peak_memory_gib": peak and round(peak, 1), "rows": rows}
         del model

@@ -20,6 +20,8 @@ from models.registry import LoadedModel
 class CaptionConfig:
     max_new_tokens: int = field(default=TEXT.caption_tokens, metadata={"help": "generated tokens per caption"})
     batch_size: int = field(default=16, metadata={"help": "items per model call"})
+    kv_cache: str = field(default="dynamic", metadata={"help": "KV cache of generation ('static' on a GPU: compiled "
+                                                                "decoding; see models.generation.GenerationConfig)"})
     max_chars: int = field(default=2000, metadata={"help": "caption length cap"})
     limits: ImageLimits = field(default_factory=ImageLimits, metadata={"help": "image fetch and size limits"})
 
@@ -70,7 +72,8 @@ def degenerate_reason(text: str, min_words: int = 4, max_run: int = 3, min_disti
 class Captioner:
     def __init__(self, lm: LoadedModel, config: CaptionConfig = CaptionConfig()):
         self.lm, self.config = lm, config
-        self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                           kv_cache=config.kv_cache)
 
     def _image(self, item: ItemInput):
         """(image or None, reason it is not used or None)."""

@@ -20,6 +20,8 @@ class SummarizerConfig:
     block_size: int = field(default=TEXT.block_size, metadata={"help": "items per recurrent block (paper: B = 3)"})
     max_new_tokens: int = field(default=TEXT.summary_tokens, metadata={"help": "generated tokens per summary"})
     batch_size: int = field(default=16, metadata={"help": "users per model call"})
+    kv_cache: str = field(default="dynamic", metadata={"help": "KV cache of generation ('static' on a GPU: compiled "
+                                                                "decoding; see models.generation.GenerationConfig)"})
     max_chars: int = field(default=TEXT.summary_chars, metadata={"help": "summary length cap, cut at a sentence end"})
 
 
@@ -34,7 +36,8 @@ class BlockRequest:
 class UserSummarizer:
     def __init__(self, lm: LoadedModel, config: SummarizerConfig = SummarizerConfig()):
         self.lm, self.config = lm, config
-        self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                           kv_cache=config.kv_cache)
 
     @staticmethod
     def messages(request: BlockRequest) -> list[dict]:

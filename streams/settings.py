@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     )
     caption_batch: int = Field(16, gt=0, description="items per captioner call")
     caption_max_new_tokens: int = Field(TEXT.caption_tokens, gt=0, description="generated tokens per caption")
+    generation_kv_cache: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache of captions and summaries: 'static' preallocates it and pads prompts to "
+        "a bucket, so on a GPU the decoding step is compiled (torch.compile) once per shape; 'dynamic' decodes eagerly")
     image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
@@ -182,13 +185,15 @@ class Settings(BaseSettings):
         from models.user_summarizer import SummarizerConfig
 
         return SummarizerConfig(block_size=self.summary_block, max_new_tokens=self.summary_max_new_tokens,
-                                batch_size=self.summary_batch, max_chars=self.summary_max_chars)
+                                batch_size=self.summary_batch, max_chars=self.summary_max_chars,
+                                kv_cache=self.generation_kv_cache)
 
     def caption_config(self):
         from models.captioner import CaptionConfig
         from models.images import ImageLimits
 
         return CaptionConfig(max_new_tokens=self.caption_max_new_tokens, batch_size=self.caption_batch,
+                             kv_cache=self.generation_kv_cache,
                              limits=ImageLimits(self.image_timeout, self.image_max_bytes, self.image_max_pixels))
 
     def scorer_config(self):

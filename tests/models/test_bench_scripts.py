@@ -15,7 +15,8 @@ def test_gpu_generation_script_runs_at_tiny_shapes(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"llava-1.5-7b", "qwen2-vl-2b"} and result["tiny"] is True
     for model in result["models"].values():
-        assert [r["batch"] for r in model["rows"]] == [1, 2]
+        assert [(r["kv_cache"], r["batch"]) for r in model["rows"]] == [("dynamic", 1), ("dynamic", 2),
+                                                                        ("static", 1), ("static", 2)]
         assert all(r["captions_per_s"] > 0 and r["summaries_per_s"] > 0 for r in model["rows"])
 
 
