@@ -1,8 +1,9 @@
 """Ingest throughput and event-to-recommendation latency on a real local broker.
 
-Throughput: interactions applied to user state per second by the worker (end to end, from the
-first produce until the worker's applied counter reaches N), against a plain confluent-kafka
-consumer that reads and JSON-decodes the same topic on the same broker in the same run.
+Throughput: interactions applied to user state per second by one worker reading a backlog of
+N (from its first applied interaction until its applied counter reaches N; "folded" waits for
+the item-keyed increments too), against a plain confluent-kafka consumer that reads and
+JSON-decodes the same topic on the same broker in the same run.
 Latency: fresh interactions at a steady rate; p50/p99 of the time from the interaction's
 broker timestamp to the emission of its refreshed list (as the worker records it), with the
 debounce window reported alongside.
@@ -46,8 +47,13 @@ def baseline_consume(bootstrap: str, topic: str, n: int) -> float:
     return seen / elapsed
 
 
-def ingest(info, tmp: Path, name: str, events: list[dict], **overrides) -> tuple[dict, WorkerProcess, Settings]:
-    """One worker on its own topics: the catalog, then ``events`` replayed as fast as they go."""
+def ingest(info, tmp: Path, name: str, events: list[dict], on_restart=None, tree: Path | None = None,
+           **overrides) -> tuple[dict, WorkerProcess, Settings]:
+    """One worker on its own topics, measured on a backlog: the catalog applied first, the worker
+    stopped, ``events`` produced, the worker started again on them. The rate counts from the
+    first applied interaction to the last, so start-up and the producer's speed are left out.
+    ``on_restart(worker)`` is called once the worker is up again (the profiler attaches there);
+    ``tree``: a checkout whose worker code runs instead of this one (the "before" of a change)."""
     port = free_port()
     values = {"bootstrap_servers": info.bootstrap, "data_dir": str(tmp / name), "web_port": port,
               "debounce_seconds": 0.05, "app_id": f"bench-{name}",
@@ -56,30 +62,39 @@ def ingest(info, tmp: Path, name: str, events: list[dict], **overrides) -> tuple
               **overrides}
     settings = Settings(**values)
     create_topics(settings)
-    worker = WorkerProcess(settings.to_env(), port, tmp / f"worker-{name}.log")
+    worker = WorkerProcess(settings.to_env(), port, tmp / f"worker-{name}.log", cwd=tree)
     worker.start()
     catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
     wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")
     items = {n: worker.metric(n) for n in ("items_applied_total", "items_embedded_total", "catalog_items")}
-    start = time.perf_counter()
+    worker.stop()
     rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=False, progress=False)
-    wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.2,
+    worker.start(timeout=600)
+    if on_restart is not None:
+        on_restart(worker)
+    first = wait_until(lambda: (lambda n: n and (time.perf_counter(), n))(worker.metric("events_applied_total")),
+                       timeout=600, interval=0.05, message="first applied")
+    wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.25,
                message="all applied")
-    applied_s = time.perf_counter() - start
+    applied_s = time.perf_counter() - first[0]
     wait_until(lambda: worker.metric("pair_entries_applied_total") >= worker.metric("pair_entries_total"),
-               timeout=1800, interval=0.2, message="item-keyed increments folded")
-    folded_s = time.perf_counter() - start
+               timeout=1800, interval=0.25, message="item-keyed increments folded")
+    folded_s = time.perf_counter() - first[0]
+    counted = len(events) - first[1]
     return {"catalog": {"published": catalog, **items},
-            "worker_applied_per_s": round(len(events) / applied_s, 1),
-            "worker_applied_and_folded_per_s": round(len(events) / folded_s, 1),
-            "pair_entries": worker.metric("pair_entries_total")}, worker, settings
+            "worker_applied_per_s": round(counted / applied_s, 1),
+            "worker_applied_and_folded_per_s": round(counted / folded_s, 1),
+            "pair_entries": worker.metric("pair_entries_total"),
+            "pair_messages": worker.metric("pair_messages_total")}, worker, settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--events", type=int, default=100000)
     parser.add_argument("--latency-events", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=30.0)
+    parser.add_argument("--before-tree", type=Path, default=None,
+                        help="a checkout of the code before the change: its worker is measured too (co-occurrence on)")
     parser.add_argument("--out", default="bench/results/ingest.json")
     args = parser.parse_args()
 
@@ -89,6 +104,11 @@ def main() -> None:
     workers = []
     try:
         events = rp.movielens_events()[: args.events]
+        before = None
+        if args.before_tree is not None:
+            before, worker, _ = ingest(info, tmp, "before", events, tree=args.before_tree.resolve(), cooccurrence=True)
+            worker.stop()
+            before["tree"] = git_head(args.before_tree)
         off, worker, settings = ingest(info, tmp, "cooc-off", events, cooccurrence=False)
         worker.stop()
         on, worker, settings = ingest(info, tmp, "cooc-on", events, cooccurrence=True)
@@ -119,6 +139,9 @@ def main() -> None:
             "events": len(events),
             "cooccurrence_on": on,
             "cooccurrence_off": off,
+            "before_cooccurrence_on": before,
+            "after_to_before": before and {
+                k: round(on[k] / before[k], 2) for k in ("worker_applied_per_s", "worker_applied_and_folded_per_s")},
             "baseline_confluent_consumer_per_s": round(baseline_rate, 1),
             "ratio_worker_to_baseline": {
                 "cooccurrence_on": round(on["worker_applied_per_s"] / baseline_rate, 4),
@@ -137,6 +160,13 @@ def main() -> None:
         for worker in workers:
             worker.stop()
         broker.stop()
+
+
+def git_head(tree: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True,
+                          text=True).stdout.strip()[:100]
 
 
 if __name__ == "__main__":

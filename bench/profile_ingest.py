@@ -1,7 +1,8 @@
 """Where a worker's ingest time goes: py-spy samples the worker while it applies a replay.
 
-One worker (summaries off, co-occurrence on as configured) on a local broker; the replay is
-produced first and the worker started on it, so the samples cover ingest alone. The summary
+One worker (summaries off, co-occurrence on as configured) on a local broker, measured as
+``bench.ingest`` measures it (a backlog produced while the worker is stopped); the samples run
+from its restart until the item-keyed increments are folded, so they cover ingest alone. The summary
 attributes each sample's innermost project or library frame to a stage and reports shares of
 the worker's samples; the raw collapsed stacks are written beside the JSON.
 
@@ -19,11 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.ingest import ingest
 from streams import replay as rp
-from streams.harness.process import WorkerProcess, wait_until
-from streams.kafka.admin import create_topics
-from streams.kafka.launcher import LocalKafka, free_port
-from streams.settings import Settings, prefixed_topics
+from streams.kafka.launcher import LocalKafka
 
 # first match wins, tested against each frame of a stack from the innermost outwards
 STAGES = [
@@ -68,7 +67,7 @@ def summarise(collapsed: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=40000)
+    parser.add_argument("--events", type=int, default=100000)
     parser.add_argument("--cooccurrence", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default="bench/results/ingest_profile/latest.json")
     args = parser.parse_args()
@@ -79,32 +78,25 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmsr-profile-"))
     broker = LocalKafka(tmp / "kafka")
     info = broker.start(port=0)
+    collapsed = Path(args.out).with_suffix(".collapsed.txt")
+    collapsed.parent.mkdir(parents=True, exist_ok=True)
+    spies = []
+
+    def attach(worker):
+        spies.append(subprocess.Popen([spy_bin, "record", "--pid", str(worker.proc.pid), "--format", "raw", "--rate",
+                                       "200", "--output", str(collapsed), "--nonblocking"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)
+
     worker = None
     try:
-        port = free_port()
-        settings = Settings(bootstrap_servers=info.bootstrap, data_dir=str(tmp / "w"), web_port=port, app_id="profile",
-                            summary_model="none", caption_model="none", cooccurrence=args.cooccurrence,
-                            **prefixed_topics("profile"))
-        create_topics(settings)
-        worker = WorkerProcess(settings.to_env(), port, tmp / "worker.log").start(timeout=600)
-        catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
-        wait_until(lambda: worker.metric("catalog_items") >= catalog, timeout=900, interval=1.0, message="catalog")
         events = rp.movielens_events()[: args.events]
-        collapsed = Path(args.out).with_suffix(".collapsed.txt")
-        collapsed.parent.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen([spy_bin, "record", "--pid", str(worker.proc.pid), "--format", "raw", "--rate", "200",
-                                "--output", str(collapsed), "--nonblocking"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-        time.sleep(1.0)
-        start = time.perf_counter()
-        rp.replay(info.bootstrap, settings.topic_interactions, events, backfill=False, progress=False)
-        wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.2,
-                   message="all applied")
-        applied = time.perf_counter() - start
-        spy.send_signal(2)
-        spy.wait(timeout=60)
+        figures, worker, _ = ingest(info, tmp, "profile", events, on_restart=attach, cooccurrence=args.cooccurrence)
+        spies[0].send_signal(2)
+        spies[0].wait(timeout=60)
         result = {"benchmark": "ingest_profile", "events": len(events), "cooccurrence": args.cooccurrence,
-                  "applied_per_s": round(len(events) / applied, 1), **summarise(collapsed)}
+                  "applied_per_s": figures["worker_applied_per_s"],
+                  "applied_and_folded_per_s": figures["worker_applied_and_folded_per_s"], **summarise(collapsed)}
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
     finally:

@@ -18,10 +18,13 @@ that is delivered again after a crash is skipped: the same rule that protects us
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
+
+from aiokafka.partitioner import murmur2
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,27 @@ class CooccurrenceConfig:
         "help": "half-life, in items, of a recent item's weight in the user's query (the newest weighs 1; 0: all 1)"})
 
 
+def pair_window(previous: list[str], config: CooccurrenceConfig) -> list[str]:
+    """The previous items an interaction pairs with: the last W, oldest first."""
+    return previous[max(len(previous) - config.window, 0):] if config.window > 0 else []
+
+
+def window_weights(window: list[str], item: str, decay: float) -> list[tuple[str, float]]:
+    """(other item, pair weight) for an interaction with ``item`` after ``window`` (oldest first):
+    decay^(d-1) at distance d, the nearest occurrence of a repeated item only, never the item itself."""
+    seen, out = {item}, []
+    for other, weight in zip(reversed(window), decay_powers(decay, len(window))):
+        if other not in seen:
+            seen.add(other)
+            out.append((other, weight))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def decay_powers(decay: float, n: int) -> tuple[float, ...]:
+    return tuple(decay ** d for d in range(n))
+
+
 def pair_entries(previous: list[str], item: str, partition: int, offset: int, event_ts: float,
                  config: CooccurrenceConfig) -> dict[str, dict]:
     """The increments one interaction makes, by the item whose record they go to.
@@ -42,15 +66,9 @@ def pair_entries(previous: list[str], item: str, partition: int, offset: int, ev
     ``previous``: the user's items before this one, oldest first (only the last W are paired;
     the item itself and repeats within the window are skipped).
     """
-    out: dict[str, dict] = {item: {"p": partition, "o": offset, "t": event_ts, "c": 1, "n": {}}}
-    seen = {item}
-    window = previous[max(len(previous) - config.window, 0):] if config.window > 0 else []
-    for distance, other in enumerate(reversed(window), 1):
-        if other in seen:
-            continue
-        seen.add(other)
-        weight = config.decay ** (distance - 1)
-        out[item]["n"][other] = out[item]["n"].get(other, 0.0) + weight
+    weights = window_weights(pair_window(previous, config), item, config.decay)
+    out: dict[str, dict] = {item: {"p": partition, "o": offset, "t": event_ts, "c": 1, "n": dict(weights)}}
+    for other, weight in weights:
         out[other] = {"p": partition, "o": offset, "t": event_ts, "c": 0, "n": {item: weight}}
     return out
 
@@ -61,26 +79,105 @@ def apply_entries(record: dict | None, entries: Iterable[dict], config: Cooccurr
     An entry whose (partition, offset) is not after the last applied one of its partition is a
     redelivery and is skipped.
     """
-    record = {"count": 0, "trend": 0.0, "trend_t": 0.0, "neighbours": {}, "applied": {}} if not record else {
-        **record, "neighbours": dict(record["neighbours"]), "applied": dict(record["applied"])}
-    neighbours, applied, new = record["neighbours"], record["applied"], 0
-    for entry in entries:
-        partition = str(entry["p"])
-        if entry["o"] <= applied.get(partition, -1):
-            continue
-        applied[partition] = entry["o"]
-        new += 1
-        for other, weight in entry["n"].items():
-            neighbours[other] = neighbours.get(other, 0.0) + weight
-        if entry["c"]:
-            record["count"] += entry["c"]
-            record["trend"], record["trend_t"] = decayed(record["trend"], record["trend_t"], entry["t"],
-                                                         config.trending_half_life)
-            record["trend"] += entry["c"]
-    if len(neighbours) > config.neighbours * 1.2:
-        kept = sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:config.neighbours]
+    folding: dict[str, list] = {}
+    fold_entries(folding, lambda _: record, "", entries, config)
+    record, new, _ = folding[""]
+    return prune(record, config), new
+
+
+def fold_entries(folding: dict[str, list], get, item: str, entries: Iterable[dict], config: CooccurrenceConfig) -> None:
+    """One item's increment objects (``pair_entries``' values) into ``folding``: item ->
+    [record being changed, increments applied, increments skipped as redelivered]; ``get(item)``
+    gives the stored record the first time the item is met. Records are pruned by the caller."""
+    state = folding.get(item)
+    if state is None:
+        state = folding[item] = [writable(get(item)), 0, 0]
+    for e in entries:
+        state[1 if apply_increment(state[0], str(e["p"]), e["o"], e["t"], e["c"], e["n"].items(),
+                                   config.trending_half_life) else 2] += 1
+
+
+def interaction_records(partition: int, offset: int, ts: float, item: str, window: list[str], decay: float,
+                        partitions: int) -> tuple[dict[int, list], int]:
+    """What an interaction sends to each item partition its increments change, and how many
+    increments it makes: ``{item partition: [source partition, offset, time, item, own, others]}``,
+    ``own`` the pair weights of the item's own record ([[other, weight], ...]; None when the item
+    is another partition's) and ``others`` the [[other, weight], ...] of the paired items of that
+    partition (each record gets the pair with ``item``). Weighted and routed here, once, so the
+    partitions' folds need neither the window nor the hash."""
+    weights = window_weights(window, item, decay)
+    home = key_partition(item, partitions)
+    out: dict[int, list] = {home: [partition, offset, ts, item, weights, []]}
+    for other, weight in weights:
+        target = key_partition(other, partitions)
+        record = out.get(target)
+        if record is None:
+            record = out[target] = [partition, offset, ts, item, None, []]
+        record[5].append((other, weight))
+    return out, 1 + len(weights)
+
+
+def fold_interactions(folding: dict[str, list], get, records: Iterable[list], config: CooccurrenceConfig) -> None:
+    """One item partition's ``interaction_records`` (in source order) into ``folding`` (as
+    ``fold_entries``): the records ``pair_entries`` then ``apply_entries`` would make, without
+    building the increment objects (about twenty per interaction, and most of a worker's time
+    when it did)."""
+    half_life = config.trending_half_life
+
+    def state_of(target: str) -> list:
+        state = folding.get(target)
+        if state is None:
+            state = folding[target] = [writable(get(target)), 0, 0]
+        return state
+
+    for source, offset, ts, item, own, others in records:
+        source = str(source)
+        if own is not None:
+            state = state_of(item)
+            state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1
+        for other, weight in others:
+            state = state_of(other)
+            state[1 if apply_increment(state[0], source, offset, ts, 0, ((item, weight),), half_life) else 2] += 1
+
+
+def writable(record: dict | None) -> dict:
+    """A copy of a stored record (or a new one) that the increments may change in place."""
+    if not record:
+        return {"count": 0, "trend": 0.0, "trend_t": 0.0, "neighbours": {}, "applied": {}}
+    return {**record, "neighbours": dict(record["neighbours"]), "applied": dict(record["applied"])}
+
+
+def apply_increment(record: dict, partition: str, offset: int, ts: float, count: int, weights, half_life: float) -> bool:
+    """One interaction's increment to one record; False (and nothing changed) for a redelivery:
+    an offset not after the last one applied from its source partition."""
+    applied = record["applied"]
+    if offset <= applied.get(partition, -1):
+        return False
+    applied[partition] = offset
+    neighbours = record["neighbours"]
+    for other, weight in weights:
+        neighbours[other] = neighbours.get(other, 0.0) + weight
+    if count:
+        record["count"] += count
+        record["trend"], record["trend_t"] = decayed(record["trend"], record["trend_t"], ts, half_life)
+        record["trend"] += count
+    return True
+
+
+def prune(record: dict, config: CooccurrenceConfig) -> dict:
+    """The top M neighbours once they exceed M by a fifth (ties by id, so replays agree)."""
+    if len(record["neighbours"]) > config.neighbours * 1.2:
+        kept = sorted(record["neighbours"].items(), key=lambda kv: (-kv[1], kv[0]))[:config.neighbours]
         record["neighbours"] = dict(kept)
-    return record, new
+    return record
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def key_partition(key: str, partitions: int) -> int:
+    """The partition a message keyed ``key`` goes to under Kafka's default partitioner (murmur2,
+    as the Java client and aiokafka compute it); cached, since the pure-Python hash is slow and
+    the keys are the catalog's item ids."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def decayed(value: float, at: float, now: float, half_life: float) -> tuple[float, float]:

@@ -155,7 +155,7 @@ class Worker:
 
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
-            async for events in stream.take_events(5000, within=s.increments_within):
+            async for events in stream.take_events(s.increments_batch, within=s.increments_within):
                 await self.neighbours.process(events)
 
         @app.agent(self.topics["interactions"], name="interactions")

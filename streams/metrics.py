@@ -41,6 +41,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "backfill_markers_total": ("end-of-backfill markers applied", ()),
     "index_rebuilds_total": ("full catalog index rebuilds (off the event loop)", ()),
     "pair_entries_total": ("co-occurrence and count increments sent, by target item", ()),
+    "pair_messages_total": ("item-pairs messages sent (increments packed per item partition)", ()),
     "pair_entries_applied_total": ("increments applied to item records (redeliveries skipped)", ()),
     "pair_entries_skipped_total": ("increments skipped as already applied", ()),
     "retrieval_model_swaps_total": ("sequential model versions loaded", ()),

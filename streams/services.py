@@ -273,9 +273,10 @@ class Publisher:
         log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset,
                     error_class, error_message)
 
-    async def send(self, topic: str, key: str, value: dict):
-        """Queue one JSON event; the returned future resolves when the broker acknowledges it."""
-        return await self.topics[topic].send(key=key.encode(), value=orjson.dumps(value))
+    async def send(self, topic: str, key: str, value: dict, partition: int | None = None):
+        """Queue one JSON event (to the key's partition unless one is named); the returned future
+        resolves when the broker acknowledges it."""
+        return await self.topics[topic].send(key=key.encode(), value=orjson.dumps(value), partition=partition)
 
     async def recommendations(self, recs: list[dict]) -> None:
         """Publish lists and return once the broker has acknowledged every one of them."""

@@ -12,7 +12,7 @@ import time
 
 import schemas
 from models import pipeline
-from models.cooccurrence import pair_entries
+from models.cooccurrence import interaction_records, pair_window
 from schemas import BACKFILL_END, CONTROL_HEADER
 from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
 from streams.services import Services, isolate
@@ -21,6 +21,8 @@ from streams.state import UserState
 log = logging.getLogger("mmsr.worker")
 
 OWED_CHUNK = 500  # users marked per loop turn at a backfill's end (the loop stays responsive)
+# item-pairs messages stay far below the broker's default 1 MB record limit (a record is ~200 bytes)
+PAIR_RECORDS_PER_MESSAGE = 2000
 
 
 class InteractionsStage:
@@ -59,10 +61,9 @@ class InteractionsStage:
             by_user.setdefault(interaction["user_id"], []).append((event, interaction))
         await self.apply_user_groups(by_user)
 
-    def apply_group(self, state: UserState, group: list, pending_cap: int,
-                    pairs: dict[str, list[dict]]) -> Trigger | None:
-        """Apply one user's events of a batch, adding their item-keyed increments to ``pairs``; the
-        trigger of the newest recent one, if any."""
+    def apply_group(self, state: UserState, group: list, pending_cap: int, pairs: list[list]) -> Trigger | None:
+        """Apply one user's events of a batch, adding what their item-keyed increments are derived
+        from to ``pairs``; the trigger of the newest recent one, if any."""
         s, metrics = self.s.settings, self.s.metrics
         trigger = None
         for event, interaction in group:
@@ -98,7 +99,7 @@ class InteractionsStage:
         pending_cap = 100 * s.summary_block if self.summarizing or self.requesting else s.summary_block
         states: dict[str, UserState] = {}
         triggers: dict[str, Trigger] = {}
-        pairs: dict[str, list[dict]] = {}
+        pairs: list[list] = []
         for user_id, group in by_user.items():
             in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
             state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
@@ -134,23 +135,41 @@ class InteractionsStage:
         for user_id in triggers:
             self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
 
-    def add_pairs(self, pairs: dict[str, list[dict]], previous: list[str], interaction: dict, message) -> None:
-        """The interaction's increments (co-occurrence with the user's previous catalog items, and
-        its item's count) into ``pairs``, by the item whose record they go to."""
+    def add_pairs(self, pairs: list[list], previous: list[str], interaction: dict, message) -> None:
+        """The interaction as the neighbours stage derives its increments from (``increment_record``):
+        its source position, time, item and the user's previous catalog items it pairs with."""
         catalog = self.s.catalog
-        known = [i for i in previous if i in catalog]
+        window = pair_window([i for i in previous if i in catalog], self.cooccurrence)
         ts = schemas.parse_time(interaction["event_time"]).timestamp()
-        for target, entry in pair_entries(known, interaction["item_id"], message.partition, message.offset, ts,
-                                          self.cooccurrence).items():
-            pairs.setdefault(target, []).append(entry)
+        pairs.append([message.partition, message.offset, ts, interaction["item_id"], window])
 
-    async def send_pairs(self, pairs: dict[str, list[dict]]) -> list:
-        """One message per target item, its entries in source order (the items skip by offset)."""
+    async def send_pairs(self, pairs: list[list]) -> list:
+        """The batch's interactions to the item partitions their increments go to, a few messages
+        per batch: each names the interaction once, with the weighted pairs of that partition's
+        items (``interaction_records``), and the neighbours stage folds them.
+
+        A message per item, carrying one object per increment, cost more than everything else the
+        worker did: the increments were built, serialized and parsed as ~20 small objects per
+        interaction, and every item of a batch was a Kafka record. Each item's increments still
+        arrive in one partition (the one its id hashes to, as a keyed message would go) and in
+        source order (the records are sorted by source partition and offset), which the
+        neighbours stage's skip of redelivered increments relies on."""
+        partitions, decay = self.s.settings.item_partitions, self.cooccurrence.decay
+        by_partition: dict[int, list[list]] = {}
+        increments = 0
+        for source, offset, ts, item, window in sorted(pairs, key=lambda r: (r[0], r[1])):
+            records, n = interaction_records(source, offset, ts, item, window, decay, partitions)
+            increments += n
+            for partition, record in records.items():
+                by_partition.setdefault(partition, []).append(record)
         futures = []
-        for target, entries in pairs.items():
-            entries.sort(key=lambda e: (e["p"], e["o"]))
-            futures.append(await self.s.publisher.send("item_pairs", target, {"item_id": target, "entries": entries}))
-        self.s.metrics.inc("pair_entries_total", sum(map(len, pairs.values())))
+        for partition, records in sorted(by_partition.items()):
+            for start in range(0, len(records), PAIR_RECORDS_PER_MESSAGE):
+                chunk = records[start:start + PAIR_RECORDS_PER_MESSAGE]
+                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}", {"interactions": chunk},
+                                                           partition=partition))
+        self.s.metrics.inc("pair_entries_total", increments)
+        self.s.metrics.inc("pair_messages_total", len(futures))
         return futures
 
     def block_texts(self, block: list[dict]) -> list[str]:

@@ -1,17 +1,19 @@
 """Item-keyed aggregates: co-occurrence neighbours, counts and trending, right with any number of workers.
 
-The interactions stage (user-keyed) sends each batch's increments re-keyed by item to the
-item-pairs topic; this stage owns the item partitions of that topic and folds the increments
-into the item-neighbours GlobalTable, which every worker reads whole. Redelivered increments
+The interactions stage (user-keyed) sends each batch's interactions, with the items each pairs
+with, to the item-pairs partitions of the items they change; this stage owns the item partitions
+of that topic, derives the increments of its items and folds them into the item-neighbours
+GlobalTable, which every worker reads whole. Redelivered increments
 are skipped by their source partition and offset (``models.cooccurrence.apply_entries``).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
 
-from models.cooccurrence import apply_entries
+from models.cooccurrence import fold_entries, fold_interactions, key_partition, prune
 from streams.events import in_partition_of
 from streams.services import Services
 
@@ -24,26 +26,50 @@ class NeighboursStage:
         self.config = services.settings.cooccurrence_config()
 
     async def process(self, events) -> None:
-        by_item: dict[str, list] = {}  # item -> [its last event (for the partition), its entries]
+        folding: dict[str, list] = {}  # item -> [record being changed, applied, skipped] (``fold_entries``)
+        # the partition each record is written to (its store and changelog): its message's
+        by_partition: dict[int, object] = {}  # item partition -> its last event
+        by_item: dict[str, object] = {}  # item -> the last of its one-item messages
+        folded: list[tuple] = []  # (event, payload) folded so far
         for event in events:
+            message = event.message
             try:
-                payload = orjson.loads(event.message.value)
-                item_id, entries = payload["item_id"], payload["entries"]
-            except (ValueError, KeyError, TypeError) as exc:
-                await self.s.publisher.dead_letter(event.message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
+                payload = orjson.loads(message.value)
+                self.fold(folding, event, payload, by_partition, by_item)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                await self.s.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
+                # the bad message may have changed some records before failing: fold again without it
+                folding.clear()
+                for good_event, good_payload in folded:
+                    self.fold(folding, good_event, good_payload, by_partition, by_item)
                 continue
-            gathered = by_item.setdefault(item_id, [event, []])
-            gathered[0] = event
-            gathered[1].extend(entries)  # in place: a popular item is in most messages of a batch
+            folded.append((event, payload))
+            await asyncio.sleep(0)  # a message carries up to a batch of interactions: let the loop run
+        partitions = self.s.settings.item_partitions
         applied = skipped = 0
-        for item_id, (event, entries) in by_item.items():
-            in_partition_of(event)
-            record, new = apply_entries(self.s.neighbours.get(item_id), entries, self.config)
-            applied, skipped = applied + new, skipped + len(entries) - new
+        for item_id, (record, new, redelivered) in folding.items():
+            applied, skipped = applied + new, skipped + redelivered
             if new:
+                in_partition_of(by_item.get(item_id) or by_partition[key_partition(item_id, partitions)])
+                record = prune(record, self.config)
                 self.s.neighbours[item_id] = record
                 self.s.item_stats.apply(item_id, record)
         self.s.metrics.inc("pair_entries_applied_total", applied)
         if skipped:
             self.s.metrics.inc("pair_entries_skipped_total", skipped)
         self.s.metrics.gauge("items_with_neighbours", len(self.s.item_stats.counts))
+
+    def fold(self, folding: dict, event, payload: dict, by_partition: dict, by_item: dict) -> None:
+        """One item-pairs message into ``folding``: ``interaction_records`` (``{"interactions"}``),
+        or one item's increment objects (``{"item_id", "entries"}``, as workers before the
+        interactions layout sent them, so a topic written by one still folds after an upgrade).
+        Raises on a malformed message, possibly after changing some records (the caller folds
+        the batch again without it: checking every pair first cost a tenth of the fold)."""
+        get = self.s.neighbours.get
+        if "interactions" in payload:
+            fold_interactions(folding, get, payload["interactions"], self.config)
+            by_partition[event.message.partition] = event
+        else:
+            entries, item_id = payload["entries"], str(payload["item_id"])
+            fold_entries(folding, get, item_id, entries, self.config)
+            by_item[item_id] = event

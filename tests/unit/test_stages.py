@@ -43,14 +43,15 @@ def events(topic, records, key_field, partition=0, start=0):
 
 class RecordingPublisher:
     def __init__(self):
-        self.dead, self.sent, self.lists = [], [], []
+        self.dead, self.sent, self.lists, self.partitions = [], [], [], []
         self.last_recommendations = {}
 
     async def dead_letter(self, message, error_class, error_message):
         self.dead.append((message.key, error_class, error_message))
 
-    async def send(self, topic, key, value):
+    async def send(self, topic, key, value, partition=None):
         self.sent.append((topic, key, value))
+        self.partitions.append(partition)
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -195,9 +196,12 @@ def test_one_failing_summarizer_input_fails_alone():
 
 def fold_pairs(services) -> None:
     """Deliver what the interactions stage sent on item-pairs to the neighbours stage (as the topic would)."""
-    sent = [v for t, _, v in services.publisher.sent if t == "item_pairs"]
-    services.publisher.sent = [row for row in services.publisher.sent if row[0] != "item_pairs"]
-    run(NeighboursStage(services).process(events("item-pairs", sent, "item_id")))
+    publisher = services.publisher
+    sent = [(k, v, p or 0) for (t, k, v), p in zip(publisher.sent, publisher.partitions) if t == "item_pairs"]
+    kept = [(row, p) for row, p in zip(publisher.sent, publisher.partitions) if row[0] != "item_pairs"]
+    publisher.sent, publisher.partitions = [row for row, _ in kept], [p for _, p in kept]
+    run(NeighboursStage(services).process([Event(Message("item-pairs", p, n, k.encode(), json.dumps(v).encode()))
+                                           for n, (k, v, p) in enumerate(sent)]))
 
 
 def test_popularity_counts_catalog_items_only_and_repeats_do_not_refill_the_block():
@@ -253,3 +257,84 @@ def test_an_adapter_trained_on_other_text_lengths_is_reported():
     served = Settings(caption_max_new_tokens=24, summary_max_new_tokens=256)
     assert text_mismatches(metadata, served) == ["summary_tokens: trained 64, served 256"]
     assert text_mismatches({}, served) == []
+
+
+def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item_increments_did(monkeypatch):
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from models.cooccurrence import apply_entries, pair_entries
+    from streams.stages import interactions as stage
+
+    monkeypatch.setattr(stage, "PAIR_RECORDS_PER_MESSAGE", 40)  # several messages per partition
+    services = make_services(item_partitions=3, cooc_window=4)
+    run(ItemsStage(services).process(events("items", [item(i) for i in range(30)], "item_id")))
+    # users interleaved, so the batch's source order differs from the order users are applied in
+    batch = [interaction(f"u{n % 7}", f"i{(n * 11) % 30}") for n in range(120)] + [interaction("u1", "ghost")]
+    run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
+    messages = [(v, p) for (t, k, v), p in zip(services.publisher.sent, services.publisher.partitions)
+                if t == "item_pairs"]
+    assert 3 < len(messages) <= 3 * 4 and all(len(v["interactions"]) <= 40 for v, _ in messages)
+    # the reference: one entry per item an interaction changes, as one message per item carried them
+    histories: dict[str, list[str]] = {}
+    per_item: dict[str, list] = {}
+    for offset, event in enumerate(batch[:-1]):
+        previous = histories.setdefault(event["user_id"], [])
+        for target, entry in pair_entries(previous[-4:], event["item_id"], 0, offset,
+                                          stage.schemas.parse_time(NOW).timestamp(),
+                                          services.settings.cooccurrence_config()).items():
+            per_item.setdefault(target, []).append(entry)
+            # each item's increment goes to the partition Kafka's default partitioner gives the item
+            home = DefaultPartitioner()(target.encode(), [0, 1, 2], [0, 1, 2])
+            sent = [r for v, p in messages if p == home for r in v["interactions"] if r[1] == offset]
+            assert len(sent) == 1 and (target == event["item_id"] and sent[0][4] is not None
+                                       or target in [other for other, _ in sent[0][5]])
+        previous.append(event["item_id"])
+    assert services.metrics.get("pair_entries_total") == sum(map(len, per_item.values()))
+    config = services.settings.cooccurrence_config()
+    want = {i: apply_entries(None, e, config)[0] for i, e in per_item.items()}
+    fold_pairs(services)
+    assert services.neighbours == want and len(want) == 30
+    assert services.metrics.get("pair_entries_applied_total") == services.metrics.get("pair_entries_total")
+
+
+def test_redelivered_interactions_are_skipped_item_by_item():
+    from models.cooccurrence import interaction_records
+    from streams.stages.neighbours import NeighboursStage as Stage
+
+    services = make_services(item_partitions=1)
+
+    def records(*interactions):
+        return [interaction_records(0, o, 100.0, item, window, 0.8, 1)[0][0] for o, item, window in interactions]
+
+    first = records((5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"]))
+    again = records((6, "i2", ["i2", "i3", "i1"]), (7, "i3", ["i3", "i1", "i2"]))  # after a crash
+    for n, message in enumerate((first, again)):
+        run(Stage(services).process([Event(Message("item-pairs", 0, n, b"pairs-0",
+                                                   json.dumps({"interactions": message}).encode()))]))
+    assert services.neighbours["i1"]["count"] == 1 and services.neighbours["i2"]["count"] == 1
+    assert services.neighbours["i3"]["count"] == 1
+    # i1: i3 at distance 1 and i2 at 2 (its own interaction), i2 at 1 (o=6), i3 at 2 (o=7)
+    assert services.neighbours["i1"]["neighbours"] == {"i3": 1.0 + 0.8, "i2": 0.8 + 1.0}
+    assert services.metrics.get("pair_entries_skipped_total") == 3  # the second i2 interaction's targets
+
+
+def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole():
+    from models.cooccurrence import interaction_records
+
+    def message(offset, value, key=b"pairs-0"):
+        return Event(Message("item-pairs", 0, offset, key, json.dumps(value).encode()))
+
+    def records(*interactions):
+        return [interaction_records(0, o, 100.0, item, window, 0.8, 1)[0][0] for o, item, window in interactions]
+
+    entry = {"p": 0, "o": 5, "t": 100.0, "c": 1, "n": {"i2": 1.0}}
+    good = [message(0, {"item_id": "i1", "entries": [entry]}),
+            message(2, {"interactions": records((7, "i3", ["i1", "i2"]))})]
+    # a valid interaction first, so the bad message changes records before it fails
+    bad = message(1, {"interactions": records((6, "i2", ["i1"])) + [[0, 9, 100.0, "i4", None, [["i1", "x"]]]]})
+    services, reference = make_services(item_partitions=1), make_services(item_partitions=1)
+    run(NeighboursStage(services).process([good[0], bad, good[1]]))
+    run(NeighboursStage(reference).process(good))
+    assert services.neighbours == reference.neighbours and services.neighbours["i1"]["count"] == 1
+    assert services.neighbours["i1"]["neighbours"] == {"i2": 1.0, "i3": 0.8} and "i4" not in services.neighbours
+    assert [(k, cls) for k, cls, _ in services.publisher.dead] == [(b"pairs-0", "MalformedPairs")]
