@@ -1,6 +1,8 @@
 """Small synthetic catalog and interaction streams for the integration tests."""
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -75,14 +77,29 @@ def observed_neighbours(worker, n_items: int) -> dict[str, dict]:
     return out
 
 
-def kill_mid_replay(env, worker, events: list[dict], rate: float, after: int) -> None:
+def kill_mid_replay(env, worker, events: list[dict], rate: float, after: int):
     """Replay ``events`` at ``rate`` and kill -9 ``worker`` once it has applied ``after`` of them,
-    checking that the kill came while it still had events to apply."""
+    while the replay is still producing (a worker faster than the replay would otherwise have
+    applied everything by the time a replay that ran first returned); checks the kill came while
+    the worker still had events to apply. The replay's report."""
     from streams.harness.process import wait_until
     from streams.replay import replay
 
-    replay(env.bootstrap_servers, env.topic_interactions, events, rate=rate, backfill=False, progress=False)
-    wait_until(lambda: worker.metric("events_applied_total") > after, timeout=60, interval=0.1, message="mid-replay")
-    applied_before = worker.metric("events_applied_total")
-    worker.kill9()
+    with replaying(lambda: replay(env.bootstrap_servers, env.topic_interactions, events, rate=rate, backfill=False,
+                                  progress=False)) as report:
+        wait_until(lambda: worker.metric("events_applied_total") > after, timeout=60, interval=0.1,
+                   message="mid-replay")
+        applied_before = worker.metric("events_applied_total")
+        worker.kill9()
     assert applied_before < len(events), "the crash has to happen mid-replay"
+    return report.result()
+
+
+@contextlib.contextmanager
+def replaying(produce):
+    """Run ``produce`` (a replay) in a thread for the body of the block; a future of its result,
+    done (or its error raised) when the block ends."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(produce)
+        yield future
+    future.result()

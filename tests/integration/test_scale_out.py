@@ -54,11 +54,15 @@ def test_three_workers_survive_a_kill9_with_the_state_of_one_run(topic_factory, 
     events = log()
     want_users = helpers.expected_states(events, env.settings)
     want_items, _ = helpers.expected_neighbours(events, env.settings)
-    report = replay(env.bootstrap_servers, env.topic_interactions, events, rate=4000, progress=False)
     victim = workers[1]
-    wait_until(lambda: victim.metric("events_applied_total") > 1000, timeout=120, interval=0.1, message="mid-replay")
-    applied = sum(w.metric("events_applied_total") for w in workers)
-    victim.kill9()
+    # killed while the replay is still producing, so the kill is mid-replay however fast the workers are
+    with helpers.replaying(lambda: replay(env.bootstrap_servers, env.topic_interactions, events, rate=4000,
+                                          progress=False)) as replayed:
+        wait_until(lambda: victim.metric("events_applied_total") > 1000, timeout=120, interval=0.1,
+                   message="mid-replay")
+        applied = sum(w.metric("events_applied_total") for w in workers)
+        victim.kill9()
+    report = replayed.result()
     assert applied < EVENTS, "the kill has to come mid-replay"
     survivors = [workers[0], workers[2]]
 
