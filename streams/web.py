@@ -69,6 +69,24 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
                 "restored": services.restored.is_set(), "assigned": assigned, "pending_lists": len(services.due)}
         return web.json(body, status=200 if ok else 503)
 
+    @app.page("/debug/flow")
+    async def flow(web, request):
+        """Why a partition is not progressing: the consumer's flow and, per topic, its stream
+        buffer and whether Faust paused its partitions for a full buffer."""
+        consumer = app.consumer
+        topics = {}
+        for channel in app.topics._topics:
+            queue = channel.queue
+            topics[", ".join(channel.topics)] = {
+                "buffered_events": queue.qsize(), "buffer_size": queue.maxsize,
+                "partitions_awaiting_a_pressure_drop": len(queue._pending_pressure_drop_callbacks)}
+        return web.json({
+            "flow_active": consumer.flow_active, "in_recovery": app.in_recovery, "rebalancing": bool(app.rebalancing),
+            "assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment()),
+            "fetching": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer._get_active_partitions()),
+            "paused_for_full_buffer": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer._buffered_partitions),
+            "streams": topics})
+
     @app.page("/metrics")
     async def metrics(web, request):
         body = services.metrics.render(await consumer_lag())

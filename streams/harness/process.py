@@ -23,11 +23,18 @@ class WorkerProcess:
         return f"http://127.0.0.1:{self.web_port}"
 
     def start(self, timeout: float = 180.0) -> "WorkerProcess":
+        return self.spawn().wait_healthy(timeout)
+
+    def spawn(self) -> "WorkerProcess":
+        """Start the process without waiting (several workers that should join a group together)."""
         full_env = {**os.environ, **self.env, "MMSR_WEB_PORT": str(self.web_port), "PYTHONUNBUFFERED": "1"}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"],
                                          env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=self.cwd)
+        return self
+
+    def wait_healthy(self, timeout: float = 180.0) -> "WorkerProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

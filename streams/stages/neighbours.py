@@ -8,7 +8,6 @@ are skipped by their source partition and offset (``models.cooccurrence.apply_en
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
@@ -44,7 +43,6 @@ class NeighboursStage:
                     self.fold(folding, good_event, good_payload, by_partition, by_item)
                 continue
             folded.append((event, payload))
-            await asyncio.sleep(0)  # a message carries up to a batch of interactions: let the loop run
         partitions = self.s.settings.item_partitions
         applied = skipped = 0
         for item_id, (record, new, redelivered) in folding.items():

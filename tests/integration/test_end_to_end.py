@@ -81,6 +81,11 @@ def test_every_user_gets_k_unseen_catalog_items(topic_factory, worker_factory):
     assert worker.metric("recommendations_emitted_total") >= len(history)
     assert "mmsr_consumer_lag{" in worker.get("/metrics")
     assert worker.metric("event_to_recommendation_seconds_count") >= len(history)
+    # why a partition would not progress: the consumer's flow, per stream its buffer
+    flow = worker.get("/debug/flow")
+    assert flow["flow_active"] and not flow["paused_for_full_buffer"]
+    assert f"{env.topic_interactions}/0" in flow["assigned"] and f"{env.topic_interactions}/0" in flow["fetching"]
+    assert flow["streams"][env.topic_interactions]["buffered_events"] == 0
 
 
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat (Debian package) not installed")
