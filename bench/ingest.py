@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100000)
     parser.add_argument("--latency-events", type=int, default=300)
     parser.add_argument("--latency-rate", type=float, default=30.0)
+    parser.add_argument("--role", default="state", help="the worker's role (the issue's figure is for 'state')")
     parser.add_argument("--before-tree", type=Path, default=None,
                         help="a checkout of the code before the change: its worker is measured too (co-occurrence on)")
     parser.add_argument("--out", default="bench/results/ingest.json")
@@ -106,12 +107,13 @@ def main() -> None:
         events = rp.movielens_events()[: args.events]
         before = None
         if args.before_tree is not None:
-            before, worker, _ = ingest(info, tmp, "before", events, tree=args.before_tree.resolve(), cooccurrence=True)
+            before, worker, _ = ingest(info, tmp, "before", events, tree=args.before_tree.resolve(), cooccurrence=True,
+                                       role=args.role)
             worker.stop()
             before["tree"] = git_head(args.before_tree)
-        off, worker, settings = ingest(info, tmp, "cooc-off", events, cooccurrence=False)
+        off, worker, settings = ingest(info, tmp, "cooc-off", events, cooccurrence=False, role=args.role)
         worker.stop()
-        on, worker, settings = ingest(info, tmp, "cooc-on", events, cooccurrence=True)
+        on, worker, settings = ingest(info, tmp, "cooc-on", events, cooccurrence=True, role=args.role)
         workers.append(worker)
         baseline_rate = baseline_consume(info.bootstrap, settings.topic_interactions, len(events))
 
@@ -137,6 +139,7 @@ def main() -> None:
             "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                         "kafka": info.version},
             "events": len(events),
+            "role": args.role,
             "cooccurrence_on": on,
             "cooccurrence_off": off,
             "before_cooccurrence_on": before,

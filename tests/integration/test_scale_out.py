@@ -83,7 +83,8 @@ def test_three_workers_survive_a_kill9_with_the_state_of_one_run(topic_factory, 
         except AssertionError:
             example = next(iter(short))
             raise AssertionError(f"{len(short)} users incomplete on {w.url} (got, want): {dict(list(short.items())[:10])}; "
-                                 f"{example}: {w.get('/users/' + example)!r}; health {[s.get('/health') for s in survivors]}") from None
+                                 f"{example}: {w.get('/users/' + example)!r}; health {[s.get('/health') for s in survivors]}; "
+                                 f"flow {[s.get('/debug/flow') for s in survivors]}") from None
         for user, want in want_users.items():
             # every full block of distinct items summarized once: version = distinct items // B
             assert got[user] == {**want, "summary_version": len(want["seen"]) // env.summary_block}, user
