@@ -89,9 +89,7 @@ def fold_entries(folding: dict[str, list], get, item: str, entries: Iterable[dic
     """One item's increment objects (``pair_entries``' values) into ``folding``: item ->
     [record being changed, increments applied, increments skipped as redelivered]; ``get(item)``
     gives the stored record the first time the item is met. Records are pruned by the caller."""
-    state = folding.get(item)
-    if state is None:
-        state = folding[item] = [writable(get(item)), 0, 0]
+    state = folding_state(folding, get, item)
     for e in entries:
         state[1 if apply_increment(state[0], str(e["p"]), e["o"], e["t"], e["c"], e["n"].items(),
                                    config.trending_half_life) else 2] += 1
@@ -123,21 +121,22 @@ def fold_interactions(folding: dict[str, list], get, records: Iterable[list], co
     building the increment objects (about twenty per interaction, and most of a worker's time
     when it did)."""
     half_life = config.trending_half_life
-
-    def state_of(target: str) -> list:
-        state = folding.get(target)
-        if state is None:
-            state = folding[target] = [writable(get(target)), 0, 0]
-        return state
-
     for source, offset, ts, item, own, others in records:
         source = str(source)
         if own is not None:
-            state = state_of(item)
+            state = folding_state(folding, get, item)
             state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1
         for other, weight in others:
-            state = state_of(other)
+            state = folding_state(folding, get, other)
             state[1 if apply_increment(state[0], source, offset, ts, 0, ((item, weight),), half_life) else 2] += 1
+
+
+def folding_state(folding: dict[str, list], get, item: str) -> list:
+    """``item``'s [record being changed, applied, skipped] in ``folding``, opened from ``get(item)`` once."""
+    state = folding.get(item)
+    if state is None:
+        state = folding[item] = [writable(get(item)), 0, 0]
+    return state
 
 
 def writable(record: dict | None) -> dict:
