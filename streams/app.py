@@ -14,7 +14,8 @@ import logging
 import faust
 
 from streams.events import key_text
-from streams.kafka.security import faust_credentials
+from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger, is_checkpoint_key
+from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
 from streams.settings import TOPICS, Settings
@@ -67,6 +68,7 @@ class Worker:
         self.summary_requests = SummaryRequestsStage(self.services)
         self.rerank_requests = RerankRequestsStage(self.services)
         self.assigned: set[int] = set()
+        self.guards: list[OffsetGuard] = []
         if s.role != "llm":
             self._register_state()
         if s.role != "state":
@@ -81,7 +83,23 @@ class Worker:
 
     async def on_neighbours_changelog(self, event) -> None:
         """Every worker's counts and trending follow the item-keyed aggregates, item by item."""
-        self.services.item_stats.apply(*changelog_entry(event))
+        key, record = changelog_entry(event)
+        if not is_checkpoint_key(key):
+            self.services.item_stats.apply(key, record)
+
+    def guard(self, topic: str, table) -> OffsetGuard:
+        """The offset guard of one input topic whose stage keeps its state in ``table``
+        (``streams.kafka.continuity``: no offset is lost or applied twice across rebalances)."""
+        app, services = self.app, self.services
+
+        def assigned() -> set[int]:
+            return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+
+        guard = OffsetGuard(topic, table, PartitionReader(topic, self.settings.group_id, client_config(self.settings)),
+                            services.off_loop, services.metrics, assigned=assigned,
+                            acknowledge=faust_acknowledger(app))
+        self.guards.append(guard)
+        return guard
 
     async def restore(self) -> None:
         """After a start or a rebalance: the catalog index and what user state owes, rebuilt off the loop."""
@@ -90,7 +108,8 @@ class Worker:
             await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
             records = await services.off_loop(lambda: list(services.neighbours.items()))
             for key, record in records:
-                services.item_stats.apply(key_text(key), record)
+                if not is_checkpoint_key(key_text(key)):
+                    services.item_stats.apply(key_text(key), record)
             await services.off_loop(services.item_stats.trending.rank)
         owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
         services.backfill_pending = backfill
@@ -148,24 +167,39 @@ class Worker:
                     await services.restored.wait()
                     await self.summary_results.process(events)
 
+        items_guard = self.guard(s.topic_items, services.item_profiles)
+
         @app.agent(self.topics["items"], name="items")
         async def items_agent(stream):
             async for events in stream.take_events(s.embed_batch, within=s.embed_within):
-                await self.items.process(events)
+                await items_guard.feed(self.items.process, events)
+
+        pairs_guard = self.guard(s.topic_item_pairs, services.neighbours)
 
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
             async for events in stream.take_events(s.increments_batch, within=s.increments_within):
-                await self.neighbours.process(events)
+                await pairs_guard.feed(self.neighbours.process, events)
+
+        interactions_guard = self.guard(s.topic_interactions, services.user_state)
 
         @app.agent(self.topics["interactions"], name="interactions")
         async def interactions_agent(stream):
             async for events in stream.take_events(s.interaction_batch, within=s.interaction_within):
                 await services.restored.wait()
-                await self.interactions.process(events)
+                await interactions_guard.feed(self.interactions.process, events)
+
+        @app.timer(interval=1.0)
+        async def catch_up_idle_partitions():
+            if services.restored.is_set():
+                await items_guard.catch_up(self.items.process)
+                await pairs_guard.catch_up(self.neighbours.process)
+                await interactions_guard.catch_up(self.interactions.process)
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs):
+            for guard in self.guards:
+                guard.reset()
             services.restored.clear()  # in-memory schedules are dropped and derived again on assignment
             services.due.clear()
             services.backfill_pending = {}

@@ -49,6 +49,10 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "summary_requests_total": ("state role: summary requests sent to the llm role", ()),
     "summaries_skipped_total": ("state role: summaries not applied (not newer, or not the next block)", ("reason",)),
     "rerank_requests_total": ("state role: re-rank requests sent to the llm role", ()),
+    "offsets_recovered_total": ("input records the consumer never delivered, read from the broker by the offset "
+                                "guard and applied in order", ("topic",)),
+    "offsets_dropped_total": ("input records not handed to a stage: already taken (redelivery) or of a revoked "
+                              "partition", ("topic", "reason")),
 }
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "catalog_items": ("items in this worker's retrieval index", ()),

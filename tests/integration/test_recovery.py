@@ -66,6 +66,37 @@ def test_restart_and_rebuild_from_changelog(topic_factory, worker_factory):
     assert worker.metric("events_applied_total") == 0  # nothing was re-applied from the input topic
 
 
+def test_offsets_committed_but_never_applied_are_read_and_applied_once(topic_factory, worker_factory):
+    """The group's committed offset is no record of what was applied (measured: the new owner of
+    a partition without a committed offset began at its end, and Faust committed from there).
+    With the worker stopped, events are produced and the group's offsets committed past them;
+    the restarted worker applies every one of them once, with no further event to wake it."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    env = topic_factory()
+    events = movielens_events(users=25)[:1500]
+    first, rest = events[:600], events[600:]
+    worker = worker_factory(env).start()
+    replay(env.bootstrap_servers, env.topic_interactions, first, backfill=False, progress=False)
+    assert wait_all_applied(worker, len(first), expected_states(first, env.settings)) == expected_states(
+        first, env.settings)
+    worker.stop()
+
+    replay(env.bootstrap_servers, env.topic_interactions, rest, backfill=False, progress=False)
+    group = Consumer({"bootstrap.servers": env.bootstrap_servers, "group.id": env.settings.group_id,
+                      "enable.auto.commit": False})
+    ends = [TopicPartition(env.topic_interactions, p, group.get_watermark_offsets(
+        TopicPartition(env.topic_interactions, p), timeout=10)[1]) for p in range(env.settings.user_partitions)]
+    group.commit(offsets=ends, asynchronous=False)
+    group.close()
+
+    worker.start()
+    expected = expected_states(events, env.settings)
+    assert wait_all_applied(worker, len(events), expected) == expected
+    assert worker.metric("offsets_recovered_total") == len(rest)
+    assert worker.metric("events_applied_total") == len(rest)
+
+
 def lag(worker) -> dict[str, float]:
     out = {}
     for line in worker.get("/metrics").splitlines():

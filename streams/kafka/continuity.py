@@ -1,0 +1,254 @@
+"""Every offset of an input partition reaches its stage once, in order, whatever the group does.
+
+Why this exists: the consumer group's committed offset is not a safe record of what a stage
+applied. Measured on this project (two workers joining on a backlog, ``bench/scale_out.py``):
+the new owner of an item-pairs partition that had no committed offset began reading at the
+partition's end (offset 34 and 36 in two runs, with ``auto.offset.reset=earliest``), and Faust,
+which then sees no gap before its first acknowledged offset, committed past records nobody
+had read: 8% of the co-occurrence increments were lost without a trace. Faust's producer-buffer
+flush before a commit also returns after 0.1 s without a send, so an offset can be committed
+before the changelog writes of its events (a crash then loses them). Neither can be fixed from
+outside Faust, so this guard makes both harmless:
+
+- each stage records, per source partition, the last offset it took (``checkpoint_key``) in its
+  own table, in the changelog partition its state for that source partition is written to,
+  after that state, so a checkpoint never runs ahead of the state it vouches for;
+- on the first event of a partition after an assignment the guard reads that checkpoint (else
+  the group's committed offset, else the log start) and from then on knows the next offset due;
+- an event past the next offset due makes the guard read the missing offsets from the broker
+  itself (``PartitionReader``) and hand them to the stage first, in order; a gap the broker
+  confirms (compaction, transaction markers, retention) is passed over;
+- an event at or below the checkpoint was applied before, and is dropped here (redelivery);
+- a partition with no event since its assignment is checked on a timer (``catch_up``): a
+  committed offset past its checkpoint means records nobody applied, read and applied at once
+  rather than when the partition's next event happens to arrive.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, MutableMapping, Protocol
+
+from streams.events import in_partition, in_partition_of
+
+log = logging.getLogger("mmsr.worker")
+
+CHECKPOINT_PREFIX = "\x00offset/"  # ids cannot contain NUL (the event schemas forbid it)
+READ_TIMEOUT_S = 30.0
+
+
+def checkpoint_key(topic: str, partition: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{topic}/{partition}"
+
+
+def is_checkpoint_key(key) -> bool:
+    return isinstance(key, str) and key.startswith(CHECKPOINT_PREFIX)
+
+
+@dataclass
+class ReadMessage:
+    """A record the guard read itself, with the fields of Faust's message the stages use."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list
+    timestamp: float  # seconds, as Faust gives them
+
+
+class ReadEvent:
+    """Stands for a Faust event around a ``ReadMessage`` (``in_partition_of`` keeps a weak reference)."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, message: ReadMessage):
+        self.message = message
+
+
+class Reader(Protocol):
+    def read(self, partition: int, start: int, end: int) -> list[ReadMessage]:
+        """The records of ``partition`` with offsets in [start, end), oldest first."""
+
+    def committed(self, partition: int) -> int | None:
+        """The consumer group's committed offset of ``partition`` (None: none)."""
+
+
+class PartitionReader:
+    """Reads one topic's partitions outside the consumer group (assign, never subscribe), and
+    the group's committed offsets; blocking: call it in a thread."""
+
+    def __init__(self, topic: str, group_id: str, client_config: dict):
+        self.topic, self.group_id, self.config = topic, group_id, client_config
+        self._consumer = None
+
+    def _client(self):
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            self._consumer = Consumer({
+                **self.config, "group.id": self.group_id, "enable.auto.commit": False,
+                "auto.offset.reset": "earliest", "enable.partition.eof": True, "log_level": 0,
+            })
+        return self._consumer
+
+    def read(self, partition: int, start: int, end: int) -> list[ReadMessage]:
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        consumer = self._client()
+        consumer.assign([TopicPartition(self.topic, partition, start)])
+        found: list[ReadMessage] = []
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                records = consumer.consume(num_messages=1000, timeout=1.0)
+                if records:
+                    deadline = time.monotonic() + READ_TIMEOUT_S  # a long gap reads as long as it progresses
+                for record in records:
+                    error = record.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            return found
+                        raise KafkaException(error)
+                    if record.offset() >= end:
+                        return found
+                    if record.offset() >= start:
+                        found.append(ReadMessage(self.topic, partition, record.offset(), record.key(), record.value(),
+                                                 list(record.headers() or []), record.timestamp()[1] / 1000.0))
+                if found and found[-1].offset == end - 1:
+                    return found
+            raise TimeoutError(f"reading {self.topic}/{partition} [{start}, {end}): no record for {READ_TIMEOUT_S:.0f}s")
+        finally:
+            consumer.unassign()
+
+    def committed(self, partition: int) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        [tp] = self._client().committed([TopicPartition(self.topic, partition)], timeout=READ_TIMEOUT_S)
+        return tp.offset if tp.offset >= 0 else None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class OffsetGuard:
+    """One input topic of one stage: ``admit`` a batch before the stage, ``taken`` after it."""
+
+    def __init__(self, topic: str, table: MutableMapping, reader: Reader,
+                 off_loop: Callable[..., Awaitable], metrics=None,
+                 assigned: Callable[[], set[int] | None] = lambda: None,
+                 acknowledge: Callable[[ReadMessage], None] = lambda message: None):
+        self.topic, self.table, self.reader, self.off_loop = topic, table, reader, off_loop
+        self.metrics, self.assigned, self.acknowledge = metrics, assigned, acknowledge
+        self.next_offset: dict[int, int] = {}  # partition -> the next offset due to the stage
+        self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
+
+    async def feed(self, process: Callable[[list], Awaitable], events) -> None:
+        """One batch from the stream through ``admit``, the stage and ``taken``."""
+        async with self.lock:
+            admitted = await self.admit(events)
+            if admitted:
+                await process(admitted)
+                self.taken(admitted)
+
+    async def catch_up(self, process: Callable[[list], Awaitable]) -> None:
+        """Partitions without an event since their assignment: records between the checkpoint
+        and the group's committed offset were committed by a consumer that never applied them
+        (or whose changelog writes were lost); they are read and applied now."""
+        async with self.lock:
+            assigned = self.assigned()
+            for partition in sorted((assigned or set()) - self.next_offset.keys()):
+                in_partition(self.topic, partition)
+                record = self.table.get(checkpoint_key(self.topic, partition))
+                if record is None:
+                    continue  # nothing applied here yet: the first event decides (``admit``)
+                due = int(record["offset"]) + 1
+                committed = await self.off_loop(self.reader.committed, partition)
+                if partition in self.next_offset:  # an event came meanwhile
+                    continue
+                self.next_offset[partition] = max(due, committed or 0)
+                if committed is not None and committed > due:
+                    missing = await self._read(partition, due, committed)
+                    if missing:
+                        await process(missing)
+                        self.taken(missing)
+
+    def reset(self) -> None:
+        """After a revocation: another worker may move any partition on; read checkpoints again."""
+        self.next_offset.clear()
+
+    async def admit(self, events: Iterable) -> list:
+        """The batch as the stage must see it: missing offsets read and put first, redelivered
+        and foreign (revoked) ones dropped."""
+        assigned = self.assigned()
+        admitted: list = []
+        for event in events:
+            message = event.message
+            partition, offset = message.partition, message.offset
+            if assigned is not None and partition not in assigned:
+                self._count("offsets_dropped_total", reason="not assigned")
+                continue
+            due = self.next_offset.get(partition)
+            if due is None:
+                due = await self._first_due(event)
+            if offset < due:
+                self._count("offsets_dropped_total", reason="already taken")
+                continue
+            if offset > due:
+                admitted.extend(await self._read(partition, due, offset))
+            admitted.append(event)
+            self.next_offset[partition] = offset + 1
+        return admitted
+
+    def taken(self, events: list) -> None:
+        """After the stage applied ``events``: each partition's last offset recorded beside its
+        state (same table, same changelog partition, written after it), and the records this
+        guard read acknowledged to the consumer so its committed offset can move past them."""
+        last: dict[int, object] = {}
+        for event in events:
+            last[event.message.partition] = event
+            if isinstance(event, ReadEvent):
+                self.acknowledge(event.message)
+        for partition, event in last.items():
+            in_partition_of(event)
+            self.table[checkpoint_key(self.topic, partition)] = {"offset": event.message.offset}
+
+    async def _read(self, partition: int, start: int, end: int) -> list[ReadEvent]:
+        missing = await self.off_loop(self.reader.read, partition, start, end)
+        if missing:
+            log.warning("%s/%d: offsets %d..%d were never applied by any worker (%d records); read from the "
+                        "broker and applied in order", self.topic, partition, start, end - 1, len(missing))
+            self._count("offsets_recovered_total", len(missing))
+        return [ReadEvent(m) for m in missing]
+
+    async def _first_due(self, event) -> int:
+        partition = event.message.partition
+        in_partition_of(event)  # a partitioned table reads the partition of the current event
+        record = self.table.get(checkpoint_key(self.topic, partition))
+        if record is not None:
+            return int(record["offset"]) + 1
+        committed = await self.off_loop(self.reader.committed, partition)
+        return committed if committed is not None else 0
+
+    def _count(self, name: str, n: int = 1, **labels) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, n, topic=self.topic, **labels)
+
+
+def faust_acknowledger(app) -> Callable[[ReadMessage], None]:
+    """Acknowledge a record the guard read as if Faust had delivered it: Faust commits the
+    highest offset below which every offset is acknowledged, so without this a partition whose
+    gap the guard filled would never commit again."""
+    from faust.types import TP, Message
+
+    def acknowledge(read: ReadMessage) -> None:
+        tp = TP(read.topic, read.partition)
+        app.consumer.ack(Message(read.topic, read.partition, read.offset, read.timestamp, 0, read.headers,
+                                 read.key, read.value, None, tp=tp))
+
+    return acknowledge

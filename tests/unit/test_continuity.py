@@ -1,0 +1,130 @@
+"""The offset guard: no input offset skipped, none handed to a stage twice, whatever the consumer does."""
+from __future__ import annotations
+
+import asyncio
+
+from streams.kafka.continuity import OffsetGuard, ReadEvent, ReadMessage, checkpoint_key, is_checkpoint_key
+from streams.metrics import Metrics
+
+TOPIC = "interactions"
+
+
+class Event:
+    def __init__(self, partition: int, offset: int):
+        self.message = ReadMessage(TOPIC, partition, offset, b"k", f"v{offset}".encode(), [], 0.0)
+
+
+class Broker:
+    """What the broker holds per partition: a set of offsets (a gap in it is a real one)."""
+
+    def __init__(self, offsets: dict[int, list[int]], committed: dict[int, int] | None = None):
+        self.offsets, self._committed = offsets, committed or {}
+        self.reads: list[tuple[int, int, int]] = []
+
+    def read(self, partition, start, end):
+        self.reads.append((partition, start, end))
+        return [Event(partition, o).message for o in self.offsets[partition] if start <= o < end]
+
+    def committed(self, partition):
+        return self._committed.get(partition)
+
+
+async def inline(fn, *args):
+    return fn(*args)
+
+
+def make_guard(broker, table=None, assigned=None, acknowledged=None):
+    metrics = Metrics()
+    guard = OffsetGuard(TOPIC, {} if table is None else table, broker, inline, metrics,
+                        assigned=lambda: assigned,
+                        acknowledge=(acknowledged.append if acknowledged is not None else lambda m: None))
+    return guard, metrics
+
+
+def offsets(events):
+    return [(e.message.partition, e.message.offset) for e in events]
+
+
+def admit(guard, events):
+    return asyncio.run(guard.admit(events))
+
+
+def test_offsets_never_delivered_are_read_and_put_first_in_order():
+    broker = Broker({0: list(range(10))})
+    acknowledged = []
+    table = {checkpoint_key(TOPIC, 0): {"offset": 2}}
+    guard, metrics = make_guard(broker, table, acknowledged=acknowledged)
+    admitted = admit(guard, [Event(0, 6), Event(0, 7)])
+    assert offsets(admitted) == [(0, 3), (0, 4), (0, 5), (0, 6), (0, 7)]
+    assert [type(e) for e in admitted[:3]] == [ReadEvent] * 3
+    assert broker.reads == [(0, 3, 6)]
+    assert metrics.get("offsets_recovered_total") == 3
+    guard.taken(admitted)
+    assert table[checkpoint_key(TOPIC, 0)] == {"offset": 7}
+    assert [m.offset for m in acknowledged] == [3, 4, 5]  # only what the guard read, not Faust's own
+
+
+def test_redelivered_offsets_are_dropped_and_a_confirmed_gap_is_passed_over():
+    broker = Broker({0: [0, 1, 2, 5, 6]})  # 3 and 4 do not exist (compaction, transaction markers)
+    table = {checkpoint_key(TOPIC, 0): {"offset": 1}}
+    guard, metrics = make_guard(broker, table)
+    admitted = admit(guard, [Event(0, 0), Event(0, 1), Event(0, 2), Event(0, 5), Event(0, 6), Event(0, 6)])
+    assert offsets(admitted) == [(0, 2), (0, 5), (0, 6)]
+    assert metrics.get("offsets_dropped_total", reason="already taken") == 3
+    assert metrics.get("offsets_recovered_total") == 0
+    assert broker.reads == [(0, 3, 5)]
+
+
+def test_without_a_checkpoint_the_group_offset_then_the_log_start_is_due():
+    broker = Broker({0: list(range(40)), 1: list(range(40))}, committed={1: 30})
+    guard, metrics = make_guard(broker)
+    # partition 0: nothing committed and a first event at the end (seen with two workers
+    # joining on a backlog): everything before it is read; partition 1 trusts the group
+    admitted = admit(guard, [Event(0, 36), Event(1, 30)])
+    assert offsets(admitted) == [(0, o) for o in range(37)] + [(1, 30)]
+    assert metrics.get("offsets_recovered_total") == 36
+
+
+def test_partitions_not_assigned_are_dropped_and_reset_reads_the_checkpoint_again():
+    broker = Broker({0: list(range(20)), 1: list(range(20))})
+    table = {checkpoint_key(TOPIC, 0): {"offset": 4}, checkpoint_key(TOPIC, 1): {"offset": 9}}
+    guard, metrics = make_guard(broker, table, assigned={0})
+    assert offsets(admit(guard, [Event(0, 5), Event(1, 10)])) == [(0, 5)]
+    assert metrics.get("offsets_dropped_total", reason="not assigned") == 1
+    # another worker took partition 0 on to offset 12 meanwhile; after a rebalance this one
+    # must not trust what it remembered (6 due) but the checkpoint in the table
+    table[checkpoint_key(TOPIC, 0)] = {"offset": 12}
+    guard.reset()
+    assert offsets(admit(guard, [Event(0, 6), Event(0, 13)])) == [(0, 13)]
+
+
+def test_checkpoint_keys_cannot_be_ids():
+    import json
+
+    import schemas
+    import pytest
+
+    key = checkpoint_key(TOPIC, 0)
+    assert is_checkpoint_key(key) and not is_checkpoint_key("user-1")
+    event = {"user_id": key, "item_id": "i1", "type": "view", "event_time": "2026-01-01T00:00:00Z"}
+    with pytest.raises(schemas.InvalidEvent, match="user_id"):
+        schemas.parse("interaction", json.dumps(event).encode())
+    with pytest.raises(schemas.InvalidEvent, match="item_id"):
+        schemas.parse("item", json.dumps({"item_id": key, "title": "t", "event_time": "2026-01-01T00:00:00Z"}).encode())
+
+
+def test_an_idle_partition_committed_past_its_checkpoint_is_caught_up_without_waiting_for_an_event():
+    broker = Broker({0: list(range(10)), 1: list(range(10))}, committed={0: 10, 1: 4})
+    table = {checkpoint_key(TOPIC, 0): {"offset": 5}, checkpoint_key(TOPIC, 1): {"offset": 3}}
+    guard, metrics = make_guard(broker, table, assigned={0, 1})
+    applied: list = []
+
+    async def process(events):
+        applied.extend(events)
+
+    asyncio.run(guard.catch_up(process))
+    assert offsets(applied) == [(0, 6), (0, 7), (0, 8), (0, 9)]  # partition 1 is where it should be
+    assert table[checkpoint_key(TOPIC, 0)] == {"offset": 9}
+    assert guard.next_offset == {0: 10, 1: 4}
+    asyncio.run(guard.catch_up(process))  # once per assignment: nothing read twice
+    assert len(applied) == 4 and broker.reads == [(0, 6, 10)]
