@@ -147,6 +147,7 @@ class OffsetGuard:
         self.metrics, self.assigned, self.acknowledge = metrics, assigned, acknowledge
         self.next_offset: dict[int, int] = {}  # partition -> the next offset due to the stage
         self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
+        self.generation = 0  # counts resets: a check begun before a rebalance must not outlive it
 
     async def feed(self, process: Callable[[list], Awaitable], events) -> None:
         """One batch from the stream through ``admit``, the stage and ``taken``."""
@@ -161,7 +162,7 @@ class OffsetGuard:
         and the group's committed offset were committed by a consumer that never applied them
         (or whose changelog writes were lost); they are read and applied now."""
         async with self.lock:
-            assigned = self.assigned()
+            generation, assigned = self.generation, self.assigned()
             for partition in sorted((assigned or set()) - self.next_offset.keys()):
                 in_partition(self.topic, partition)
                 record = self.table.get(checkpoint_key(self.topic, partition))
@@ -169,8 +170,8 @@ class OffsetGuard:
                     continue  # nothing applied here yet: the first event decides (``admit``)
                 due = int(record["offset"]) + 1
                 committed = await self.off_loop(self.reader.committed, partition)
-                if partition in self.next_offset:  # an event came meanwhile
-                    continue
+                if generation != self.generation:  # revoked meanwhile
+                    return
                 self.next_offset[partition] = max(due, committed or 0)
                 if committed is not None and committed > due:
                     missing = await self._read(partition, due, committed)
@@ -181,6 +182,7 @@ class OffsetGuard:
     def reset(self) -> None:
         """After a revocation: another worker may move any partition on; read checkpoints again."""
         self.next_offset.clear()
+        self.generation += 1
 
     async def admit(self, events: Iterable) -> list:
         """The batch as the stage must see it: missing offsets read and put first, redelivered
