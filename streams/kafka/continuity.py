@@ -160,7 +160,10 @@ class OffsetGuard:
     async def catch_up(self, process: Callable[[list], Awaitable]) -> None:
         """Partitions without an event since their assignment: records between the checkpoint
         and the group's committed offset were committed by a consumer that never applied them
-        (or whose changelog writes were lost); they are read and applied now."""
+        (or whose changelog writes were lost); they are read and applied now. Skipped while a
+        batch is being applied (the timer would wait behind it): the next tick checks."""
+        if self.lock.locked():
+            return
         async with self.lock:
             generation, assigned = self.generation, self.assigned()
             for partition in sorted((assigned or set()) - self.next_offset.keys()):
