@@ -14,7 +14,7 @@ import logging
 import faust
 
 from streams.events import key_text
-from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger, is_checkpoint_key
+from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
@@ -83,9 +83,7 @@ class Worker:
 
     async def on_neighbours_changelog(self, event) -> None:
         """Every worker's counts and trending follow the item-keyed aggregates, item by item."""
-        key, record = changelog_entry(event)
-        if not is_checkpoint_key(key):
-            self.services.item_stats.apply(key, record)
+        self.services.item_stats.apply(*changelog_entry(event))
 
     def guard(self, topic: str, table) -> OffsetGuard:
         """The offset guard of one input topic whose stage keeps its state in ``table``
@@ -108,8 +106,7 @@ class Worker:
             await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
             records = await services.off_loop(lambda: list(services.neighbours.items()))
             for key, record in records:
-                if not is_checkpoint_key(key_text(key)):
-                    services.item_stats.apply(key_text(key), record)
+                services.item_stats.apply(key_text(key), record)
             await services.off_loop(services.item_stats.trending.rank)
         owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
         services.backfill_pending = backfill

@@ -17,6 +17,7 @@ import orjson
 
 from models.retrieval import CatalogIndex, Popularity
 from streams.events import decode_vector, dead_letter_record, key_text
+from streams.kafka.continuity import is_checkpoint_key
 from streams.metrics import Metrics
 from streams.settings import Settings
 
@@ -247,8 +248,12 @@ class ItemStats:
         self.trending = Popularity(auto_rank=False)
 
     def apply(self, item_id: str, record: dict | None) -> None:
+        """One entry of the item-neighbours table, from any path (a fold, the changelog, a
+        restore scan); the table also holds the offset guard's checkpoints, which are not items."""
         from models.cooccurrence import trend_key
 
+        if is_checkpoint_key(item_id):
+            return
         if not record:
             self.counts.pop(item_id, None)
             self.trending.remove(item_id)

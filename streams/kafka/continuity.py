@@ -130,11 +130,6 @@ class PartitionReader:
         [tp] = self._client().committed([TopicPartition(self.topic, partition)], timeout=READ_TIMEOUT_S)
         return tp.offset if tp.offset >= 0 else None
 
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
 
 class OffsetGuard:
     """One input topic of one stage: ``admit`` a batch before the stage, ``taken`` after it."""
@@ -168,10 +163,9 @@ class OffsetGuard:
             generation, assigned = self.generation, self.assigned()
             for partition in sorted((assigned or set()) - self.next_offset.keys()):
                 in_partition(self.topic, partition)
-                record = self.table.get(checkpoint_key(self.topic, partition))
-                if record is None:
+                due = self._checkpoint_due(partition)
+                if due is None:
                     continue  # nothing applied here yet: the first event decides (``admit``)
-                due = int(record["offset"]) + 1
                 committed = await self.off_loop(self.reader.committed, partition)
                 if generation != self.generation:  # revoked meanwhile
                     return
@@ -233,12 +227,18 @@ class OffsetGuard:
 
     async def _first_due(self, event) -> int:
         partition = event.message.partition
-        in_partition_of(event)  # a partitioned table reads the partition of the current event
-        record = self.table.get(checkpoint_key(self.topic, partition))
-        if record is not None:
-            return int(record["offset"]) + 1
+        in_partition_of(event)
+        due = self._checkpoint_due(partition)
+        if due is not None:
+            return due
         committed = await self.off_loop(self.reader.committed, partition)
         return committed if committed is not None else 0
+
+    def _checkpoint_due(self, partition: int) -> int | None:
+        """The offset after the partition's checkpoint (None: none). The caller has set the
+        partition context: a partitioned table reads the partition of the current event."""
+        record = self.table.get(checkpoint_key(self.topic, partition))
+        return None if record is None else int(record["offset"]) + 1
 
     def _count(self, name: str, n: int = 1, **labels) -> None:
         if self.metrics is not None:

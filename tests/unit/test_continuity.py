@@ -128,3 +128,11 @@ def test_an_idle_partition_committed_past_its_checkpoint_is_caught_up_without_wa
     assert guard.next_offset == {0: 10, 1: 4}
     asyncio.run(guard.catch_up(process))  # once per assignment: nothing read twice
     assert len(applied) == 4 and broker.reads == [(0, 6, 10)]
+
+
+def test_item_stats_take_no_checkpoint_for_an_item():
+    from streams.services import ItemStats
+
+    stats = ItemStats(half_life=3600.0)
+    stats.apply(checkpoint_key("item-pairs", 0), {"offset": 41})  # a changelog or restore-scan entry
+    assert stats.counts == {}
