@@ -46,11 +46,17 @@ def pair_window(previous: list[str], config: CooccurrenceConfig) -> list[str]:
 def window_weights(window: list[str], item: str, decay: float) -> list[tuple[str, float]]:
     """(other item, pair weight) for an interaction with ``item`` after ``window`` (oldest first):
     decay^(d-1) at distance d, the nearest occurrence of a repeated item only, never the item itself."""
+    powers = decay_powers(decay, len(window))
+    return [(other, powers[step]) for other, step in window_steps(window, item)]
+
+
+def window_steps(window: list[str], item: str) -> list[tuple[str, int]]:
+    """(other item, d - 1) for the items ``window_weights`` weighs: the weight is decay^(d-1)."""
     seen, out = {item}, []
-    for other, weight in zip(reversed(window), decay_powers(decay, len(window))):
+    for step, other in enumerate(reversed(window)):
         if other not in seen:
             seen.add(other)
-            out.append((other, weight))
+            out.append((other, step))
     return out
 
 
@@ -95,40 +101,76 @@ def fold_entries(folding: dict[str, list], get, item: str, entries: Iterable[dic
                                    config.trending_half_life) else 2] += 1
 
 
-def interaction_records(partition: int, offset: int, ts: float, item: str, window: list[str], decay: float,
+def interaction_records(partition: int, offset: int, ts: float, item: str, window: list[str],
                         partitions: int) -> tuple[dict[int, list], int]:
     """What an interaction sends to each item partition its increments change, and how many
     increments it makes: ``{item partition: [source partition, offset, time, item, own, others]}``,
-    ``own`` the pair weights of the item's own record ([[other, weight], ...]; None when the item
-    is another partition's) and ``others`` the [[other, weight], ...] of the paired items of that
-    partition (each record gets the pair with ``item``). Weighted and routed here, once, so the
-    partitions' folds need neither the window nor the hash."""
-    weights = window_weights(window, item, decay)
+    ``own`` the pairs of the item's own record (None when the item is another partition's) and
+    ``others`` the pairs of that partition's paired items (each record gets the pair with
+    ``item``). Routed here, once, so the partitions' folds need neither the window nor the hash.
+
+    Pairs are flat, ``[other, d - 1, other, d - 1, ...]``: the fold weighs them decay^(d-1) from
+    the message's decay (``pairs_message``). A float weight per pair made the messages three
+    times larger, and parsing them cost as much as folding them."""
+    steps = window_steps(window, item)
     home = key_partition(item, partitions)
-    out: dict[int, list] = {home: [partition, offset, ts, item, weights, []]}
-    for other, weight in weights:
+    out: dict[int, list] = {home: [partition, offset, ts, item, [x for pair in steps for x in pair], []]}
+    for other, step in steps:
         target = key_partition(other, partitions)
         record = out.get(target)
         if record is None:
             record = out[target] = [partition, offset, ts, item, None, []]
-        record[5].append((other, weight))
-    return out, 1 + len(weights)
+        record[5] += (other, step)
+    return out, 1 + len(steps)
 
 
-def fold_interactions(folding: dict[str, list], get, records: Iterable[list], config: CooccurrenceConfig) -> None:
-    """One item partition's ``interaction_records`` (in source order) into ``folding`` (as
+def pairs_message(records: list[list], config: CooccurrenceConfig) -> dict:
+    """An item-pairs message: ``interaction_records`` with the decay and window that weigh them."""
+    return {"pairs": records, "decay": config.decay, "window": config.window}
+
+
+def fold_message(folding: dict[str, list], get, payload: dict, config: CooccurrenceConfig) -> None:
+    """One item partition's message of interactions (in source order) into ``folding`` (as
     ``fold_entries``): the records ``pair_entries`` then ``apply_entries`` would make, without
     building the increment objects (about twenty per interaction, and most of a worker's time
-    when it did)."""
-    half_life = config.trending_half_life
-    for source, offset, ts, item, own, others in records:
-        source = str(source)
-        if own is not None:
-            state = folding_state(folding, get, item)
-            state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1
-        for other, weight in others:
-            state = folding_state(folding, get, other)
-            state[1 if apply_increment(state[0], source, offset, ts, 0, ((item, weight),), half_life) else 2] += 1
+    when it did). ``{"pairs"}`` is ``pairs_message``; ``{"interactions"}``, records with
+    ``[[other, weight], ...]`` pairs, is what workers before it sent, so a topic written by one
+    still folds after an upgrade. Raises on a malformed message, possibly after changing records."""
+    if "pairs" in payload:
+        powers = decay_powers(float(payload["decay"]), int(payload["window"]))
+        for source, offset, ts, item, own, others in payload["pairs"]:
+            if (own and min(own[1::2]) < 0) or (others and min(others[1::2]) < 0):
+                raise ValueError(f"a negative distance in interaction {offset}")
+            fold_interaction(folding, get, str(source), offset, ts, item,
+                             None if own is None else zip(own[0::2], map(powers.__getitem__, own[1::2])),
+                             zip(others[0::2], map(powers.__getitem__, others[1::2])), config.trending_half_life)
+    else:
+        for source, offset, ts, item, own, others in payload["interactions"]:
+            fold_interaction(folding, get, str(source), offset, ts, item, own, others, config.trending_half_life)
+
+
+def fold_interaction(folding: dict[str, list], get, source: str, offset: int, ts: float, item: str, own,
+                     others, half_life: float) -> None:
+    """One interaction's increments to the records of one partition: ``own`` (the item's record
+    gets every (other, weight) pair, None when it is another partition's) and ``others`` (each
+    other's record gets the pair with ``item``). The increment to each other's record is
+    ``apply_increment`` written out: it runs some twenty times per interaction."""
+    if own is not None:
+        state = folding_state(folding, get, item)
+        state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1
+    for other, weight in others:
+        state = folding.get(other)
+        if state is None:
+            state = folding[other] = [writable(get(other)), 0, 0]
+        record = state[0]
+        applied = record["applied"]
+        if offset > applied.get(source, -1):
+            applied[source] = offset
+            neighbours = record["neighbours"]
+            neighbours[item] = neighbours.get(item, 0.0) + weight
+            state[1] += 1
+        else:
+            state[2] += 1
 
 
 def folding_state(folding: dict[str, list], get, item: str) -> list:

@@ -12,7 +12,7 @@ import time
 
 import schemas
 from models import pipeline
-from models.cooccurrence import interaction_records, pair_window
+from models.cooccurrence import interaction_records, pair_window, pairs_message
 from schemas import BACKFILL_END, CONTROL_HEADER
 from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
 from streams.services import Services, isolate
@@ -155,11 +155,11 @@ class InteractionsStage:
         arrive in one partition (the one its id hashes to, as a keyed message would go) and in
         source order (the records are sorted by source partition and offset), which the
         neighbours stage's skip of redelivered increments relies on."""
-        partitions, decay = self.s.settings.item_partitions, self.cooccurrence.decay
+        partitions = self.s.settings.item_partitions
         by_partition: dict[int, list[list]] = {}
         increments = 0
         for source, offset, ts, item, window in sorted(pairs, key=lambda r: (r[0], r[1])):
-            records, n = interaction_records(source, offset, ts, item, window, decay, partitions)
+            records, n = interaction_records(source, offset, ts, item, window, partitions)
             increments += n
             for partition, record in records.items():
                 by_partition.setdefault(partition, []).append(record)
@@ -167,8 +167,8 @@ class InteractionsStage:
         for partition, records in sorted(by_partition.items()):
             for start in range(0, len(records), PAIR_RECORDS_PER_MESSAGE):
                 chunk = records[start:start + PAIR_RECORDS_PER_MESSAGE]
-                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}", {"interactions": chunk},
-                                                           partition=partition))
+                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}",
+                                                           pairs_message(chunk, self.cooccurrence), partition=partition))
         self.s.metrics.inc("pair_entries_total", increments)
         self.s.metrics.inc("pair_messages_total", len(futures))
         return futures

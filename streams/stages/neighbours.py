@@ -12,7 +12,7 @@ import logging
 
 import orjson
 
-from models.cooccurrence import fold_entries, fold_interactions, key_partition, prune
+from models.cooccurrence import fold_entries, fold_message, key_partition, prune
 from streams.events import in_partition_of
 from streams.services import Services
 
@@ -35,7 +35,7 @@ class NeighboursStage:
             try:
                 payload = orjson.loads(message.value)
                 self.fold(folding, event, payload, by_partition, by_item)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
                 await self.s.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
                 # the bad message may have changed some records before failing: fold again without it
                 folding.clear()
@@ -58,14 +58,15 @@ class NeighboursStage:
         self.s.metrics.gauge("items_with_neighbours", len(self.s.item_stats.counts))
 
     def fold(self, folding: dict, event, payload: dict, by_partition: dict, by_item: dict) -> None:
-        """One item-pairs message into ``folding``: ``interaction_records`` (``{"interactions"}``),
-        or one item's increment objects (``{"item_id", "entries"}``, as workers before the
+        """One item-pairs message into ``folding``: an item partition's interactions
+        (``fold_message``: ``{"pairs"}``, or the ``{"interactions"}`` of earlier workers), or one
+        item's increment objects (``{"item_id", "entries"}``, as workers before the
         interactions layout sent them, so a topic written by one still folds after an upgrade).
         Raises on a malformed message, possibly after changing some records (the caller folds
         the batch again without it: checking every pair first cost a tenth of the fold)."""
         get = self.s.neighbours.get
-        if "interactions" in payload:
-            fold_interactions(folding, get, payload["interactions"], self.config)
+        if "pairs" in payload or "interactions" in payload:
+            fold_message(folding, get, payload, self.config)
             by_partition[event.message.partition] = event
         else:
             entries, item_id = payload["entries"], str(payload["item_id"])

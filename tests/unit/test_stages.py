@@ -273,7 +273,7 @@ def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item
     run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
     messages = [(v, p) for (t, k, v), p in zip(services.publisher.sent, services.publisher.partitions)
                 if t == "item_pairs"]
-    assert 3 < len(messages) <= 3 * 4 and all(len(v["interactions"]) <= 40 for v, _ in messages)
+    assert 3 < len(messages) <= 3 * 4 and all(len(v["pairs"]) <= 40 for v, _ in messages)
     # the reference: one entry per item an interaction changes, as one message per item carried them
     histories: dict[str, list[str]] = {}
     per_item: dict[str, list] = {}
@@ -285,9 +285,9 @@ def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item
             per_item.setdefault(target, []).append(entry)
             # each item's increment goes to the partition Kafka's default partitioner gives the item
             home = DefaultPartitioner()(target.encode(), [0, 1, 2], [0, 1, 2])
-            sent = [r for v, p in messages if p == home for r in v["interactions"] if r[1] == offset]
+            sent = [r for v, p in messages if p == home for r in v["pairs"] if r[1] == offset]
             assert len(sent) == 1 and (target == event["item_id"] and sent[0][4] is not None
-                                       or target in [other for other, _ in sent[0][5]])
+                                       or target in sent[0][5][0::2])
         previous.append(event["item_id"])
     assert services.metrics.get("pair_entries_total") == sum(map(len, per_item.values()))
     config = services.settings.cooccurrence_config()
@@ -297,20 +297,26 @@ def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item
     assert services.metrics.get("pair_entries_applied_total") == services.metrics.get("pair_entries_total")
 
 
-def test_redelivered_interactions_are_skipped_item_by_item():
+def pairs_records(*interactions, partitions=1):
+    """``interaction_records`` of (offset, item, window) interactions from source partition 0, all to item partition 0."""
     from models.cooccurrence import interaction_records
+
+    return [interaction_records(0, o, 100.0, item, window, partitions)[0][0] for o, item, window in interactions]
+
+
+def pairs_event(offset: int, value: dict) -> Event:
+    return Event(Message("item-pairs", 0, offset, b"pairs-0", json.dumps(value).encode()))
+
+
+def test_redelivered_interactions_are_skipped_item_by_item():
+    from models.cooccurrence import CooccurrenceConfig, pairs_message
     from streams.stages.neighbours import NeighboursStage as Stage
 
     services = make_services(item_partitions=1)
-
-    def records(*interactions):
-        return [interaction_records(0, o, 100.0, item, window, 0.8, 1)[0][0] for o, item, window in interactions]
-
-    first = records((5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"]))
-    again = records((6, "i2", ["i2", "i3", "i1"]), (7, "i3", ["i3", "i1", "i2"]))  # after a crash
+    first = pairs_records((5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"]))
+    again = pairs_records((6, "i2", ["i2", "i3", "i1"]), (7, "i3", ["i3", "i1", "i2"]))  # after a crash
     for n, message in enumerate((first, again)):
-        run(Stage(services).process([Event(Message("item-pairs", 0, n, b"pairs-0",
-                                                   json.dumps({"interactions": message}).encode()))]))
+        run(Stage(services).process([pairs_event(n, pairs_message(message, CooccurrenceConfig(decay=0.8)))]))
     assert services.neighbours["i1"]["count"] == 1 and services.neighbours["i2"]["count"] == 1
     assert services.neighbours["i3"]["count"] == 1
     # i1: i3 at distance 1 and i2 at 2 (its own interaction), i2 at 1 (o=6), i3 at 2 (o=7)
@@ -318,20 +324,36 @@ def test_redelivered_interactions_are_skipped_item_by_item():
     assert services.metrics.get("pair_entries_skipped_total") == 3  # the second i2 interaction's targets
 
 
-def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole():
-    from models.cooccurrence import interaction_records
+def test_pairs_are_weighed_by_the_messages_decay_as_the_weighted_layout_of_earlier_workers_was():
+    """A topic written before the flat layout (``{"interactions"}``, a weight per pair) folds to
+    the same records as the same interactions in ``pairs_message``."""
+    from models.cooccurrence import CooccurrenceConfig, pairs_message, window_weights
 
-    def message(offset, value, key=b"pairs-0"):
-        return Event(Message("item-pairs", 0, offset, key, json.dumps(value).encode()))
+    interactions = [(5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"]), (7, "i4", ["i1", "i2", "i3", "i1"])]
+    # one item partition: the item's own pairs and the others' are the same (other, weight) list
+    weighted = [[0, o, 100.0, item, pairs, pairs] for o, item, window in interactions
+                for pairs in [[[other, w] for other, w in window_weights(window, item, 0.5)]]]
+    flat, legacy = make_services(item_partitions=1), make_services(item_partitions=1)
+    run(NeighboursStage(flat).process([pairs_event(0, pairs_message(pairs_records(*interactions),
+                                                                     CooccurrenceConfig(decay=0.5)))]))
+    run(NeighboursStage(legacy).process([pairs_event(0, {"interactions": weighted})]))
+    assert flat.neighbours == legacy.neighbours
+    # i4 after i1, i3, i2, i1 (newest last): i1 at distance 1, i3 at 2, i2 at 3; the older i1 is not counted
+    assert flat.neighbours["i4"]["neighbours"] == {"i1": 1.0, "i3": 0.5, "i2": 0.25}
 
-    def records(*interactions):
-        return [interaction_records(0, o, 100.0, item, window, 0.8, 1)[0][0] for o, item, window in interactions]
+
+@pytest.mark.parametrize("bad_pair", [["i1", "x"], ["i1", -1], ["i1", 7], ["i1", 1.0]],
+                         ids=["text distance", "negative distance", "distance past the window", "float distance"])
+def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole(bad_pair):
+    from models.cooccurrence import CooccurrenceConfig, pairs_message
+
+    def message(offset, records):
+        return pairs_event(offset, pairs_message(records, CooccurrenceConfig(decay=0.8, window=3)))
 
     entry = {"p": 0, "o": 5, "t": 100.0, "c": 1, "n": {"i2": 1.0}}
-    good = [message(0, {"item_id": "i1", "entries": [entry]}),
-            message(2, {"interactions": records((7, "i3", ["i1", "i2"]))})]
+    good = [pairs_event(0, {"item_id": "i1", "entries": [entry]}), message(2, pairs_records((7, "i3", ["i1", "i2"])))]
     # a valid interaction first, so the bad message changes records before it fails
-    bad = message(1, {"interactions": records((6, "i2", ["i1"])) + [[0, 9, 100.0, "i4", None, [["i1", "x"]]]]})
+    bad = message(1, pairs_records((6, "i2", ["i1"])) + [[0, 9, 100.0, "i4", None, bad_pair]])
     services, reference = make_services(item_partitions=1), make_services(item_partitions=1)
     run(NeighboursStage(services).process([good[0], bad, good[1]]))
     run(NeighboursStage(reference).process(good))

@@ -1,0 +1,108 @@
+"""The neighbours stage's fold alone, in one process: item-pairs messages of ML-100K parsed and
+folded into item records, in the flat layout workers send now (``pairs_message``: [other, d-1]
+pairs, weighed from the message's decay) against the weighted layout earlier workers sent
+([[other, weight], ...], which ``fold_message`` still reads), on the same interactions.
+
+The interactions are batched as the interactions stage batches them (500), their records go to
+two item partitions (the default), and the fold takes 26 messages at a time (about what
+``MMSR_INCREMENTS_WITHIN`` gathers from a backlog), pruning and storing each touched record once
+per batch, as the stage does. Both layouts must end in byte-identical records.
+
+    python -m bench.fold --out bench/results/fold.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import orjson
+
+import schemas
+from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, interaction_records, pair_window,
+                                 pairs_message, prune)
+from streams.replay import window
+
+
+def messages_of(events: list[dict], config: CooccurrenceConfig, partitions: int = 2, batch: int = 500) -> list[dict]:
+    """The item-pairs messages the interactions stage would send for ``events`` (source partition: user id mod 4)."""
+    histories: dict[str, list[str]] = {}
+    pairs = []
+    for offset, e in enumerate(events):
+        previous = histories.setdefault(e["user_id"], [])
+        pairs.append((int(e["user_id"]) % 4, offset, schemas.parse_time(e["event_time"]).timestamp(), e["item_id"],
+                      pair_window(previous, config)))
+        previous.append(e["item_id"])
+    out = []
+    for start in range(0, len(pairs), batch):
+        by_partition: dict[int, list] = {}
+        for source, offset, ts, item, win in sorted(pairs[start:start + batch], key=lambda r: (r[0], r[1])):
+            for partition, record in interaction_records(source, offset, ts, item, win, partitions)[0].items():
+                by_partition.setdefault(partition, []).append(record)
+        out += [pairs_message(records, config) for _, records in sorted(by_partition.items())]
+    return out
+
+
+def weighted(message: dict) -> dict:
+    """The same message in the layout of earlier workers: a weight per pair."""
+    powers = decay_powers(message["decay"], message["window"])
+    flat = lambda pairs: [[o, powers[d]] for o, d in zip(pairs[0::2], pairs[1::2])]  # noqa: E731
+    return {"interactions": [[s, o, t, i, None if own is None else flat(own), flat(others)]
+                             for s, o, t, i, own, others in message["pairs"]]}
+
+
+def fold_all(encoded: list[bytes], config: CooccurrenceConfig, per_batch: int = 26) -> tuple[dict, float, float]:
+    """Records after folding every message; seconds for parse and fold, and for parsing alone."""
+    store: dict = {}
+    started = time.perf_counter()
+    for start in range(0, len(encoded), per_batch):
+        folding: dict = {}
+        for raw in encoded[start:start + per_batch]:
+            fold_message(folding, store.get, orjson.loads(raw), config)
+        for item, (record, new, _) in folding.items():
+            if new:
+                store[item] = prune(record, config)
+    total = time.perf_counter() - started
+    started = time.perf_counter()
+    for raw in encoded:
+        orjson.loads(raw)
+    return store, total, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=100000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="bench/results/fold.json")
+    args = parser.parse_args()
+    from models.data import movielens
+
+    config = CooccurrenceConfig()
+    events = window([schemas.validate("interaction", e) for e in movielens.interactions()], None, None)[:args.events]
+    flat = [orjson.dumps(m) for m in messages_of(events, config)]
+    layouts = {"weighted (before)": [orjson.dumps(weighted(orjson.loads(m))) for m in flat], "flat (now)": flat}
+    result: dict = {"benchmark": "fold of item-pairs messages, weighted against flat layout",
+                    "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+                    "events": len(events), "messages": len(flat), "layouts": {}}
+    stores = {}
+    for _ in range(args.rounds):  # alternated, so a busy moment on the machine hits both
+        for name, encoded in layouts.items():
+            store, total, parse = fold_all(encoded, config)
+            stores[name] = orjson.dumps(store)
+            row = result["layouts"].setdefault(name, {"bytes": sum(map(len, encoded)), "us_per_interaction": [],
+                                                      "parse_us_per_interaction": []})
+            row["us_per_interaction"].append(round(total / len(events) * 1e6, 2))
+            row["parse_us_per_interaction"].append(round(parse / len(events) * 1e6, 2))
+    before, after = (min(result["layouts"][n]["us_per_interaction"]) for n in layouts)
+    result["speedup_best_of_rounds"] = round(before / after, 2)
+    result["bytes_ratio"] = round(result["layouts"]["flat (now)"]["bytes"]
+                                  / result["layouts"]["weighted (before)"]["bytes"], 3)
+    result["identical_records"] = len(set(stores.values())) == 1
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
