@@ -47,12 +47,14 @@ class StreamEvalConfig:
         "help": "serve this sequential model directory instead of training one (it must be trained on pre-split "
                 "events only: its recorded 'until' is checked)"})
     reranker: str = field(default="", metadata={
-        "help": "put the re-ranker in the loop: this adapter directory (mmsr train), with --llm for summaries and "
-                "scoring; summaries of the backfill are awaited before the test window. Slow on a CPU: use a subset"})
+        "help": "put the re-ranker in the loop: this adapter directory (mmsr train), with --llm for captions, "
+                "summaries and scoring, written as the adapter was trained; the catalog's captions and the backfill's "
+                "summaries are awaited before the test window. Slow on a CPU: use a subset (bench/rerank_stream.py)"})
     llm: str = field(default="smollm2-135m-instruct", metadata={"help": "with --reranker: the summary and scoring LLM"})
 
 
 WORKER_COUNTERS = ("events_applied_total", "recommendations_emitted_total", "lists_owed_total", "dead_letters_total",
+                   "captions_total", "summaries_total",
                    "pair_entries_applied_total", "pair_entries_skipped_total", "retrieval_model_swaps_total")
 
 
@@ -114,6 +116,7 @@ class ListWatcher:
 class Tally:
     stream: Scores
     popularity: Scores
+    candidate_stage: Scores  # the same lists in the candidate stage's order (re-ranked lists carry it)
     strategies: Counter = field(default_factory=Counter)
     sources: Counter = field(default_factory=Counter)
     without_list: int = 0
@@ -169,9 +172,8 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         timings["train_retrieval"] = train_sequential(backfill, out_dir / "sequential", config, log)
         overrides.setdefault("retrieval_model", str(out_dir / "sequential"))
     if config.reranker:
-        overrides.setdefault("summary_model", config.llm)
-        overrides.setdefault("recommender_model", config.llm)
-        overrides.setdefault("recommender_adapter", str(Path(config.reranker).resolve()))
+        for name, value in reranker_settings(config.reranker, config.llm).items():
+            overrides.setdefault(name, value)
     fitted = None
     if config.fit_weights:
         from streams.settings import Settings, prefixed_topics
@@ -202,6 +204,9 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
                 producer.send(item)
         wait_until(lambda: worker.metric("catalog_items") >= len(catalog), timeout=900, interval=0.5,
                    message="catalog embedded")
+        if settings.captions_on:  # the re-ranker's summaries and candidates read the captions
+            wait_until(lambda: worker.metric("captions_total") >= len(catalog), timeout=4 * 3600, interval=1.0,
+                       message=f"the catalog's {len(catalog)} captions")
         timings["catalog"] = time.time() - t0
 
         delta = time.time() - schemas.parse_time(test[0]["event_time"]).timestamp() if test else 0.0
@@ -231,6 +236,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
             broker.stop()
     result = {
         "stream": tally.stream.summary(len(catalog)), "popularity": tally.popularity.summary(len(catalog)),
+        "candidate_stage": tally.candidate_stage.summary(len(catalog)),
         "events_scored": tally.stream.n, "events_without_list": tally.without_list, "list_timeouts": tally.timeouts,
         "strategies": {k: v / max(tally.stream.n, 1) for k, v in tally.strategies.most_common()},
         "sources_in_scored_lists": dict(tally.sources.most_common()),
@@ -252,7 +258,7 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
     from streams.kafka.client import InteractionProducer
 
     k = config.k
-    tally = Tally(Scores(k), Scores(k))
+    tally = Tally(Scores(k), Scores(k), Scores(k))
     counts: Counter = Counter(e["item_id"] for e in backfill if e["item_id"] in catalog)
     cache = {"counts_version": 0}
     histories: dict[str, set[str]] = {}
@@ -270,6 +276,7 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
                 rec = watcher.wait_for(user, applied[user], config.wait_seconds)
                 tally.timeouts += rec is None
             ranked = [] if rec is None else [i["item_id"] for i in rec["items"]]
+            before_rerank = ranked if rec is None else (rec.get("rerank") or {}).get("candidate_top", ranked)
             if rec is None:
                 tally.without_list += 1
             else:
@@ -278,9 +285,11 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
                     tally.sources.update(entry.get("sources", []))
             popular = popularity_list(counts, histories.get(user, set()), k, cache)
             tally.stream.add(ranked, item)
+            tally.candidate_stage.add(before_rerank, item)
             tally.popularity.add(popular, item)
             tally.scored.append({"user_id": user, "item_id": item, "stream_rank": rank_within(ranked, item, k),
                                  "popularity_rank": rank_within(popular, item, k),
+                                 "candidate_stage_rank": rank_within(before_rerank, item, k),
                                  "strategy": None if rec is None else rec.get("strategy"),
                                  "list_interaction_count": None if rec is None else rec.get("interaction_count")})
         producer.send(shifted(event, delta))
@@ -305,6 +314,22 @@ def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, lo
     seconds = time.time() - started
     log(f"sequential model {retriever.version}: {len(retriever.vocabulary)} items, {seconds:.0f}s")
     return seconds
+
+
+def reranker_settings(adapter: str, llm: str) -> dict:
+    """The worker settings that serve ``adapter`` as it was trained: ``llm`` captions, summarizes
+    and scores, with the block and generation lengths of the adapter's protocol (a worker that
+    writes other texts serves it out of its training distribution: ``text_mismatches``)."""
+    from models.serving import ADAPTER_METADATA
+
+    protocol = (json.loads((Path(adapter) / ADAPTER_METADATA).read_text()).get("data") or {}).get("protocol") or {}
+    settings = {"summary_model": llm, "caption_model": llm, "recommender_model": llm,
+                "recommender_adapter": str(Path(adapter).resolve())}
+    for name, setting in (("block", "summary_block"), ("caption_tokens", "caption_max_new_tokens"),
+                          ("summary_tokens", "summary_max_new_tokens")):
+        if name in protocol:
+            settings[setting] = protocol[name]
+    return settings
 
 
 def check_trained_before(directory: str, first_test_time: str | None) -> None:
@@ -358,7 +383,7 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
 
 def markdown(result: dict, k: int) -> str:
     rows = [f"| lists | HR@{k} | NDCG@{k} | MRR@{k} | coverage |", "|---|---|---|---|---|"]
-    for name in ("stream", "popularity"):
+    for name in ("stream", "candidate_stage", "popularity"):
         r = result[name]
         rows.append(f"| {name} | {r[f'HR@{k}']:.4f} | {r[f'NDCG@{k}']:.4f} | {r[f'MRR@{k}']:.4f} | "
                     f"{r.get('coverage', 0):.3f} |")

@@ -62,7 +62,11 @@ def score_batch(services: Services, requests: list, features: list[list[dict]]):
 
 def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tuple]], scores: list[float], recommender,
                   k: int, versions: dict, batch_users: int, seconds: float) -> dict:
-    """The re-ranker's list: candidates by p(Yes) (or the fused score), the same record whichever role scored them."""
+    """The re-ranker's list: candidates by p(Yes) (or the fused score), the same record whichever role scored them.
+
+    ``rows`` come in the candidate stage's order; its top k ride along (``rerank.candidate_top``),
+    so a consumer sees what the re-ranker changed, and `mmsr eval-stream` scores both orders of the
+    same lists."""
     ranked = sorted(((item_id, score, sources) for (item_id, sources), score in zip(rows, scores)),
                     key=lambda row: -row[1])
     return list_record(state, ranked[:k], "rerank", f"{recommender.lm.name}+{recommender.version}",
@@ -70,7 +74,8 @@ def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tupl
                        adapter_version=recommender.version, versions=versions,
                        scoring="fused" if recommender.fusion is not None else "llm",
                        collab_sequential=None if recommender.collab is None else recommender.collab.version,
-                       rerank={"candidates": len(rows), "batch_users": batch_users, "seconds": round(seconds, 4)})
+                       rerank={"candidates": len(rows), "batch_users": batch_users, "seconds": round(seconds, 4),
+                               "candidate_top": [item_id for item_id, _ in rows[:k]]})
 
 
 class RecommendationsStage:

@@ -59,8 +59,9 @@ def test_each_scored_event_is_scored_against_the_list_emitted_before_it(kafka_br
 
 
 def test_the_reranker_in_the_loop_with_collab_tokens_and_a_checked_sequential_model(kafka_broker, tmp_path):
-    """A tiny LLaVA summarizes the backfill and re-ranks (collaborative tokens from a SASRec trained on
-    the backfill only, fused score): the scored lists after the first test event are re-ranked ones."""
+    """A tiny LLaVA captions the catalog, summarizes the backfill and re-ranks (collaborative tokens
+    from a SASRec trained on the backfill only, fused score): the scored lists after the first test
+    event are re-ranked ones, and the candidate stage's order of the same lists is scored beside them."""
     from models import registry
     from models.config import SASRecConfig
     from models.evaluation import sequences_of
@@ -81,13 +82,19 @@ def test_the_reranker_in_the_loop_with_collab_tokens_and_a_checked_sequential_mo
     config = StreamEvalConfig(test_fraction=2 / len(events), sequential_model=str(tmp_path / "sasrec"),
                               reranker=str(tmp_path / "adapter"), llm=registry.TINY_LLAVA)
     result = run(config, tmp_path / "out", items, events, bootstrap=kafka_broker.bootstrap, log=lambda *_: None,
-                 worker_settings={"summary_max_new_tokens": 4, "rerank_candidates": 8})
+                 worker_settings={"summary_max_new_tokens": 4, "caption_max_new_tokens": 4, "rerank_candidates": 8})
     rows = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     assert [(r["user_id"], r["item_id"]) for r in rows] == [("x", "i0"), ("x", "i1")]
     assert rows[1]["strategy"] == "rerank" and rows[1]["list_interaction_count"] == 4
     # the harness reads the counters as the last test event goes out: every event before it is applied
     assert result["strategies"]["rerank"] >= 0.5 and result["worker_counters"]["events_applied_total"] >= len(events) - 1
     assert result["worker_settings"]["recommender_adapter"] == str((tmp_path / "adapter").resolve())
+    # captions on, as the adapter was trained, and written for the whole catalog before the backfill
+    assert result["worker_settings"]["caption_model"] == registry.TINY_LLAVA
+    assert result["worker_counters"]["captions_total"] >= len(items)
+    # the re-ranked list holds the candidate stage's top 8 in another order: a hit in one is a hit in the other
+    assert all((r["stream_rank"] > 0) == (r["candidate_stage_rank"] > 0) for r in rows)
+    assert result["candidate_stage"]["events"] == result["stream"]["events"] == 2
 
     # a sequential model that has seen the test window is refused before anything runs
     leaky = SequentialRetriever.train(sequences_of(events), SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=1),

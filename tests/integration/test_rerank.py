@@ -51,6 +51,8 @@ def test_summary_event_gives_a_reranked_list_and_a_new_adapter_changes_the_versi
     assert first["latency_ms"] is not None and first["latency_ms"] > 0
     assert first["rerank"]["candidates"] == 12 and len(first["items"]) == 5
     ids = [i["item_id"] for i in first["items"]]
+    # the candidate stage's own top 5 of the same 12 rides along: the list users would have had without the LLM
+    assert len(first["rerank"]["candidate_top"]) == 5 and not set(first["rerank"]["candidate_top"]) & set(history)
     scores = [i["score"] for i in first["items"]]
     assert not set(ids) & set(history)
     assert scores == sorted(scores, reverse=True) and [i["rank"] for i in first["items"]] == [1, 2, 3, 4, 5]
