@@ -27,6 +27,9 @@ from typing import Iterable, Mapping
 from aiokafka.partitioner import murmur2
 
 
+MAX_WINDOW = 1000  # the longest pair window (W) a message may name: its weights are tabled per message
+
+
 @dataclass(frozen=True)
 class CooccurrenceConfig:
     window: int = field(default=20, metadata={"help": "previous items of the user paired with each interaction (W)"})
@@ -137,7 +140,10 @@ def fold_message(folding: dict[str, list], get, payload: dict, config: Cooccurre
     ``[[other, weight], ...]`` pairs, is what workers before it sent, so a topic written by one
     still folds after an upgrade. Raises on a malformed message, possibly after changing records."""
     if "pairs" in payload:
-        powers = decay_powers(float(payload["decay"]), int(payload["window"]))
+        decay, window = float(payload["decay"]), payload["window"]
+        if not (0.0 < decay <= 1.0 and type(window) is int and 0 <= window <= MAX_WINDOW):
+            raise ValueError(f"decay {decay!r} or window {window!r} out of range")
+        powers = decay_powers(decay, window)
         for source, offset, ts, item, own, others in payload["pairs"]:
             if (own and min(own[1::2]) < 0) or (others and min(others[1::2]) < 0):
                 raise ValueError(f"a negative distance in interaction {offset}")

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     # -- the candidate stage -------------------------------------------------------------------
     cooccurrence: bool = Field(True, description="pair each interaction with the user's previous items (off: counts only)")
-    cooc_window: int = Field(20, gt=0, description="previous items of the user paired with each interaction (W)")
+    cooc_window: int = Field(20, gt=0, le=1000, description="previous items of the user paired with each interaction (W)")
     cooc_neighbours: int = Field(200, gt=0, description="neighbours kept per item (M)")
     cooc_decay: float = Field(0.8, gt=0, le=1, description="pair weight factor per step of distance (1: none)")
     cooc_query_half_life: float = Field(

@@ -342,18 +342,21 @@ def test_pairs_are_weighed_by_the_messages_decay_as_the_weighted_layout_of_earli
     assert flat.neighbours["i4"]["neighbours"] == {"i1": 1.0, "i3": 0.5, "i2": 0.25}
 
 
-@pytest.mark.parametrize("bad_pair", [["i1", "x"], ["i1", -1], ["i1", 7], ["i1", 1.0]],
-                         ids=["text distance", "negative distance", "distance past the window", "float distance"])
-def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole(bad_pair):
+@pytest.mark.parametrize("bad_pair, header", [(["i1", "x"], {}), (["i1", -1], {}), (["i1", 7], {}), (["i1", 1.0], {}),
+                                              (["i1", 1], {"window": 10 ** 9}), (["i1", 1], {"decay": 2.0}),
+                                              (["i1", 1], {"window": "3"})],
+                         ids=["text distance", "negative distance", "distance past the window", "float distance",
+                              "a huge window", "a decay above 1", "a window as text"])
+def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole(bad_pair, header):
     from models.cooccurrence import CooccurrenceConfig, pairs_message
 
-    def message(offset, records):
-        return pairs_event(offset, pairs_message(records, CooccurrenceConfig(decay=0.8, window=3)))
+    def message(offset, records, **header):
+        return pairs_event(offset, {**pairs_message(records, CooccurrenceConfig(decay=0.8, window=3)), **header})
 
     entry = {"p": 0, "o": 5, "t": 100.0, "c": 1, "n": {"i2": 1.0}}
     good = [pairs_event(0, {"item_id": "i1", "entries": [entry]}), message(2, pairs_records((7, "i3", ["i1", "i2"])))]
     # a valid interaction first, so the bad message changes records before it fails
-    bad = message(1, pairs_records((6, "i2", ["i1"])) + [[0, 9, 100.0, "i4", None, bad_pair]])
+    bad = message(1, pairs_records((6, "i2", ["i1"])) + [[0, 9, 100.0, "i4", None, bad_pair]], **header)
     services, reference = make_services(item_partitions=1), make_services(item_partitions=1)
     run(NeighboursStage(services).process([good[0], bad, good[1]]))
     run(NeighboursStage(reference).process(good))
