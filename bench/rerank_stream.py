@@ -1,4 +1,4 @@
-"""The re-ranker in the loop: `mmsr eval-stream` with and without it, on one documented subset.
+"""The re-ranker in the loop: `mmsr eval-stream`'s re-ranked lists against the candidate stage's order of them.
 
 Issue 11 asks whether re-ranked lists are at least as good on HR@10 as the candidate stage's own.
 SmolLM2 on a CPU summarizes about one user block per second, and the full MovieLens-100K backfill
@@ -10,7 +10,7 @@ belongs to a user the model has summarized:
   split and an event after it;
 - each keeps their last ``--backfill-per-user`` events before the split and their first
   ``--test-per-user`` after it; nobody else's events are replayed (the candidate stage's
-  co-occurrence and popularity are learned from these users only, in both arms).
+  co-occurrence and popularity are learned from these users only).
 
 The SASRec the stream serves and the adapter (``mmsr train --sequential-model --fused``, the
 default preset) are trained on every MovieLens-100K event before the split, so neither has seen
@@ -54,16 +54,22 @@ def subset(users: int, seed: int, backfill_per_user: int, test_per_user: int, te
     chosen = set(random.Random(seed).sample(eligible, min(users, len(eligible))))
     backfill = [e for e in events[:split] if e["user_id"] in chosen]
     test = [e for e in events[split:] if e["user_id"] in chosen]
-    kept_before, kept_after = Counter(), Counter()
-    for e in reversed(backfill):  # each user's last events before the split
-        kept_before[e["user_id"]] += 1
-        e["_keep"] = kept_before[e["user_id"]] <= backfill_per_user
-    for e in test:  # each user's first events after it
-        kept_after[e["user_id"]] += 1
-        e["_keep"] = kept_after[e["user_id"]] <= test_per_user
-    n_test = sum(1 for e in test if e["_keep"])
-    chosen_events = [e for e in backfill + test if e.pop("_keep")]
+    kept_backfill = keep_per_user(backfill[::-1], backfill_per_user)[::-1]  # each user's last events before the split
+    kept_test = keep_per_user(test, test_per_user)  # and their first after it
+    n_test = len(kept_test)
+    chosen_events = kept_backfill + kept_test
     return list(movielens.items()), chosen_events, events[split]["event_time"], n_test
+
+
+def keep_per_user(events: list[dict], n: int) -> list[dict]:
+    """The first ``n`` events of each user, in the given order."""
+    seen: Counter = Counter()
+    kept = []
+    for e in events:
+        seen[e["user_id"]] += 1
+        if seen[e["user_id"]] <= n:
+            kept.append(e)
+    return kept
 
 
 def mmsr(*args: str, log) -> None:
@@ -97,7 +103,7 @@ def paired(rows: list[dict], k: int, resamples: int = 2000, seed: int = 0) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/rerank_stream"))
-    parser.add_argument("--users", type=int, default=24)
+    parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backfill-per-user", type=int, default=30)
     parser.add_argument("--test-per-user", type=int, default=10)

@@ -160,7 +160,8 @@ def fold_interaction(folding: dict[str, list], get, source: str, offset: int, ts
     """One interaction's increments to the records of one partition: ``own`` (the item's record
     gets every (other, weight) pair, None when it is another partition's) and ``others`` (each
     other's record gets the pair with ``item``). The increment to each other's record is
-    ``apply_increment`` written out: it runs some twenty times per interaction."""
+    ``folding_state`` and ``apply_increment`` written out: it runs some twenty times per
+    interaction, and the calls cost 33 against 29 us per interaction (``bench/fold.py``, best of 3)."""
     if own is not None:
         state = folding_state(folding, get, item)
         state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1

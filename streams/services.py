@@ -158,14 +158,25 @@ class Models:
         return True
 
 
+# the fields of an adapter's training protocol that shape the texts it reads, and the settings
+# with which a worker writes those texts
+PROTOCOL_TEXT_SETTINGS = {"block": "summary_block", "caption_tokens": "caption_max_new_tokens",
+                          "summary_tokens": "summary_max_new_tokens"}
+
+
+def trained_text_settings(metadata: dict) -> dict[str, object]:
+    """The settings that write the texts an adapter was trained on (those its protocol records)."""
+    protocol = (metadata.get("data") or {}).get("protocol") or {}
+    return {setting: protocol[name] for name, setting in PROTOCOL_TEXT_SETTINGS.items() if name in protocol}
+
+
 def text_mismatches(metadata: dict, settings: Settings) -> list[str]:
     """Where the texts an adapter was trained on (its protocol's block and generation lengths)
     differ from what this worker writes: such an adapter is served out of its training distribution."""
-    protocol = (metadata.get("data") or {}).get("protocol") or {}
-    served = {"block": settings.summary_block, "caption_tokens": settings.caption_max_new_tokens,
-              "summary_tokens": settings.summary_max_new_tokens}
-    return [f"{name}: trained {protocol[name]}, served {value}" for name, value in served.items()
-            if name in protocol and protocol[name] != value]
+    trained = trained_text_settings(metadata)
+    return [f"{name}: trained {trained[setting]}, served {getattr(settings, setting)}"
+            for name, setting in PROTOCOL_TEXT_SETTINGS.items()
+            if setting in trained and trained[setting] != getattr(settings, setting)]
 
 
 class Catalog:

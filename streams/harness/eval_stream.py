@@ -320,16 +320,11 @@ def reranker_settings(adapter: str, llm: str) -> dict:
     """The worker settings that serve ``adapter`` as it was trained: ``llm`` captions, summarizes
     and scores, with the block and generation lengths of the adapter's protocol (a worker that
     writes other texts serves it out of its training distribution: ``text_mismatches``)."""
-    from models.serving import ADAPTER_METADATA
+    from models.serving import read_metadata
+    from streams.services import trained_text_settings
 
-    protocol = (json.loads((Path(adapter) / ADAPTER_METADATA).read_text()).get("data") or {}).get("protocol") or {}
-    settings = {"summary_model": llm, "caption_model": llm, "recommender_model": llm,
-                "recommender_adapter": str(Path(adapter).resolve())}
-    for name, setting in (("block", "summary_block"), ("caption_tokens", "caption_max_new_tokens"),
-                          ("summary_tokens", "summary_max_new_tokens")):
-        if name in protocol:
-            settings[setting] = protocol[name]
-    return settings
+    return {"summary_model": llm, "caption_model": llm, "recommender_model": llm,
+            "recommender_adapter": str(Path(adapter).resolve()), **trained_text_settings(read_metadata(adapter))}
 
 
 def check_trained_before(directory: str, first_test_time: str | None) -> None:
