@@ -21,7 +21,11 @@ outside Faust, so this guard makes both harmless:
 - an event at or below the checkpoint was applied before, and is dropped here (redelivery);
 - a partition with no event since its assignment is checked on a timer (``catch_up``): a
   committed offset past its checkpoint means records nobody applied, read and applied at once
-  rather than when the partition's next event happens to arrive.
+  rather than when the partition's next event happens to arrive. Without a committed offset
+  the consumer may begin at the log's end (above), so everything from the checkpoint (else the
+  log start) to the log's end is read. Found by a three-worker kill -9 test that failed in CI:
+  the killed worker had applied part of a partition and committed nothing, the replay had ended,
+  and the new owner, reading from the end, would have waited for an event that never came.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ log = logging.getLogger("mmsr.worker")
 
 CHECKPOINT_PREFIX = "\x00offset/"  # ids cannot contain NUL (the event schemas forbid it)
 READ_TIMEOUT_S = 30.0
+CATCH_UP_CHUNK = 5000  # records a catch-up reads and applies at a time (one batch of the stage each)
 
 
 def checkpoint_key(topic: str, partition: int) -> str:
@@ -75,6 +80,9 @@ class Reader(Protocol):
 
     def committed(self, partition: int) -> int | None:
         """The consumer group's committed offset of ``partition`` (None: none)."""
+
+    def end(self, partition: int) -> int:
+        """The offset after the last record of ``partition`` (its high watermark)."""
 
 
 class PartitionReader:
@@ -130,6 +138,11 @@ class PartitionReader:
         [tp] = self._client().committed([TopicPartition(self.topic, partition)], timeout=READ_TIMEOUT_S)
         return tp.offset if tp.offset >= 0 else None
 
+    def end(self, partition: int) -> int:
+        from confluent_kafka import TopicPartition
+
+        return self._client().get_watermark_offsets(TopicPartition(self.topic, partition), timeout=READ_TIMEOUT_S)[1]
+
 
 class OffsetGuard:
     """One input topic of one stage: ``admit`` a batch before the stage, ``taken`` after it."""
@@ -155,8 +168,11 @@ class OffsetGuard:
     async def catch_up(self, process: Callable[[list], Awaitable]) -> None:
         """Partitions without an event since their assignment: records between the checkpoint
         and the group's committed offset were committed by a consumer that never applied them
-        (or whose changelog writes were lost); they are read and applied now. Skipped while a
-        batch is being applied (the timer would wait behind it): the next tick checks."""
+        (or whose changelog writes were lost); without a committed offset, the records from the
+        checkpoint (else the log start) to the log's end may never be delivered (the consumer can
+        begin at the end). Either way they are read and applied now, in chunks; any the stream
+        delivers as well are dropped as taken. Skipped while a batch is being applied (the timer
+        would wait behind it): the next tick checks."""
         if self.lock.locked():
             return
         async with self.lock:
@@ -164,14 +180,21 @@ class OffsetGuard:
             for partition in sorted((assigned or set()) - self.next_offset.keys()):
                 in_partition(self.topic, partition)
                 due = self._checkpoint_due(partition)
-                if due is None:
-                    continue  # nothing applied here yet: the first event decides (``admit``)
                 committed = await self.off_loop(self.reader.committed, partition)
+                if committed is None:
+                    start, end = due or 0, await self.off_loop(self.reader.end, partition)
+                elif due is None:
+                    continue  # nothing applied here yet, the consumer begins at the group's offset: its first event decides
+                else:
+                    start, end = due, committed
                 if generation != self.generation:  # revoked meanwhile
                     return
-                self.next_offset[partition] = max(due, committed or 0)
-                if committed is not None and committed > due:
-                    missing = await self._read(partition, due, committed)
+                self.next_offset[partition] = max(start, end)
+                for chunk in range(start, end, CATCH_UP_CHUNK):
+                    in_partition(self.topic, partition)  # ``process`` may have set another partition
+                    missing = await self._read(partition, chunk, min(chunk + CATCH_UP_CHUNK, end))
+                    if generation != self.generation:
+                        return
                     if missing:
                         await process(missing)
                         self.taken(missing)

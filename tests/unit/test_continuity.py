@@ -28,6 +28,9 @@ class Broker:
     def committed(self, partition):
         return self._committed.get(partition)
 
+    def end(self, partition):
+        return max(self.offsets[partition], default=-1) + 1
+
 
 async def inline(fn, *args):
     return fn(*args)
@@ -128,6 +131,38 @@ def test_an_idle_partition_committed_past_its_checkpoint_is_caught_up_without_wa
     assert guard.next_offset == {0: 10, 1: 4}
     asyncio.run(guard.catch_up(process))  # once per assignment: nothing read twice
     assert len(applied) == 4 and broker.reads == [(0, 6, 10)]
+
+
+def test_an_idle_partition_without_a_committed_offset_is_caught_up_to_the_log_end():
+    """The CI failure of the three-worker kill -9 test: a partition's owner applied part of it,
+    committed nothing and was killed after the replay ended; its new owner's consumer began at the
+    log's end, so no event would ever come. The records from the checkpoint (partition 0), or from
+    the log start where nothing was applied (partition 1), to the end are read and applied, in
+    chunks; an empty partition (2) is simply due from 0."""
+    from streams.kafka import continuity
+
+    broker = Broker({0: list(range(12)), 1: list(range(7)), 2: []})
+    table = {checkpoint_key(TOPIC, 0): {"offset": 3}}
+    guard, metrics = make_guard(broker, table, assigned={0, 1, 2})
+    batches: list = []
+
+    async def process(events):
+        batches.append(offsets(events))
+
+    chunk, continuity.CATCH_UP_CHUNK = continuity.CATCH_UP_CHUNK, 5
+    try:
+        asyncio.run(guard.catch_up(process))
+    finally:
+        continuity.CATCH_UP_CHUNK = chunk
+    assert batches == [[(0, o) for o in range(4, 9)], [(0, o) for o in range(9, 12)],
+                       [(1, o) for o in range(5)], [(1, 5), (1, 6)]]
+    assert table[checkpoint_key(TOPIC, 0)] == {"offset": 11} and table[checkpoint_key(TOPIC, 1)] == {"offset": 6}
+    assert guard.next_offset == {0: 12, 1: 7, 2: 0}
+    assert metrics.get("offsets_recovered_total") == 15
+    # what the stream delivers afterwards (had the consumer begun at the checkpoint) is dropped as taken
+    assert offsets(admit(guard, [Event(0, 10), Event(0, 12)])) == [(0, 12)]
+    asyncio.run(guard.catch_up(process))  # once per assignment
+    assert len(batches) == 4
 
 
 def test_item_stats_take_no_checkpoint_for_an_item():
