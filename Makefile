@@ -2,14 +2,15 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+# the compiled fold (setup.py, models/_cooccurrence.c) is built by the editable install: a change to it re-runs setup
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile setup.py models/_cooccurrence.c | sha1sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup test unit integration demo bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile setup.py models/_cooccurrence.c
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# pip's wheel cache (~/.cache/pip) makes re-runs and fresh venvs fast; faust-streaming caps click

@@ -1,12 +1,18 @@
 """The neighbours stage's fold alone, in one process: item-pairs messages of ML-100K parsed and
-folded into item records, in the flat layout workers send now (``pairs_message``: [other, d-1]
-pairs, weighed from the message's decay) against the weighted layout earlier workers sent
-([[other, weight], ...], which ``fold_message`` still reads), on the same interactions.
+folded into item records, three ways on the same interactions:
+
+- the weighted layout earlier workers sent ([[other, weight], ...], which ``fold_message`` still reads);
+- the flat layout workers send now (``pairs_message``: [other, d-1] pairs weighed from the
+  message's decay), folded and pruned by the Python references (``fold_pairs_python``,
+  ``prune_by_weight``), as the worker did before this benchmark's last change;
+- the flat layout folded and pruned by the compiled functions (``models/_cooccurrence.c``),
+  which the worker uses where they were built.
 
 The interactions are batched as the interactions stage batches them (500), their records go to
 two item partitions (the default), and the fold takes 26 messages at a time (about what
 ``MMSR_INCREMENTS_WITHIN`` gathers from a backlog), pruning and storing each touched record once
-per batch, as the stage does. Both layouts must end in byte-identical records.
+per batch, as the stage does. All three must end in byte-identical records. The prune of the
+records left at the end is timed apart, Python's sort against the compiled one, same result.
 
     python -m bench.fold --out bench/results/fold.json
 """
@@ -21,8 +27,9 @@ from pathlib import Path
 import orjson
 
 import schemas
-from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, interaction_records, pair_window,
-                                 pairs_message, prune)
+from models import cooccurrence
+from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, fold_pairs_python, interaction_records,
+                                 pair_window, pairs_message, prune, prune_by_weight)
 from streams.replay import window
 
 
@@ -71,6 +78,24 @@ def fold_all(encoded: list[bytes], config: CooccurrenceConfig, per_batch: int = 
     return store, total, time.perf_counter() - started
 
 
+def time_prunes(store: dict, config: CooccurrenceConfig, rounds: int) -> dict:
+    """Both prunes on every record left at the end (cut to M / 2, so each one sorts)."""
+    keep = config.neighbours // 2
+    full = [dict(r["neighbours"]) for r in store.values() if len(r["neighbours"]) > keep * 1.2]
+    out = {}
+    for name, prune_with in (("Python sort by (-weight, id)", prune_by_weight),
+                             ("compiled (now)", cooccurrence.prune_neighbours_compiled)):
+        times, results = [], None
+        for _ in range(rounds):
+            started = time.perf_counter()
+            results = [prune_with(n, keep) for n in full]
+            times.append(round((time.perf_counter() - started) / len(full) * 1e6, 2))
+        out[name] = {"us_per_record": times, "result": orjson.dumps(results)}
+    identical = len({v.pop("result") for v in out.values()}) == 1
+    return {"records": len(full), "mean_neighbours": round(sum(map(len, full)) / len(full), 1), "kept": keep,
+            "variants": out, "identical": identical}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100000)
@@ -82,24 +107,35 @@ def main() -> None:
     config = CooccurrenceConfig()
     events = window([schemas.validate("interaction", e) for e in movielens.interactions()], None, None)[:args.events]
     flat = [orjson.dumps(m) for m in messages_of(events, config)]
-    layouts = {"weighted (before)": [orjson.dumps(weighted(orjson.loads(m))) for m in flat], "flat (now)": flat}
-    result: dict = {"benchmark": "fold of item-pairs messages, weighted against flat layout",
+    compiled = cooccurrence.fold_pairs, cooccurrence.prune_neighbours
+    if compiled[0] is fold_pairs_python:
+        raise SystemExit("the compiled fold is not built: run make setup (needs a C compiler)")
+    python = fold_pairs_python, prune_by_weight
+    variants = {"weighted layout, Python prune (before)": ([orjson.dumps(weighted(orjson.loads(m))) for m in flat], python),
+                "flat layout, Python fold and prune": (flat, python),
+                "flat layout, compiled fold and prune (now)": (flat, compiled)}
+    result: dict = {"benchmark": "fold of item-pairs messages: layouts, and the Python against the compiled fold",
                     "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
-                    "events": len(events), "messages": len(flat), "layouts": {}}
+                    "events": len(events), "messages": len(flat), "variants": {}}
     stores = {}
-    for _ in range(args.rounds):  # alternated, so a busy moment on the machine hits both
-        for name, encoded in layouts.items():
-            store, total, parse = fold_all(encoded, config)
-            stores[name] = orjson.dumps(store)
-            row = result["layouts"].setdefault(name, {"bytes": sum(map(len, encoded)), "us_per_interaction": [],
-                                                      "parse_us_per_interaction": []})
-            row["us_per_interaction"].append(round(total / len(events) * 1e6, 2))
-            row["parse_us_per_interaction"].append(round(parse / len(events) * 1e6, 2))
-    before, after = (min(result["layouts"][n]["us_per_interaction"]) for n in layouts)
-    result["speedup_best_of_rounds"] = round(before / after, 2)
-    result["bytes_ratio"] = round(result["layouts"]["flat (now)"]["bytes"]
-                                  / result["layouts"]["weighted (before)"]["bytes"], 3)
+    try:
+        for _ in range(args.rounds):  # alternated, so a busy moment on the machine hits all
+            for name, (encoded, (cooccurrence.fold_pairs, cooccurrence.prune_neighbours)) in variants.items():
+                store, total, parse = fold_all(encoded, config)
+                stores[name] = orjson.dumps(store)
+                row = result["variants"].setdefault(name, {"bytes": sum(map(len, encoded)), "us_per_interaction": [],
+                                                           "parse_us_per_interaction": []})
+                row["us_per_interaction"].append(round(total / len(events) * 1e6, 2))
+                row["parse_us_per_interaction"].append(round(parse / len(events) * 1e6, 2))
+    finally:
+        cooccurrence.fold_pairs, cooccurrence.prune_neighbours = compiled
+    best = {n: min(v["us_per_interaction"]) for n, v in result["variants"].items()}
+    result["compiled_to_python_speedup_best_of_rounds"] = round(
+        best["flat layout, Python fold and prune"] / best["flat layout, compiled fold and prune (now)"], 2)
+    result["now_to_weighted_speedup_best_of_rounds"] = round(
+        best["weighted layout, Python prune (before)"] / best["flat layout, compiled fold and prune (now)"], 2)
     result["identical_records"] = len(set(stores.values())) == 1
+    result["prune"] = time_prunes(orjson.loads(stores["flat layout, compiled fold and prune (now)"]), config, args.rounds)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

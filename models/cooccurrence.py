@@ -139,36 +139,66 @@ def fold_message(folding: dict[str, list], get, payload: dict, config: Cooccurre
     when it did). ``{"pairs"}`` is ``pairs_message``; ``{"interactions"}``, records with
     ``[[other, weight], ...]`` pairs, is what workers before it sent, so a topic written by one
     still folds after an upgrade. Raises on a malformed message, possibly after changing records."""
+    open_state = functools.partial(folding_state, folding, get)
     if "pairs" in payload:
         decay, window = float(payload["decay"]), payload["window"]
         if not (0.0 < decay <= 1.0 and type(window) is int and 0 <= window <= MAX_WINDOW):
             raise ValueError(f"decay {decay!r} or window {window!r} out of range")
-        powers = decay_powers(decay, window)
-        for source, offset, ts, item, own, others in payload["pairs"]:
-            if (own and min(own[1::2]) < 0) or (others and min(others[1::2]) < 0):
-                raise ValueError(f"a negative distance in interaction {offset}")
-            fold_interaction(folding, get, str(source), offset, ts, item,
-                             None if own is None else zip(own[0::2], map(powers.__getitem__, own[1::2])),
-                             zip(others[0::2], map(powers.__getitem__, others[1::2])), config.trending_half_life)
+        fold_pairs(folding, open_state, payload["pairs"], decay_powers(decay, window),
+                   float(config.trending_half_life))
     else:
         for source, offset, ts, item, own, others in payload["interactions"]:
-            fold_interaction(folding, get, str(source), offset, ts, item, own, others, config.trending_half_life)
+            fold_interaction(folding, open_state, str(source), offset, ts, item, own, others,
+                             config.trending_half_life)
 
 
-def fold_interaction(folding: dict[str, list], get, source: str, offset: int, ts: float, item: str, own,
+def fold_pairs_python(folding: dict[str, list], open_state, pairs: list, powers: tuple[float, ...],
+                      half_life: float) -> None:
+    """A ``pairs_message``'s interactions into ``folding``; ``open_state(item)`` opens an item's
+    state (``folding_state``). The reference for the compiled ``fold_pairs``
+    (``models/_cooccurrence.c``), which the worker uses where it was built: the same checks, the
+    same operations in the same order, byte-identical records. Each interaction is checked whole
+    before it is folded: ids are strings, distances integers within the window."""
+    for interaction in pairs:
+        if type(interaction) is not list or len(interaction) != 6:
+            raise ValueError("an interaction must be [source, offset, time, item, own, others]")
+        source, offset, ts, item, own, others = interaction
+        if type(offset) is not int or type(ts) not in (float, int) or type(item) is not str:
+            raise TypeError("an interaction's offset must be an integer, its time a number, its item a string")
+        own_weights = None if own is None else weighed(own, powers, "own pairs")
+        fold_interaction(folding, open_state, str(source), offset, ts, item, own_weights,
+                         weighed(others, powers, "other pairs"), half_life)
+
+
+def weighed(pairs: list, powers: tuple[float, ...], what: str) -> list[tuple[str, float]]:
+    """Flat ``[id, d, id, d, ...]`` pairs as (id, decay ** d); raises unless ids are strings and
+    distances integers within the window."""
+    if type(pairs) is not list:
+        raise TypeError(f"{what} must be a list")
+    if len(pairs) % 2:
+        raise ValueError(f"{what} must pair each id with a distance")
+    ids, steps = pairs[0::2], pairs[1::2]
+    if not all(type(i) is str for i in ids):
+        raise TypeError(f"an item id in {what} is not a string")
+    if not all(isinstance(d, int) for d in steps):
+        raise TypeError("a distance must be an integer")
+    if steps and (min(steps) < 0 or max(steps) >= len(powers)):
+        raise ValueError(f"a distance outside the window of {len(powers)}")
+    return list(zip(ids, map(powers.__getitem__, steps)))
+
+
+def fold_interaction(folding: dict[str, list], open_state, source: str, offset: int, ts: float, item: str, own,
                      others, half_life: float) -> None:
     """One interaction's increments to the records of one partition: ``own`` (the item's record
     gets every (other, weight) pair, None when it is another partition's) and ``others`` (each
     other's record gets the pair with ``item``). The increment to each other's record is
-    ``folding_state`` and ``apply_increment`` written out: it runs some twenty times per
-    interaction, and the calls cost 33 against 29 us per interaction (``bench/fold.py``, best of 3)."""
+    ``apply_increment`` written out: it runs some twenty times per interaction, and the call cost
+    33 against 29 us per interaction (``bench/fold.py``, best of 3, before the fold was compiled)."""
     if own is not None:
-        state = folding_state(folding, get, item)
+        state = folding.get(item) or open_state(item)
         state[1 if apply_increment(state[0], source, offset, ts, 1, own, half_life) else 2] += 1
     for other, weight in others:
-        state = folding.get(other)
-        if state is None:
-            state = folding[other] = [writable(get(other)), 0, 0]
+        state = folding.get(other) or open_state(other)
         record = state[0]
         applied = record["applied"]
         if offset > applied.get(source, -1):
@@ -215,9 +245,20 @@ def apply_increment(record: dict, partition: str, offset: int, ts: float, count:
 def prune(record: dict, config: CooccurrenceConfig) -> dict:
     """The top M neighbours once they exceed M by a fifth (ties by id, so replays agree)."""
     if len(record["neighbours"]) > config.neighbours * 1.2:
-        kept = sorted(record["neighbours"].items(), key=lambda kv: (-kv[1], kv[0]))[:config.neighbours]
-        record["neighbours"] = dict(kept)
+        record["neighbours"] = prune_neighbours(record["neighbours"], config.neighbours)
     return record
+
+
+def prune_by_weight(neighbours: dict[str, float], keep: int) -> dict[str, float]:
+    """The ``keep`` heaviest neighbours, heaviest first, ties by id. The reference for the
+    compiled ``prune_neighbours``: a record is pruned in every batch once it is full, and this
+    sort was a third of the fold's time (``bench/fold.py``)."""
+    return dict(sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])
+
+
+def prune_neighbours_compiled(neighbours: dict[str, float], keep: int) -> dict[str, float]:
+    kept = _compiled.prune_neighbours(neighbours, keep)
+    return prune_by_weight(neighbours, keep) if kept is None else kept  # None: not all str ids and float weights
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -262,3 +303,13 @@ def neighbour_scores(recent: list[str], records: Mapping[str, Mapping | None], c
             if n_o > 0:
                 scores[other] += weight * scale / math.sqrt(n_o)
     return scores
+
+
+# the compiled fold and prune (models/_cooccurrence.c, built by setup.py where a C compiler is
+# found); the Python references where it is not: the same records, slower
+try:
+    from models import _cooccurrence as _compiled
+except ImportError:  # pragma: no cover - exercised where the extension was not built
+    _compiled = None
+fold_pairs = _compiled.fold_pairs if _compiled is not None else fold_pairs_python
+prune_neighbours = prune_neighbours_compiled if _compiled is not None else prune_by_weight

@@ -1,0 +1,334 @@
+/* The fold of an item-pairs message and the prune of a record's neighbours, compiled:
+ * models.cooccurrence.fold_pairs_python and prune_by_weight, step for step.
+ *
+ * Why it exists: the per-pair loop of the fold runs some twenty times per interaction, and in
+ * Python it was a third of what a worker spends on an interaction with co-occurrence on
+ * (bench/fold.py). This does the same dictionary operations in the same order, with Python's
+ * own number operations (PyNumber_*) wherever a value is computed, so the records it leaves are
+ * byte-identical to the Python fold's (tests/unit/test_cooccurrence_compiled.py checks that on
+ * ML-100K and on messages with redeliveries and bad fields). The Python fold stays the reference,
+ * and the worker uses it where this module was not built.
+ *
+ * fold_pairs(folding, open_state, pairs, powers, half_life) -> None
+ *   folding:    dict item -> [record being changed, applied, skipped]
+ *   open_state: callable item -> that list, opened from the table and put into ``folding``
+ *   pairs:      the message's list of [source, offset, ts, item, own | None, others]
+ *   powers:     tuple of decay ** d for d in range(window)
+ *   half_life:  float, the trending half-life
+ * Raises ValueError or TypeError on a malformed interaction, possibly after folding earlier ones
+ * (the stage folds the batch again without the message), as the Python fold does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *key_applied, *key_neighbours, *key_count, *key_trend, *key_trend_t;
+static PyObject *minus_one, *one, *zero_float, *half;
+
+/* state[index] += 1 */
+static int bump(PyObject *state, Py_ssize_t index) {
+    PyObject *now = PyList_GET_ITEM(state, index);
+    PyObject *next = PyNumber_Add(now, one);
+    if (next == NULL) return -1;
+    PyList_SET_ITEM(state, index, next);
+    Py_DECREF(now);
+    return 0;
+}
+
+/* folding[item], opened by open_state the first time; borrowed, checked to be [dict, n, n] */
+static PyObject *state_of(PyObject *folding, PyObject *open_state, PyObject *item) {
+    PyObject *state = PyDict_GetItemWithError(folding, item);
+    if (state == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        PyObject *opened = PyObject_CallOneArg(open_state, item);
+        if (opened == NULL) return NULL;
+        Py_DECREF(opened);  /* open_state put it into folding, which keeps it */
+        state = PyDict_GetItemWithError(folding, item);
+        if (state == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "open_state did not open the item");
+            return NULL;
+        }
+    }
+    if (!PyList_CheckExact(state) || PyList_GET_SIZE(state) != 3 || !PyDict_CheckExact(PyList_GET_ITEM(state, 0))) {
+        PyErr_SetString(PyExc_TypeError, "a folding state must be [record, applied, skipped]");
+        return NULL;
+    }
+    return state;
+}
+
+static PyObject *dict_field(PyObject *record, PyObject *key) {
+    PyObject *value = PyDict_GetItemWithError(record, key);
+    if (value == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    if (!PyDict_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "a record's %S must be a dict", key);
+        return NULL;
+    }
+    return value;
+}
+
+/* 1: the offset is after the record's last from ``source`` (and is now recorded), 0: a redelivery */
+static int take_offset(PyObject *record, PyObject *source, PyObject *offset) {
+    PyObject *applied = dict_field(record, key_applied);
+    if (applied == NULL) return -1;
+    PyObject *last = PyDict_GetItemWithError(applied, source);
+    if (last == NULL && PyErr_Occurred()) return -1;
+    int after = PyObject_RichCompareBool(offset, last == NULL ? minus_one : last, Py_GT);
+    if (after <= 0) return after;
+    return PyDict_SetItem(applied, source, offset) < 0 ? -1 : 1;
+}
+
+/* neighbours[other] = neighbours.get(other, 0.0) + weight */
+static int add_weight(PyObject *neighbours, PyObject *other, PyObject *weight) {
+    PyObject *now = PyDict_GetItemWithError(neighbours, other);
+    if (now == NULL && PyErr_Occurred()) return -1;
+    PyObject *sum;
+    if (now != NULL && PyFloat_CheckExact(now) && PyFloat_CheckExact(weight))
+        sum = PyFloat_FromDouble(PyFloat_AS_DOUBLE(now) + PyFloat_AS_DOUBLE(weight));
+    else
+        sum = PyNumber_Add(now == NULL ? zero_float : now, weight);
+    if (sum == NULL) return -1;
+    int rc = PyDict_SetItem(neighbours, other, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+/* record[key] = value (a new reference, consumed) */
+static int set_field(PyObject *record, PyObject *key, PyObject *value) {
+    if (value == NULL) return -1;
+    int rc = PyDict_SetItem(record, key, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* count += 1; trend decayed to ts (never back in time), then += 1: models.cooccurrence.decayed */
+static int count_interaction(PyObject *record, PyObject *ts, PyObject *half_life) {
+    PyObject *count = PyDict_GetItemWithError(record, key_count);
+    PyObject *trend = count ? PyDict_GetItemWithError(record, key_trend) : NULL;
+    PyObject *at = trend ? PyDict_GetItemWithError(record, key_trend_t) : NULL;
+    if (at == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_KeyError, "a record needs count, trend and trend_t");
+        return -1;
+    }
+    if (set_field(record, key_count, PyNumber_Add(count, one)) < 0) return -1;
+    Py_INCREF(trend);
+    Py_INCREF(at);
+    int later = PyObject_RichCompareBool(ts, at, Py_LE);
+    PyObject *value = NULL;
+    if (later == 1) {  /* now <= at: unchanged */
+        value = trend;
+        Py_INCREF(value);
+    } else if (later == 0) {
+        PyObject *elapsed = PyNumber_Subtract(ts, at);
+        PyObject *halvings = elapsed ? PyNumber_TrueDivide(elapsed, half_life) : NULL;
+        PyObject *factor = halvings ? PyNumber_Power(half, halvings, Py_None) : NULL;
+        value = factor ? PyNumber_Multiply(trend, factor) : NULL;
+        Py_XDECREF(elapsed);
+        Py_XDECREF(halvings);
+        Py_XDECREF(factor);
+        if (value != NULL) {
+            Py_DECREF(at);
+            at = ts;
+            Py_INCREF(at);
+        }
+    }
+    Py_DECREF(trend);
+    if (value == NULL) {
+        Py_DECREF(at);
+        return -1;
+    }
+    int rc = set_field(record, key_trend_t, at);  /* consumes at */
+    if (rc == 0) rc = set_field(record, key_trend, PyNumber_Add(value, one));
+    Py_DECREF(value);
+    return rc;
+}
+
+/* the weight of distance ``step`` (decay ** step), borrowed; an error for anything but an int in range */
+static PyObject *weight_at(PyObject *powers, PyObject *step) {
+    if (!PyLong_Check(step)) {
+        PyErr_Format(PyExc_TypeError, "a distance must be an integer, not %.50s", Py_TYPE(step)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t d = PyLong_AsSsize_t(step);
+    if (d == -1 && PyErr_Occurred()) return NULL;
+    if (d < 0 || d >= PyTuple_GET_SIZE(powers)) {
+        PyErr_Format(PyExc_ValueError, "a distance of %zd outside the window of %zd", d, PyTuple_GET_SIZE(powers));
+        return NULL;
+    }
+    return PyTuple_GET_ITEM(powers, d);
+}
+
+/* a flat [id, d, id, d, ...] list, checked whole before anything is folded: ids are strings,
+ * distances integers in the window */
+static int check_pairs(PyObject *pairs, PyObject *powers, const char *what) {
+    if (!PyList_CheckExact(pairs)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list", what);
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    if (n % 2) {
+        PyErr_Format(PyExc_ValueError, "%s must pair each id with a distance", what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i += 2) {
+        if (!PyUnicode_CheckExact(PyList_GET_ITEM(pairs, i))) {
+            PyErr_Format(PyExc_TypeError, "an item id in %s is not a string", what);
+            return -1;
+        }
+        if (weight_at(powers, PyList_GET_ITEM(pairs, i + 1)) == NULL) return -1;
+    }
+    return 0;
+}
+
+static int fold_one(PyObject *folding, PyObject *open_state, PyObject *interaction, PyObject *powers,
+                    PyObject *half_life) {
+    if (!PyList_CheckExact(interaction) || PyList_GET_SIZE(interaction) != 6) {
+        PyErr_SetString(PyExc_ValueError, "an interaction must be [source, offset, time, item, own, others]");
+        return -1;
+    }
+    PyObject *offset = PyList_GET_ITEM(interaction, 1), *ts = PyList_GET_ITEM(interaction, 2);
+    PyObject *item = PyList_GET_ITEM(interaction, 3), *own = PyList_GET_ITEM(interaction, 4);
+    PyObject *others = PyList_GET_ITEM(interaction, 5);
+    if (!PyLong_CheckExact(offset) || !(PyFloat_CheckExact(ts) || PyLong_CheckExact(ts)) || !PyUnicode_CheckExact(item)) {
+        PyErr_SetString(PyExc_TypeError, "an interaction's offset must be an integer, its time a number, its item a string");
+        return -1;
+    }
+    if ((own != Py_None && check_pairs(own, powers, "own pairs") < 0) || check_pairs(others, powers, "other pairs") < 0)
+        return -1;
+    PyObject *source = PyObject_Str(PyList_GET_ITEM(interaction, 0));
+    if (source == NULL) return -1;
+    int rc = 0;
+    if (own != Py_None) {
+        PyObject *state = state_of(folding, open_state, item);
+        PyObject *record = state ? PyList_GET_ITEM(state, 0) : NULL;
+        int fresh = record ? take_offset(record, source, offset) : -1;
+        if (fresh == 1) {
+            PyObject *neighbours = dict_field(record, key_neighbours);
+            if (neighbours == NULL) goto fail;
+            for (Py_ssize_t i = 0; i < PyList_GET_SIZE(own); i += 2)
+                if (add_weight(neighbours, PyList_GET_ITEM(own, i), weight_at(powers, PyList_GET_ITEM(own, i + 1))) < 0)
+                    goto fail;
+            if (count_interaction(record, ts, half_life) < 0) goto fail;
+        }
+        if (fresh < 0 || bump(state, fresh ? 1 : 2) < 0) goto fail;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(others); i += 2) {
+        PyObject *other = PyList_GET_ITEM(others, i);
+        PyObject *weight = weight_at(powers, PyList_GET_ITEM(others, i + 1));
+        PyObject *state = state_of(folding, open_state, other);
+        if (state == NULL) goto fail;
+        PyObject *record = PyList_GET_ITEM(state, 0);
+        int fresh = take_offset(record, source, offset);
+        if (fresh == 1) {
+            PyObject *neighbours = dict_field(record, key_neighbours);
+            if (neighbours == NULL || add_weight(neighbours, item, weight) < 0) goto fail;
+        }
+        if (fresh < 0 || bump(state, fresh ? 1 : 2) < 0) goto fail;
+    }
+    goto done;
+fail:
+    rc = -1;
+done:
+    Py_DECREF(source);
+    return rc;
+}
+
+static PyObject *fold_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "fold_pairs(folding, open_state, pairs, powers, half_life)");
+        return NULL;
+    }
+    PyObject *folding = args[0], *open_state = args[1], *pairs = args[2], *powers = args[3], *half_life = args[4];
+    if (!PyDict_CheckExact(folding) || !PyTuple_CheckExact(powers) || !PyFloat_Check(half_life)) {
+        PyErr_SetString(PyExc_TypeError, "fold_pairs needs a dict, a tuple of powers and a float half-life");
+        return NULL;
+    }
+    if (!PyList_CheckExact(pairs)) {
+        PyErr_SetString(PyExc_TypeError, "a message's pairs must be a list");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *interaction = PyList_GET_ITEM(pairs, i);
+        Py_INCREF(interaction);  /* open_state runs Python code; keep what is being folded alive */
+        int rc = fold_one(folding, open_state, interaction, powers, half_life);
+        Py_DECREF(interaction);
+        if (rc < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* prune_neighbours(neighbours, keep): the ``keep`` heaviest as a new dict, heaviest first, ties by
+ * id: what sorted(items, key=lambda kv: (-kv[1], kv[0]))[:keep] gives (ids are unique, so the
+ * order is total and qsort's instability cannot show). None where an id is not a str or a weight
+ * not a float: the caller sorts in Python then. */
+typedef struct {
+    double weight;
+    PyObject *id, *value;  /* borrowed from the dict, which outlives the call */
+} Neighbour;
+
+static int heavier_first(const void *a, const void *b) {
+    const Neighbour *x = a, *y = b;
+    if (x->weight != y->weight) return x->weight > y->weight ? -1 : 1;
+    return PyUnicode_Compare(x->id, y->id);  /* code point order, as Python's < on str */
+}
+
+static PyObject *prune_neighbours(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "prune_neighbours(neighbours: dict, keep: int)");
+        return NULL;
+    }
+    PyObject *neighbours = args[0];
+    Py_ssize_t keep = PyLong_AsSsize_t(args[1]);
+    if (keep == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyDict_GET_SIZE(neighbours), pos = 0, i = 0;
+    Neighbour *all = PyMem_New(Neighbour, n > 0 ? n : 1);
+    if (all == NULL) return PyErr_NoMemory();
+    PyObject *id, *value;
+    while (PyDict_Next(neighbours, &pos, &id, &value)) {
+        if (!PyUnicode_CheckExact(id) || !PyFloat_CheckExact(value) || Py_IS_NAN(PyFloat_AS_DOUBLE(value))) {
+            PyMem_Free(all);
+            Py_RETURN_NONE;
+        }
+        all[i].weight = PyFloat_AS_DOUBLE(value);
+        all[i].id = id;
+        all[i].value = value;
+        i++;
+    }
+    qsort(all, (size_t)n, sizeof(Neighbour), heavier_first);
+    PyObject *kept = PyDict_New();
+    for (i = 0; kept != NULL && i < n && i < keep; i++) {
+        if (PyDict_SetItem(kept, all[i].id, all[i].value) < 0) Py_CLEAR(kept);
+    }
+    PyMem_Free(all);
+    return kept;
+}
+
+static PyMethodDef methods[] = {
+    {"prune_neighbours", (PyCFunction)(void (*)(void))prune_neighbours, METH_FASTCALL,
+     "prune_neighbours(neighbours, keep): the keep heaviest, heaviest first, ties by id (None: not all str/float)"},
+    {"fold_pairs", (PyCFunction)(void (*)(void))fold_pairs, METH_FASTCALL,
+     "fold_pairs(folding, open_state, pairs, powers, half_life): models.cooccurrence.fold_pairs, compiled"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, .m_name = "models._cooccurrence", .m_size = -1,
+                                     .m_methods = methods};
+
+PyMODINIT_FUNC PyInit__cooccurrence(void) {
+    key_applied = PyUnicode_InternFromString("applied");
+    key_neighbours = PyUnicode_InternFromString("neighbours");
+    key_count = PyUnicode_InternFromString("count");
+    key_trend = PyUnicode_InternFromString("trend");
+    key_trend_t = PyUnicode_InternFromString("trend_t");
+    minus_one = PyLong_FromLong(-1);
+    one = PyLong_FromLong(1);
+    zero_float = PyFloat_FromDouble(0.0);
+    half = PyFloat_FromDouble(0.5);
+    if (!key_applied || !key_neighbours || !key_count || !key_trend || !key_trend_t || !minus_one || !one
+        || !zero_float || !half)
+        return NULL;
+    return PyModule_Create(&module);
+}

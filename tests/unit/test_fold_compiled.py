@@ -1,0 +1,149 @@
+"""The compiled fold and prune (models/_cooccurrence.c) against their Python references:
+byte-identical records on the same messages, redeliveries included, the same accept or reject of
+bad ones, and the same neighbours kept in the same order."""
+from __future__ import annotations
+
+import functools
+import random
+import shutil
+
+import orjson
+import pytest
+
+from models import cooccurrence
+from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_pairs_python, folding_state,
+                                 interaction_records, prune, prune_by_weight)
+
+compiled = pytest.importorskip("models._cooccurrence", reason="the extension was not built (no C compiler)")
+CAUGHT = (ValueError, KeyError, TypeError, AttributeError, IndexError)  # what the neighbours stage dead-letters
+
+
+def test_the_worker_folds_with_the_compiled_fold_where_a_compiler_is():
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    assert cooccurrence.fold_pairs is compiled.fold_pairs
+    assert cooccurrence.prune_neighbours is cooccurrence.prune_neighbours_compiled
+
+
+def messages(seed: int, n: int = 3000, items: int = 60, partitions: int = 2, window: int = 6) -> list[list]:
+    """Item-pairs messages (their ``pairs``) for random interactions from three source partitions:
+    repeated items within windows, times that go back (the trending count must not decay
+    forward), integer and float times, and a batch delivered again after a 'crash' (a redelivery
+    of offsets already folded, followed by new ones)."""
+    rng = random.Random(seed)
+    histories: dict[str, list[str]] = {}
+    offsets = {0: 0, 1: 0, 2: 0}
+    batches: list[list] = []
+    records: list[list] = []
+    for n_event in range(n):
+        source = rng.randrange(3)
+        user = f"u{rng.randrange(40)}"
+        item = f"i{min(int(rng.expovariate(0.1)), items - 1)}"
+        ts = rng.choice([1000.0 + n_event * 3.5, 1000 + n_event, 900.0])
+        window_items = histories.setdefault(user, [])[-window:]
+        by_partition, _ = interaction_records(source, offsets[source], ts, item, window_items, partitions)
+        records.append(by_partition)
+        offsets[source] += 1
+        histories[user].append(item)
+        if len(records) == 200:
+            batches.append(records)
+            if rng.random() < 0.3:  # redelivered: the second half of this batch again, before the next
+                batches.append(records[100:])
+            records = []
+    batches.append(records)
+    out = []
+    for batch in batches:
+        for partition in range(partitions):
+            pairs = [r[partition] for r in batch if partition in r]
+            if pairs:
+                out.append(orjson.loads(orjson.dumps(pairs)))  # as parsed from the wire
+    return out
+
+
+def fold_all(fold, all_pairs: list[list], config: CooccurrenceConfig, per_batch: int = 7) -> bytes:
+    store: dict = {}
+    powers = decay_powers(config.decay, config.window)
+    counts = []
+    for start in range(0, len(all_pairs), per_batch):
+        folding: dict = {}
+        for pairs in all_pairs[start:start + per_batch]:
+            fold(folding, functools.partial(folding_state, folding, store.get), pairs, powers,
+                 config.trending_half_life)
+        for item, (record, new, skipped) in folding.items():
+            counts.append((item, new, skipped))
+            if new:
+                store[item] = prune(record, config)
+    return orjson.dumps([store, counts])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_and_python_folds_leave_byte_identical_records(seed):
+    config = CooccurrenceConfig(window=6, neighbours=10, decay=0.8, trending_half_life=50.0)
+    all_pairs = messages(seed)
+    python = fold_all(fold_pairs_python, all_pairs, config)
+    assert fold_all(compiled.fold_pairs, all_pairs, config) == python
+    store, counts = orjson.loads(python)
+    assert sum(skipped for _, _, skipped in counts) > 0  # the redeliveries were skipped, not folded
+    assert any(len(r["neighbours"]) == 10 for r in store.values())  # and pruning ran
+
+
+GOOD = [0, 5, 100.0, "i1", ["i2", 0], ["i3", 1]]
+BAD = {
+    "not a list": (0, 5, 100.0, "i1", None, []),
+    "five fields": [0, 5, 100.0, "i1", None],
+    "offset as text": [0, "5", 100.0, "i1", None, []],
+    "float offset": [0, 5.0, 100.0, "i1", None, []],
+    "time as text": [0, 5, "100", "i1", None, []],
+    "item not a string": [0, 5, 100.0, 7, None, []],
+    "own not a list": [0, 5, 100.0, "i1", "i2", []],
+    "others missing": [0, 5, 100.0, "i1", None, None],
+    "odd pairs": [0, 5, 100.0, "i1", None, ["i2", 0, "i3"]],
+    "id not a string": [0, 5, 100.0, "i1", None, [3, 0]],
+    "distance as text": [0, 5, 100.0, "i1", None, ["i2", "0"]],
+    "float distance": [0, 5, 100.0, "i1", None, ["i2", 0.0]],
+    "negative distance": [0, 5, 100.0, "i1", ["i2", -1], []],
+    "distance past the window": [0, 5, 100.0, "i1", None, ["i2", 6]],
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_both_folds_reject_the_same_malformed_interactions_after_the_same_changes(name):
+    """Each is rejected with an error the stage dead-letters, after folding the good interaction
+    before it the same way (the stage then folds the batch again without the message)."""
+    powers = decay_powers(0.8, 6)
+    outcomes = []
+    for fold in (fold_pairs_python, compiled.fold_pairs):
+        folding: dict = {}
+        with pytest.raises(CAUGHT):
+            fold(folding, functools.partial(folding_state, folding, lambda _: None), [GOOD, BAD[name]], powers, 3600.0)
+        outcomes.append(orjson.dumps(folding))
+    assert outcomes[0] == outcomes[1] and b'"i1"' in outcomes[0]
+
+
+def test_a_redelivered_interaction_with_a_bad_distance_is_still_rejected():
+    """The check comes before the redelivery test, in both: what is malformed never depends on state."""
+    powers = decay_powers(0.8, 6)
+    for fold in (fold_pairs_python, compiled.fold_pairs):
+        folding: dict = {}
+        open_state = functools.partial(folding_state, folding, lambda _: None)
+        fold(folding, open_state, [GOOD], powers, 3600.0)
+        with pytest.raises(ValueError):
+            fold(folding, open_state, [[0, 5, 100.0, "i1", ["i2", 9], []]], powers, 3600.0)
+
+
+def test_the_compiled_prune_keeps_the_same_neighbours_in_the_same_order():
+    rng = random.Random(3)
+    for size in (0, 1, 5, 241, 600):
+        # few distinct weights, so many ties are broken by id, among ids of mixed length and script
+        neighbours = {rng.choice(["i", "é", "x", "I"]) + str(rng.randrange(10 ** 6)): rng.choice([0.8, 1.0, 0.64, 2.44])
+                      for _ in range(size)}
+        for keep in (0, 3, 200):
+            got = compiled.prune_neighbours(neighbours, keep)
+            assert orjson.dumps(got) == orjson.dumps(prune_by_weight(neighbours, keep))
+            assert cooccurrence.prune_neighbours_compiled(neighbours, keep) == got
+
+
+def test_the_compiled_prune_leaves_what_is_not_str_and_float_to_python():
+    assert compiled.prune_neighbours({"i1": 1, "i2": 2.0}, 1) is None  # an integer weight
+    assert compiled.prune_neighbours({"i1": float("nan")}, 1) is None
+    assert cooccurrence.prune_neighbours_compiled({"i1": 1, "i2": 2.0}, 1) == {"i2": 2.0}
