@@ -1,5 +1,6 @@
-/* The fold of an item-pairs message and the prune of a record's neighbours, compiled:
- * models.cooccurrence.fold_pairs_python and prune_by_weight, step for step.
+/* The co-occurrence work done per pair, compiled: the records an interaction sends to the item
+ * partitions (models.cooccurrence.interaction_records_python), the fold of an item-pairs message
+ * (fold_pairs_python) and the prune of a record's neighbours (prune_by_weight), step for step.
  *
  * Why it exists: the per-pair loop of the fold runs some twenty times per interaction, and in
  * Python it was a third of what a worker spends on an interaction with co-occurrence on
@@ -306,7 +307,106 @@ static PyObject *prune_neighbours(PyObject *self, PyObject *const *args, Py_ssiz
     return kept;
 }
 
+/* cache[item], else key_partition(item, partitions) stored there: a new reference */
+static PyObject *partition_of(PyObject *cache, PyObject *key_partition, PyObject *item, PyObject *partitions) {
+    PyObject *partition = PyDict_GetItemWithError(cache, item);
+    if (partition != NULL) {
+        Py_INCREF(partition);
+        return partition;
+    }
+    if (PyErr_Occurred()) return NULL;
+    partition = PyObject_CallFunctionObjArgs(key_partition, item, partitions, NULL);
+    if (partition != NULL && PyDict_SetItem(cache, item, partition) < 0) Py_CLEAR(partition);
+    return partition;
+}
+
+/* [source, offset, ts, item, own, []]: a new reference; own is stolen (None borrowed) */
+static PyObject *new_record(PyObject *const *head, PyObject *own) {
+    PyObject *record = PyList_New(6);
+    PyObject *others = PyList_New(0);
+    if (record == NULL || others == NULL) {
+        Py_XDECREF(record);
+        Py_XDECREF(others);
+        if (own != Py_None) Py_DECREF(own);
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        Py_INCREF(head[i]);
+        PyList_SET_ITEM(record, i, head[i]);
+    }
+    if (own == Py_None) Py_INCREF(own);
+    PyList_SET_ITEM(record, 4, own);
+    PyList_SET_ITEM(record, 5, others);
+    return record;
+}
+
+/* interaction_records(source, offset, ts, item, window, partitions, cache, key_partition):
+ * models.cooccurrence.interaction_records_python with the partitions of ids looked up in
+ * ``cache`` (filled from key_partition): the same records, built in the same order. */
+static PyObject *interaction_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 8 || !PyList_CheckExact(args[4]) || !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "interaction_records(source, offset, ts, item, window: list, partitions, cache: dict, key_partition)");
+        return NULL;
+    }
+    PyObject *item = args[3], *window = args[4], *partitions = args[5], *cache = args[6], *key_partition = args[7];
+    PyObject *seen = PySet_New(NULL), *own = PyList_New(0), *out = NULL, *home = NULL, *result = NULL;
+    if (seen == NULL || own == NULL || PySet_Add(seen, item) < 0) goto done;
+    for (Py_ssize_t i = PyList_GET_SIZE(window) - 1, step = 0; i >= 0; i--, step++) {
+        PyObject *other = PyList_GET_ITEM(window, i);
+        int known = PySet_Contains(seen, other);
+        if (known < 0) goto done;
+        if (known) continue;
+        PyObject *distance = PyLong_FromSsize_t(step);
+        int failed = distance == NULL || PySet_Add(seen, other) < 0 || PyList_Append(own, other) < 0
+                     || PyList_Append(own, distance) < 0;
+        Py_XDECREF(distance);
+        if (failed) goto done;
+    }
+    out = PyDict_New();
+    home = partition_of(cache, key_partition, item, partitions);
+    if (out == NULL || home == NULL) goto done;
+    Py_INCREF(own);
+    PyObject *record = new_record(args, own);
+    if (record == NULL || PyDict_SetItem(out, home, record) < 0) {
+        Py_XDECREF(record);
+        goto done;
+    }
+    Py_DECREF(record);  /* out keeps it */
+    for (Py_ssize_t j = 0; j < PyList_GET_SIZE(own); j += 2) {
+        PyObject *other = PyList_GET_ITEM(own, j), *distance = PyList_GET_ITEM(own, j + 1);
+        PyObject *target = partition_of(cache, key_partition, other, partitions);
+        if (target == NULL) goto done;
+        PyObject *target_record = PyDict_GetItemWithError(out, target);  /* borrowed */
+        if (target_record == NULL) {
+            if (PyErr_Occurred() || (target_record = new_record(args, Py_None)) == NULL) {
+                Py_DECREF(target);
+                goto done;
+            }
+            int rc = PyDict_SetItem(out, target, target_record);
+            Py_DECREF(target_record);  /* out keeps it */
+            if (rc < 0) {
+                Py_DECREF(target);
+                goto done;
+            }
+        }
+        Py_DECREF(target);
+        PyObject *others = PyList_GET_ITEM(target_record, 5);
+        if (PyList_Append(others, other) < 0 || PyList_Append(others, distance) < 0) goto done;
+    }
+    result = Py_BuildValue("(On)", out, 1 + PyList_GET_SIZE(own) / 2);
+done:
+    Py_XDECREF(seen);
+    Py_XDECREF(own);
+    Py_XDECREF(out);
+    Py_XDECREF(home);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"interaction_records", (PyCFunction)(void (*)(void))interaction_records, METH_FASTCALL,
+     "interaction_records(source, offset, ts, item, window, partitions, cache, key_partition): compiled"},
     {"prune_neighbours", (PyCFunction)(void (*)(void))prune_neighbours, METH_FASTCALL,
      "prune_neighbours(neighbours, keep): the keep heaviest, heaviest first, ties by id (None: not all str/float)"},
     {"fold_pairs", (PyCFunction)(void (*)(void))fold_pairs, METH_FASTCALL,

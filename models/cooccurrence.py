@@ -106,6 +106,23 @@ def fold_entries(folding: dict[str, list], get, item: str, entries: Iterable[dic
 
 def interaction_records(partition: int, offset: int, ts: float, item: str, window: list[str],
                         partitions: int) -> tuple[dict[int, list], int]:
+    """``interaction_records_python``, compiled where ``models/_cooccurrence.c`` was built (it ran
+    some twenty set, hash and list steps per interaction in the interactions stage); item
+    partitions come from a cache of ``key_partition``, cleared when it holds 65,536 ids."""
+    if _compiled is None:
+        return interaction_records_python(partition, offset, ts, item, window, partitions)
+    cache = _partition_caches.get(partitions)
+    if cache is None or len(cache) >= PARTITION_CACHE_SIZE:
+        cache = _partition_caches[partitions] = {}
+    return _compiled.interaction_records(partition, offset, ts, item, window, partitions, cache, key_partition)
+
+
+PARTITION_CACHE_SIZE = 1 << 16
+_partition_caches: dict[int, dict[str, int]] = {}
+
+
+def interaction_records_python(partition: int, offset: int, ts: float, item: str, window: list[str],
+                               partitions: int) -> tuple[dict[int, list], int]:
     """What an interaction sends to each item partition its increments change, and how many
     increments it makes: ``{item partition: [source partition, offset, time, item, own, others]}``,
     ``own`` the pairs of the item's own record (None when the item is another partition's) and

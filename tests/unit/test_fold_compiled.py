@@ -1,6 +1,7 @@
-"""The compiled fold and prune (models/_cooccurrence.c) against their Python references:
-byte-identical records on the same messages, redeliveries included, the same accept or reject of
-bad ones, and the same neighbours kept in the same order."""
+"""The compiled co-occurrence functions (models/_cooccurrence.c) against their Python references:
+the same item-pairs records sent for an interaction, byte-identical item records folded from the
+same messages (redeliveries included), the same accept or reject of bad ones, and the same
+neighbours kept in the same order."""
 from __future__ import annotations
 
 import functools
@@ -12,7 +13,8 @@ import pytest
 
 from models import cooccurrence
 from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_pairs_python, folding_state,
-                                 interaction_records, prune, prune_by_weight)
+                                 interaction_records, interaction_records_python, key_partition, prune,
+                                 prune_by_weight)
 
 compiled = pytest.importorskip("models._cooccurrence", reason="the extension was not built (no C compiler)")
 CAUGHT = (ValueError, KeyError, TypeError, AttributeError, IndexError)  # what the neighbours stage dead-letters
@@ -147,3 +149,25 @@ def test_the_compiled_prune_leaves_what_is_not_str_and_float_to_python():
     assert compiled.prune_neighbours({"i1": 1, "i2": 2.0}, 1) is None  # an integer weight
     assert compiled.prune_neighbours({"i1": float("nan")}, 1) is None
     assert cooccurrence.prune_neighbours_compiled({"i1": 1, "i2": 2.0}, 1) == {"i2": 2.0}
+
+
+def test_the_compiled_records_of_an_interaction_are_the_python_ones():
+    """Windows with repeats, the item itself among them, empty ones, ids of any script, and one to
+    eight item partitions: the same records in the same order (the order of a partition's message)."""
+    rng = random.Random(5)
+    for _ in range(3000):
+        ids = [f"i{n}" for n in range(rng.randrange(1, 40))] + ["é9", "テ"]
+        window = [rng.choice(ids) for _ in range(rng.randrange(0, 30))]
+        item, partitions = rng.choice(ids), rng.choice([1, 2, 3, 8])
+        args = (rng.randrange(8), rng.randrange(10 ** 9), rng.choice([1.5e9, 7]), item, window, partitions)
+        got, want = compiled.interaction_records(*args, {}, key_partition), interaction_records_python(*args)
+        assert orjson.dumps([list(got[0].items()), got[1]]) == orjson.dumps([list(want[0].items()), want[1]])
+        assert orjson.dumps(list(interaction_records(*args)[0].items())) == orjson.dumps(list(want[0].items()))
+
+
+def test_the_partition_cache_is_kept_bounded(monkeypatch):
+    monkeypatch.setattr(cooccurrence, "PARTITION_CACHE_SIZE", 4)
+    monkeypatch.setattr(cooccurrence, "_partition_caches", {})
+    for n in range(10):
+        interaction_records(0, n, 1.0, f"i{n}", [f"j{n}"], 3)
+        assert len(cooccurrence._partition_caches[3]) <= 4
