@@ -152,7 +152,12 @@ static PyObject *weight_at(PyObject *powers, PyObject *step) {
         return NULL;
     }
     Py_ssize_t d = PyLong_AsSsize_t(step);
-    if (d == -1 && PyErr_Occurred()) return NULL;
+    if (d == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return NULL;
+        PyErr_Clear();  /* an integer past 64 bits is as far outside the window as any */
+        PyErr_Format(PyExc_ValueError, "a distance outside the window of %zd", PyTuple_GET_SIZE(powers));
+        return NULL;
+    }
     if (d < 0 || d >= PyTuple_GET_SIZE(powers)) {
         PyErr_Format(PyExc_ValueError, "a distance of %zd outside the window of %zd", d, PyTuple_GET_SIZE(powers));
         return NULL;

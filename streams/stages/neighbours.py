@@ -18,6 +18,10 @@ from streams.services import Services
 
 log = logging.getLogger("mmsr.worker")
 
+# what a malformed item-pairs message raises in the fold (ArithmeticError: a number too large for
+# a float or an index): dead-lettered, never the agent's crash
+MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError)
+
 
 class NeighboursStage:
     def __init__(self, services: Services):
@@ -35,7 +39,7 @@ class NeighboursStage:
             try:
                 payload = orjson.loads(message.value)
                 self.fold(folding, event, payload, by_partition, by_item)
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            except MALFORMED as exc:
                 await self.s.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
                 # the bad message may have changed some records before failing: fold again without it
                 folding.clear()

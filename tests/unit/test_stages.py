@@ -343,10 +343,11 @@ def test_pairs_are_weighed_by_the_messages_decay_as_the_weighted_layout_of_earli
 
 
 @pytest.mark.parametrize("bad_pair, header", [(["i1", "x"], {}), (["i1", -1], {}), (["i1", 7], {}), (["i1", 1.0], {}),
+                                              (["i1", 2 ** 64 - 1], {}),
                                               (["i1", 1], {"window": 10 ** 9}), (["i1", 1], {"decay": 2.0}),
                                               (["i1", 1], {"window": "3"})],
                          ids=["text distance", "negative distance", "distance past the window", "float distance",
-                              "a huge window", "a decay above 1", "a window as text"])
+                              "a distance of 64 bits", "a huge window", "a decay above 1", "a window as text"])
 def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole(bad_pair, header):
     from models.cooccurrence import CooccurrenceConfig, pairs_message
 
