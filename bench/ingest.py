@@ -4,6 +4,9 @@ Throughput: interactions applied to user state per second by one worker reading 
 N (from its first applied interaction until its applied counter reaches N; "folded" waits for
 the item-keyed increments too), against a plain confluent-kafka consumer that reads and
 JSON-decodes the same topic on the same broker in the same run.
+With ``--before-tree`` the code before a change is measured the same way in the same run, and
+with ``--rounds N`` before and after alternate N times (this machine's speed drifts by a fifth
+within an hour), the medians reported with each round's ratio.
 Latency: fresh interactions at a steady rate; p50/p99 of the time from the interaction's
 broker timestamp to the emission of its refreshed list (as the worker records it), with the
 debounce window reported alongside.
@@ -96,6 +99,9 @@ def main() -> None:
     parser.add_argument("--role", default="state", help="the worker's role (the issue's figure is for 'state')")
     parser.add_argument("--before-tree", type=Path, default=None,
                         help="a checkout of the code before the change: its worker is measured too (co-occurrence on)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --before-tree: before and after (co-occurrence on) measured this many times, "
+                             "alternated, so a drift in the machine's speed hits both; the medians are reported")
     parser.add_argument("--out", default="bench/results/ingest.json")
     args = parser.parse_args()
 
@@ -105,16 +111,24 @@ def main() -> None:
     workers = []
     try:
         events = rp.movielens_events()[: args.events]
-        before = None
-        if args.before_tree is not None:
-            before, worker, _ = ingest(info, tmp, "before", events, tree=args.before_tree.resolve(), cooccurrence=True,
-                                       role=args.role)
+        before, rounds = None, []
+        for n in range(args.rounds if args.before_tree is not None else 0):  # the last "after" stays up below
+            run, worker, _ = ingest(info, tmp, f"before-{n}", events, tree=args.before_tree.resolve(),
+                                    cooccurrence=True, role=args.role)
             worker.stop()
-            before["tree"] = git_head(args.before_tree)
+            rounds.append({"before": run})
+            if n < args.rounds - 1:
+                rounds[-1]["after"], worker, _ = ingest(info, tmp, f"cooc-on-{n}", events, cooccurrence=True,
+                                                        role=args.role)
+                worker.stop()
         off, worker, settings = ingest(info, tmp, "cooc-off", events, cooccurrence=False, role=args.role)
         worker.stop()
         on, worker, settings = ingest(info, tmp, "cooc-on", events, cooccurrence=True, role=args.role)
         workers.append(worker)
+        if rounds:
+            rounds[-1]["after"] = on
+            before = {**medians([r["before"] for r in rounds]), "tree": git_head(args.before_tree)}
+            on = {**on, **medians([r["after"] for r in rounds])}
         baseline_rate = baseline_consume(info.bootstrap, settings.topic_interactions, len(events))
 
         emitted_before = worker.metric("recommendations_emitted_total")
@@ -145,6 +159,8 @@ def main() -> None:
             "before_cooccurrence_on": before,
             "after_to_before": before and {
                 k: round(on[k] / before[k], 2) for k in ("worker_applied_per_s", "worker_applied_and_folded_per_s")},
+            "rounds": [{side: {k: r[side][k] for k in RATES} for side in ("before", "after")} for r in rounds],
+            "after_to_before_by_round": [{k: round(r["after"][k] / r["before"][k], 2) for k in RATES} for r in rounds],
             "baseline_confluent_consumer_per_s": round(baseline_rate, 1),
             "ratio_worker_to_baseline": {
                 "cooccurrence_on": round(on["worker_applied_per_s"] / baseline_rate, 4),
@@ -163,6 +179,14 @@ def main() -> None:
         for worker in workers:
             worker.stop()
         broker.stop()
+
+
+RATES = ("worker_applied_per_s", "worker_applied_and_folded_per_s")
+
+
+def medians(runs: list[dict]) -> dict:
+    """The median of each rate over alternated runs of one variant (one run: its own figures)."""
+    return {k: round(float(np.median([r[k] for r in runs])), 1) for k in RATES}
 
 
 def git_head(tree: Path) -> str:
