@@ -269,7 +269,7 @@ def prune(record: dict, config: CooccurrenceConfig) -> dict:
 def prune_by_weight(neighbours: dict[str, float], keep: int) -> dict[str, float]:
     """The ``keep`` heaviest neighbours, heaviest first, ties by id. The reference for the
     compiled ``prune_neighbours``: a record is pruned in every batch once it is full, and this
-    sort was a third of the fold's time (``bench/fold.py``)."""
+    sort cost 34 us a record against 13 compiled (``bench/fold.py``)."""
     return dict(sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])
 
 
@@ -322,8 +322,8 @@ def neighbour_scores(recent: list[str], records: Mapping[str, Mapping | None], c
     return scores
 
 
-# the compiled fold and prune (models/_cooccurrence.c, built by setup.py where a C compiler is
-# found); the Python references where it is not: the same records, slower
+# the compiled fold, prune and interaction records (models/_cooccurrence.c, built by setup.py
+# where a C compiler is found); the Python references where it is not: the same records, slower
 try:
     from models import _cooccurrence as _compiled
 except ImportError:  # pragma: no cover - exercised where the extension was not built

@@ -22,8 +22,9 @@ outside Faust, so this guard makes both harmless:
 - a partition with no event since its assignment is checked on a timer (``catch_up``): a
   committed offset past its checkpoint means records nobody applied, read and applied at once
   rather than when the partition's next event happens to arrive. Without a committed offset
-  the consumer may begin at the log's end (above), so everything from the checkpoint (else the
-  log start) to the log's end is read. Found by a three-worker kill -9 test that failed in CI:
+  the consumer may begin at the log's end (above), so once the log's end has stood still for a
+  tick with no event delivered, everything from the checkpoint (else the log start) to that end
+  is read. Found by a three-worker kill -9 test that failed in CI:
   the killed worker had applied part of a partition and committed nothing, the replay had ended,
   and the new owner, reading from the end, would have waited for an event that never came.
 """
@@ -156,6 +157,7 @@ class OffsetGuard:
         self.next_offset: dict[int, int] = {}  # partition -> the next offset due to the stage
         self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
         self.generation = 0  # counts resets: a check begun before a rebalance must not outlive it
+        self.idle_ends: dict[int, int] = {}  # partition -> its log end at the last check (no committed offset)
 
     async def feed(self, process: Callable[[list], Awaitable], events) -> None:
         """One batch from the stream through ``admit``, the stage and ``taken``."""
@@ -171,8 +173,11 @@ class OffsetGuard:
         (or whose changelog writes were lost); without a committed offset, the records from the
         checkpoint (else the log start) to the log's end may never be delivered (the consumer can
         begin at the end). Either way they are read and applied now, in chunks; any the stream
-        delivers as well are dropped as taken. Skipped while a batch is being applied (the timer
-        would wait behind it): the next tick checks."""
+        delivers as well are dropped as taken. Without a committed offset this waits until the
+        log's end is the same at two checks: a partition still being written to, or whose
+        consumer began at its start, gets its first event delivered meanwhile (reading it here
+        too was measured: the item-pairs partitions of every ingest run, read twice). Skipped
+        while a batch is being applied (the timer would wait behind it): the next tick checks."""
         if self.lock.locked():
             return
         async with self.lock:
@@ -183,6 +188,9 @@ class OffsetGuard:
                 committed = await self.off_loop(self.reader.committed, partition)
                 if committed is None:
                     start, end = due or 0, await self.off_loop(self.reader.end, partition)
+                    if self.idle_ends.get(partition) != end:  # new records meanwhile, or the first check
+                        self.idle_ends[partition] = end
+                        continue
                 elif due is None:
                     continue  # nothing applied here yet, the consumer begins at the group's offset: its first event decides
                 else:
@@ -202,6 +210,7 @@ class OffsetGuard:
     def reset(self) -> None:
         """After a revocation: another worker may move any partition on; read checkpoints again."""
         self.next_offset.clear()
+        self.idle_ends.clear()
         self.generation += 1
 
     async def admit(self, events: Iterable) -> list:

@@ -136,8 +136,9 @@ def test_an_idle_partition_committed_past_its_checkpoint_is_caught_up_without_wa
 def test_an_idle_partition_without_a_committed_offset_is_caught_up_to_the_log_end():
     """The CI failure of the three-worker kill -9 test: a partition's owner applied part of it,
     committed nothing and was killed after the replay ended; its new owner's consumer began at the
-    log's end, so no event would ever come. The records from the checkpoint (partition 0), or from
-    the log start where nothing was applied (partition 1), to the end are read and applied, in
+    log's end, so no event would ever come. Once a log's end has stood still for a tick, the
+    records from the checkpoint (partition 0), or from the log start where nothing was applied
+    (partition 1, written to between the first two checks), to the end are read and applied, in
     chunks; an empty partition (2) is simply due from 0."""
     from streams.kafka import continuity
 
@@ -152,13 +153,18 @@ def test_an_idle_partition_without_a_committed_offset_is_caught_up_to_the_log_en
     chunk, continuity.CATCH_UP_CHUNK = continuity.CATCH_UP_CHUNK, 5
     try:
         asyncio.run(guard.catch_up(process))
+        assert batches == [] and broker.reads == []  # the first check notes each log's end
+        broker.offsets[1].append(7)  # partition 1 is still being written to: it waits another tick
+        asyncio.run(guard.catch_up(process))
+        assert [b[0][0] for b in batches] == [0, 0] and guard.next_offset == {0: 12, 2: 0}
+        asyncio.run(guard.catch_up(process))
     finally:
         continuity.CATCH_UP_CHUNK = chunk
     assert batches == [[(0, o) for o in range(4, 9)], [(0, o) for o in range(9, 12)],
-                       [(1, o) for o in range(5)], [(1, 5), (1, 6)]]
-    assert table[checkpoint_key(TOPIC, 0)] == {"offset": 11} and table[checkpoint_key(TOPIC, 1)] == {"offset": 6}
-    assert guard.next_offset == {0: 12, 1: 7, 2: 0}
-    assert metrics.get("offsets_recovered_total") == 15
+                       [(1, o) for o in range(5)], [(1, 5), (1, 6), (1, 7)]]
+    assert table[checkpoint_key(TOPIC, 0)] == {"offset": 11} and table[checkpoint_key(TOPIC, 1)] == {"offset": 7}
+    assert guard.next_offset == {0: 12, 1: 8, 2: 0}
+    assert metrics.get("offsets_recovered_total") == 16
     # what the stream delivers afterwards (had the consumer begun at the checkpoint) is dropped as taken
     assert offsets(admit(guard, [Event(0, 10), Event(0, 12)])) == [(0, 12)]
     asyncio.run(guard.catch_up(process))  # once per assignment
