@@ -7,7 +7,8 @@ JSON-decodes the same topic on the same broker in the same run.
 With ``--before-tree`` the code before a change is measured the same way in the same run, and
 with ``--rounds N`` before and after alternate N times (this machine's speed drifts by a fifth
 within an hour), the medians reported with each round's ratio.
-Latency: fresh interactions at a steady rate; p50/p99 of the time from the interaction's
+Latency (for the code before a change too, its worker restarted on its own topics):
+fresh interactions at a steady rate; p50/p99 of the time from the interaction's
 broker timestamp to the emission of its refreshed list (as the worker records it), with the
 debounce window reported alongside.
 """
@@ -111,11 +112,12 @@ def main() -> None:
     workers = []
     try:
         events = rp.movielens_events()[: args.events]
-        before, rounds = None, []
+        before, rounds, before_run = None, [], None
         for n in range(args.rounds if args.before_tree is not None else 0):  # the last "after" stays up below
-            run, worker, _ = ingest(info, tmp, f"before-{n}", events, tree=args.before_tree.resolve(),
-                                    cooccurrence=True, role=args.role)
+            run, worker, before_settings = ingest(info, tmp, f"before-{n}", events, tree=args.before_tree.resolve(),
+                                                  cooccurrence=True, role=args.role)
             worker.stop()
+            before_run = worker, before_settings
             rounds.append({"before": run})
             if n < args.rounds - 1:
                 rounds[-1]["after"], worker, _ = ingest(info, tmp, f"cooc-on-{n}", events, cooccurrence=True,
@@ -131,23 +133,14 @@ def main() -> None:
             on = {**on, **medians([r["after"] for r in rounds])}
         baseline_rate = baseline_consume(info.bootstrap, settings.topic_interactions, len(events))
 
-        emitted_before = worker.metric("recommendations_emitted_total")
         users = sorted({e["user_id"] for e in events})
-        producer = InteractionProducer(info.bootstrap, settings.topic_interactions)
-        t0 = time.perf_counter()
-        for i in range(args.latency_events):
-            now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            producer.interaction(users[i % len(users)], str(1 + (i * 37) % 1682), "view", now)
-            producer._producer.flush()
-            delay = (i + 1) / args.latency_rate - (time.perf_counter() - t0)
-            if delay > 0:
-                time.sleep(delay)
-        producer.flush()
-        wait_until(lambda: worker.metric("recommendations_emitted_total") >= emitted_before + args.latency_events * 0.9,
-                   timeout=120, message="lists for the latency run")
-        time.sleep(2)
-        recs = [json.loads(m.value()) for m in read_all(info.bootstrap, settings.topic_recommendations, timeout=30)]
-        lat = np.array([r["latency_ms"] for r in recs if r["trigger"]["kind"] == "interaction"])
+        lat = latency(info, worker, settings, users, args.latency_events, args.latency_rate)
+        before_lat = None
+        if before_run is not None:  # the code before, on its own topics, measured the same way after it
+            before_worker, before_settings = before_run
+            before_worker.start(timeout=600)
+            workers.append(before_worker)
+            before_lat = latency(info, before_worker, before_settings, users, args.latency_events, args.latency_rate)
         result = {
             "benchmark": "ingest",
             "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
@@ -166,11 +159,9 @@ def main() -> None:
                 "cooccurrence_on": round(on["worker_applied_per_s"] / baseline_rate, 4),
                 "cooccurrence_off": round(off["worker_applied_per_s"] / baseline_rate, 4)},
             "ratio_on_to_off": round(on["worker_applied_and_folded_per_s"] / off["worker_applied_and_folded_per_s"], 3),
-            "latency": {"lists": int(lat.size), "rate_per_s": args.latency_rate, "cooccurrence": True,
-                        "debounce_ms": settings.debounce_seconds * 1000,
-                        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-                        "p99_ms": round(float(np.percentile(lat, 99)), 1),
-                        "max_ms": round(float(lat.max()), 1)},
+            "latency": {**lat, "rate_per_s": args.latency_rate, "cooccurrence": True,
+                        "debounce_ms": settings.debounce_seconds * 1000},
+            "latency_before": before_lat,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -182,6 +173,29 @@ def main() -> None:
 
 
 RATES = ("worker_applied_per_s", "worker_applied_and_folded_per_s")
+
+
+def latency(info, worker: WorkerProcess, settings: Settings, users: list[str], n: int, rate: float) -> dict:
+    """Fresh interactions at a steady rate to a worker that has caught up: the time from each
+    one's broker timestamp to its refreshed list (as the worker records it)."""
+    emitted_before = worker.metric("recommendations_emitted_total")
+    producer = InteractionProducer(info.bootstrap, settings.topic_interactions)
+    t0 = time.perf_counter()
+    for i in range(n):
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        producer.interaction(users[i % len(users)], str(1 + (i * 37) % 1682), "view", now)
+        producer._producer.flush()
+        delay = (i + 1) / rate - (time.perf_counter() - t0)
+        if delay > 0:
+            time.sleep(delay)
+    producer.flush()
+    wait_until(lambda: worker.metric("recommendations_emitted_total") >= emitted_before + n * 0.9,
+               timeout=120, message="lists for the latency run")
+    time.sleep(2)
+    recs = [json.loads(m.value()) for m in read_all(info.bootstrap, settings.topic_recommendations, timeout=30)]
+    lat = np.array([r["latency_ms"] for r in recs if r["trigger"]["kind"] == "interaction"])
+    return {"lists": int(lat.size), "p50_ms": round(float(np.percentile(lat, 50)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "max_ms": round(float(lat.max()), 1)}
 
 
 def medians(runs: list[dict]) -> dict:
