@@ -12,7 +12,8 @@ The interactions are batched as the interactions stage batches them (500), their
 two item partitions (the default), and the fold takes 26 messages at a time (about what
 ``MMSR_INCREMENTS_WITHIN`` gathers from a backlog), pruning and storing each touched record once
 per batch, as the stage does. All three must end in byte-identical records. The prune of the
-records left at the end is timed apart, Python's sort against the compiled one, same result.
+records left at the end is timed apart, Python's sort against the compiled one, same result, and
+so is what the interactions stage builds per interaction (``interaction_records``).
 
     python -m bench.fold --out bench/results/fold.json
 """
@@ -29,7 +30,7 @@ import orjson
 import schemas
 from models import cooccurrence
 from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, fold_pairs_python, interaction_records,
-                                 pair_window, pairs_message, prune, prune_by_weight)
+                                 interaction_records_python, pair_window, pairs_message, prune, prune_by_weight)
 from streams.replay import window
 
 
@@ -96,6 +97,29 @@ def time_prunes(store: dict, config: CooccurrenceConfig, rounds: int) -> dict:
             "variants": out, "identical": identical}
 
 
+def time_records(events: list[dict], config: CooccurrenceConfig, rounds: int, partitions: int = 2) -> dict:
+    """What the interactions stage builds per interaction (``interaction_records``), Python against
+    compiled, on the same ML-100K windows; the records must be identical."""
+    histories: dict[str, list[str]] = {}
+    inputs = []
+    for offset, e in enumerate(events):
+        previous = histories.setdefault(e["user_id"], [])
+        inputs.append((0, offset, 1.0, e["item_id"], pair_window(previous, config), partitions))
+        previous.append(e["item_id"])
+    out = {}
+    for name, build in (("Python", interaction_records_python), ("compiled (now)", interaction_records)):
+        times = []
+        for _ in range(rounds):  # nothing kept while timed, as the stage sends and drops them
+            started = time.perf_counter()
+            for args in inputs:
+                build(*args)
+            times.append(round((time.perf_counter() - started) / len(inputs) * 1e6, 2))
+        built = [build(*args) for args in inputs]
+        out[name] = {"us_per_interaction": times, "result": orjson.dumps([[list(r.items()), n] for r, n in built])}
+    identical = len({v.pop("result") for v in out.values()}) == 1
+    return {"interactions": len(inputs), "variants": out, "identical": identical}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100000)
@@ -135,6 +159,7 @@ def main() -> None:
     result["now_to_weighted_speedup_best_of_rounds"] = round(
         best["weighted layout, Python prune (before)"] / best["flat layout, compiled fold and prune (now)"], 2)
     result["identical_records"] = len(set(stores.values())) == 1
+    result["interaction_records"] = time_records(events, config, args.rounds)
     result["prune"] = time_prunes(orjson.loads(stores["flat layout, compiled fold and prune (now)"]), config, args.rounds)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

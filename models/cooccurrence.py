@@ -269,7 +269,7 @@ def prune(record: dict, config: CooccurrenceConfig) -> dict:
 def prune_by_weight(neighbours: dict[str, float], keep: int) -> dict[str, float]:
     """The ``keep`` heaviest neighbours, heaviest first, ties by id. The reference for the
     compiled ``prune_neighbours``: a record is pruned in every batch once it is full, and this
-    sort cost 34 us a record against 13 compiled (``bench/fold.py``)."""
+    sort cost 44 us a record against 19 compiled (``bench/fold.py``)."""
     return dict(sorted(neighbours.items(), key=lambda kv: (-kv[1], kv[0]))[:keep])
 
 
