@@ -53,6 +53,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                                 "guard and applied in order", ("topic",)),
     "offsets_dropped_total": ("input records not handed to a stage: already taken (redelivery) or of a revoked "
                               "partition", ("topic", "reason")),
+    "catch_up_errors_total": ("offset guard checks of idle partitions that could not reach the broker (retried "
+                              "at the next tick)", ("topic",)),
 }
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "catalog_items": ("items in this worker's retrieval index", ()),

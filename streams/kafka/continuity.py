@@ -36,12 +36,19 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable, MutableMapping, Protocol
 
+from confluent_kafka import KafkaError, KafkaException
+
 from streams.events import in_partition, in_partition_of
 
 log = logging.getLogger("mmsr.worker")
 
 CHECKPOINT_PREFIX = "\x00offset/"  # ids cannot contain NUL (the event schemas forbid it)
 READ_TIMEOUT_S = 30.0
+# broker answers worth asking again, whether or not librdkafka flags them retriable: a group
+# coordinator moving or loading (after a broker restart), a connection not yet back
+TRANSIENT_CODES = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                             KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
+                             KafkaError._ALL_BROKERS_DOWN})
 CATCH_UP_CHUNK = 5000  # records a catch-up reads and applies at a time (one batch of the stage each)
 
 
@@ -105,7 +112,7 @@ class PartitionReader:
         return self._consumer
 
     def read(self, partition: int, start: int, end: int) -> list[ReadMessage]:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+        from confluent_kafka import TopicPartition
 
         consumer = self._client()
         consumer.assign([TopicPartition(self.topic, partition, start)])
@@ -136,13 +143,31 @@ class PartitionReader:
     def committed(self, partition: int) -> int | None:
         from confluent_kafka import TopicPartition
 
-        [tp] = self._client().committed([TopicPartition(self.topic, partition)], timeout=READ_TIMEOUT_S)
+        [tp] = self._retrying(lambda: self._client().committed([TopicPartition(self.topic, partition)],
+                                                               timeout=READ_TIMEOUT_S))
         return tp.offset if tp.offset >= 0 else None
 
     def end(self, partition: int) -> int:
         from confluent_kafka import TopicPartition
 
-        return self._client().get_watermark_offsets(TopicPartition(self.topic, partition), timeout=READ_TIMEOUT_S)[1]
+        return self._retrying(lambda: self._client().get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                                           timeout=READ_TIMEOUT_S))[1]
+
+    @staticmethod
+    def _retrying(call):
+        """``call()`` again while the broker answers with a retriable error (a coordinator moving
+        or loading after a broker restart: NOT_COORDINATOR was seen in the broker-restart test),
+        for up to READ_TIMEOUT_S; then the error is raised."""
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                transient = isinstance(error, KafkaError) and (error.retriable() or error.code() in TRANSIENT_CODES)
+                if time.monotonic() > deadline or not transient:
+                    raise
+                time.sleep(0.5)
 
 
 class OffsetGuard:
@@ -185,9 +210,16 @@ class OffsetGuard:
             for partition in sorted((assigned or set()) - self.next_offset.keys()):
                 in_partition(self.topic, partition)
                 due = self._checkpoint_due(partition)
-                committed = await self.off_loop(self.reader.committed, partition)
+                try:
+                    committed = await self.off_loop(self.reader.committed, partition)
+                    end = await self.off_loop(self.reader.end, partition) if committed is None else None
+                except (KafkaException, TimeoutError) as exc:  # the broker unreachable or recovering: next tick
+                    log.warning("%s/%d: the catch-up check could not reach the broker (%s: %s); next tick",
+                                self.topic, partition, type(exc).__name__, exc)
+                    self._count("catch_up_errors_total")
+                    return
                 if committed is None:
-                    start, end = due or 0, await self.off_loop(self.reader.end, partition)
+                    start = due or 0
                     if self.idle_ends.get(partition) != end:  # new records meanwhile, or the first check
                         self.idle_ends[partition] = end
                         continue

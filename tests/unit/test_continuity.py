@@ -177,3 +177,54 @@ def test_item_stats_take_no_checkpoint_for_an_item():
     stats = ItemStats(half_life=3600.0)
     stats.apply(checkpoint_key("item-pairs", 0), {"offset": 41})  # a changelog or restore-scan entry
     assert stats.counts == {}
+
+
+def test_a_catch_up_check_the_broker_cannot_answer_is_retried_at_the_next_tick_not_a_crash():
+    """Seen in the broker-restart test: the committed-offset query raised NOT_COORDINATOR while
+    the broker came back, the exception left the timer, and Faust stopped the worker."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    class Recovering(Broker):
+        failures = 1
+
+        def committed(self, partition):
+            if self.failures:
+                self.failures -= 1
+                raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator"))
+            return super().committed(partition)
+
+    broker = Recovering({0: list(range(10))}, committed={0: 10})
+    table = {checkpoint_key(TOPIC, 0): {"offset": 5}}
+    guard, metrics = make_guard(broker, table, assigned={0})
+    applied: list = []
+
+    async def process(events):
+        applied.extend(events)
+
+    asyncio.run(guard.catch_up(process))
+    assert applied == [] and metrics.get("catch_up_errors_total") == 1 and guard.next_offset == {}
+    asyncio.run(guard.catch_up(process))
+    assert offsets(applied) == [(0, 6), (0, 7), (0, 8), (0, 9)]
+
+
+def test_the_reader_retries_a_retriable_broker_error_and_raises_any_other(monkeypatch):
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.kafka.continuity import PartitionReader
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    answers = [KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "moving")), 7]
+
+    def call():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert PartitionReader._retrying(call) == 7
+    fatal = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))
+    answers[:] = [fatal, 7]
+    import pytest
+
+    with pytest.raises(KafkaException):
+        PartitionReader._retrying(call)
