@@ -224,7 +224,12 @@ class OffsetGuard:
                         self.idle_ends[partition] = end
                         continue
                 elif due is None:
-                    continue  # nothing applied here yet, the consumer begins at the group's offset: its first event decides
+                    # nothing applied here yet: the consumer begins at the group's offset, the offset
+                    # ``_first_due`` would find at the first event; kept, so the broker is asked once
+                    # per assignment, not at every tick until that event
+                    if generation == self.generation:
+                        self.next_offset[partition] = committed
+                    continue
                 else:
                     start, end = due, committed
                 if generation != self.generation:  # revoked meanwhile

@@ -171,6 +171,32 @@ def test_an_idle_partition_without_a_committed_offset_is_caught_up_to_the_log_en
     assert len(batches) == 4
 
 
+def test_an_idle_partition_with_only_a_committed_offset_asks_the_broker_once_per_assignment():
+    """No checkpoint, a committed offset: the consumer begins there, so that offset is due (as at
+    a first event) and the check is not repeated at every tick; a rebalance asks again."""
+    class Counting(Broker):
+        asked = 0
+
+        def committed(self, partition):
+            self.asked += 1
+            return super().committed(partition)
+
+    broker = Counting({0: list(range(10))}, committed={0: 6})
+    guard, _ = make_guard(broker, assigned={0})
+    applied: list = []
+
+    async def process(events):
+        applied.extend(events)
+
+    for _ in range(3):
+        asyncio.run(guard.catch_up(process))
+    assert broker.asked == 1 and guard.next_offset == {0: 6} and applied == [] and broker.reads == []
+    assert offsets(admit(guard, [Event(0, 6)])) == [(0, 6)]
+    guard.reset()
+    asyncio.run(guard.catch_up(process))
+    assert broker.asked == 2
+
+
 def test_item_stats_take_no_checkpoint_for_an_item():
     from streams.services import ItemStats
 
