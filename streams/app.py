@@ -14,7 +14,9 @@ import logging
 import faust
 
 from streams.events import key_text
+from streams.kafka import faust_tuning
 from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
+from streams.kafka.faust_tuning import QuietMonitor, RawBytes
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
@@ -41,12 +43,12 @@ class Worker:
             topic_partitions=s.user_partitions, topic_replication_factor=s.replication_factor,
             processing_guarantee="at_least_once", producer_max_request_size=32 * 1024 * 1024,
             producer_linger=s.producer_linger, producer_max_batch_size=s.producer_batch_bytes,
-            consumer_max_fetch_size=8 * 1024 * 1024, broker_commit_interval=1.0,
+            consumer_max_fetch_size=8 * 1024 * 1024, broker_max_poll_records=s.poll_records, broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout, broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
             table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
+            monitor=QuietMonitor(),
         )
-        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), **raw) for name in TOPICS}
+        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), schema=RawBytes()) for name in TOPICS}
         if s.role == "llm":  # no tables: every request carries what its answer needs
             user_state, item_profiles, neighbours = {}, {}, {}
         else:
@@ -250,91 +252,6 @@ class Worker:
         return lags
 
 
-FLUSH_PATIENCE_S = 120.0
-
-
-def drain_producer_buffer_on_flush() -> None:
-    """Make Faust's producer-buffer flush wait until the buffer is empty.
-
-    Faust writes table changes to its producer buffer and flushes it before every offset commit
-    and before giving up partitions at a rebalance, but that flush returns as soon as 0.1 s pass
-    without a send (``ProducerBuffer.flush_atmost``). Two things then go wrong, both seen here:
-    offsets are committed before the changelog writes of their events, and changelog records of
-    a partition this worker has just given up are sent after the next owner has started writing.
-    Faust records the offset of each of its own sends as the partition's restored-up-to mark, so
-    when this worker got the partition back, it restored only from past that late record and
-    never read the other worker's writes before it (`test_scale_out`: a survivor that took back a
-    partition showed users at 13 of 53 interactions, with nothing left to read). The flush now
-    waits until the buffer is empty (a warning every ``FLUSH_PATIENCE_S`` while it cannot send).
-    """
-    from faust.transport.producer import ProducerBuffer
-
-    if getattr(ProducerBuffer.flush, "drains", False):
-        return
-
-    async def flush(self) -> None:
-        waited = 0.0
-        while self.size:
-            if self.state != "running":
-                raise RuntimeError("Cannot flush: Producer not Running")
-            self.message_sent.clear()
-            try:
-                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
-            except asyncio.TimeoutError:
-                waited += 0.1
-                if waited >= FLUSH_PATIENCE_S:
-                    log.warning("producer buffer: %d changelog records not sent for %.0f s", self.size, waited)
-                    waited = 0.0
-
-    flush.drains = True
-    ProducerBuffer.flush = flush
-
-
-def deliver_each_message_without_four_tasks(consumer_class=None) -> None:
-    """Give Faust's consumer a cheaper ``wait_first`` for the call its drain loop makes per message.
-
-    Faust hands every fetched message to the streams with ``wait_first(callback(message),
-    suspend_flow.wait())``, so that a rebalance can interrupt a delivery blocked on a full stream
-    buffer. mode's ``wait_first`` makes four tasks for that (the callback, the flow event, and the
-    service's stopped and crashed events), waits on all four and cancels three: about 16 us per
-    message against 2.5 us for one task given one turn of the loop (uvloop, measured), which at
-    ~80 us per interaction is a fifth of a worker's ingest. Here the callback gets its task and one
-    turn; when it is done, as it is unless the buffer is full, the result is returned and the
-    unstarted flow coroutine closed. Otherwise, or when the service is stopping, mode's own
-    ``wait_first`` takes over with the same task, with the same outcome as before: the first to
-    finish wins and the callback is cancelled if the flow stops first.
-    """
-    from mode.services import WaitResults
-
-    if consumer_class is None:
-        from faust.transport.consumer import Consumer as consumer_class
-    original = consumer_class.wait_first
-    if getattr(original, "eager", False):
-        return
-
-    async def wait_first(self, *coros, timeout=None):
-        if (timeout is not None or len(coros) != 2 or not asyncio.iscoroutine(coros[0])
-                or self._stopped.is_set() or self._crashed.is_set()):
-            return await original(self, *coros, timeout=timeout)
-        first, other = coros
-        task = asyncio.ensure_future(first)
-        try:
-            await asyncio.sleep(0)
-        except BaseException:  # the drain loop itself cancelled: so is its delivery, as mode's would be
-            task.cancel()
-            if asyncio.iscoroutine(other):
-                other.close()
-            raise
-        if not task.done():
-            return await original(self, task, other)
-        if asyncio.iscoroutine(other):
-            other.close()
-        return WaitResults([first], [task.result()], False)
-
-    wait_first.eager = True
-    consumer_class.wait_first = wait_first
-
-
 def changelog_entry(event) -> tuple[str, dict | None]:
     """(key, value) of a table's changelog message as Faust wrote them (JSON; None: deleted)."""
     message = event.message
@@ -347,6 +264,5 @@ def changelog_entry(event) -> tuple[str, dict | None]:
 
 
 def build_worker(settings: Settings, embedder=None) -> Worker:
-    drain_producer_buffer_on_flush()
-    deliver_each_message_without_four_tasks()
+    faust_tuning.apply(settings)
     return Worker(settings, embedder=embedder)

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
         "lists): one socket write per batch instead of per message"
     )
     producer_batch_bytes: int = Field(1_048_576, gt=0, description="largest batch per partition the worker's producer sends")
+    fetch_wait_ms: int = Field(
+        50, gt=0, description="longest the broker holds the worker's fetch for partitions with no new records (Faust "
+        "fixes 1,500 ms): a held fetch keeps the consumer from fetching any other partition, so a stage whose input is "
+        "another stage's output (item-pairs) stalled the worker for up to that long"
+    )
+    poll_records: int = Field(
+        1000, gt=0, description="most records the consumer hands the streams per poll: without a limit one poll of a "
+        "backlog returned all of it (8 MB per partition), and no other topic's records came until it was delivered"
+    )
     standby_replicas: int = Field(
         0, ge=0, description="standby copies of each user-state partition kept warm on other workers, so a takeover "
         "need not replay the whole changelog"
