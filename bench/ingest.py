@@ -81,6 +81,8 @@ def ingest(info, tmp: Path, name: str, events: list[dict], on_restart=None, tree
     wait_until(lambda: worker.metric("events_applied_total") >= len(events), timeout=1800, interval=0.25,
                message="all applied")
     applied_s = time.perf_counter() - first[0]
+    # how much of the fold kept pace: 0 when item pairs wait until every interaction is applied
+    folded_share = worker.metric("pair_entries_applied_total") / max(worker.metric("pair_entries_total"), 1.0)
     wait_until(lambda: worker.metric("pair_entries_applied_total") >= worker.metric("pair_entries_total"),
                timeout=1800, interval=0.25, message="item-keyed increments folded")
     folded_s = time.perf_counter() - first[0]
@@ -88,6 +90,7 @@ def ingest(info, tmp: Path, name: str, events: list[dict], on_restart=None, tree
     return {"catalog": {"published": catalog, **items},
             "worker_applied_per_s": round(counted / applied_s, 1),
             "worker_applied_and_folded_per_s": round(counted / folded_s, 1),
+            "folded_share_when_all_applied": round(folded_share, 3),
             "pair_entries": worker.metric("pair_entries_total"),
             "pair_messages": worker.metric("pair_messages_total")}, worker, settings
 

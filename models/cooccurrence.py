@@ -236,9 +236,20 @@ def folding_state(folding: dict[str, list], get, item: str) -> list:
 
 
 def writable(record: dict | None) -> dict:
-    """A copy of a stored record (or a new one) that the increments may change in place."""
+    """A copy of a stored record (or a new one) that the increments may change in place; where
+    ``models/_cooccurrence.c`` was built, its ids interned as the compiled fold interns the
+    message's, so the fold's lookups find them by pointer (content and order are the same)."""
     if not record:
         return {"count": 0, "trend": 0.0, "trend_t": 0.0, "neighbours": {}, "applied": {}}
+    if _compiled is not None:
+        copy = _compiled.writable(record)
+        if copy is not None:
+            return copy
+    return writable_python(record)
+
+
+def writable_python(record: dict) -> dict:
+    """The reference for the compiled ``writable``, and the copy of anything it does not take."""
     return {**record, "neighbours": dict(record["neighbours"]), "applied": dict(record["applied"])}
 
 

@@ -199,6 +199,7 @@ class Worker:
         async def on_revoked(sender, revoked, **kwargs):
             for guard in self.guards:
                 guard.reset()
+            self.neighbours.forget()
             services.restored.clear()  # in-memory schedules are dropped and derived again on assignment
             services.due.clear()
             services.backfill_pending = {}

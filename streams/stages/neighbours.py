@@ -18,6 +18,10 @@ from streams.services import Services
 
 log = logging.getLogger("mmsr.worker")
 
+# records this stage wrote, kept to be read back at their next batch (about 10 KB each at M = 200);
+# past this many the memory is dropped and records are read from the table again
+RECORDS_KEPT = 50_000
+
 # what a malformed item-pairs message raises in the fold (ArithmeticError: a number too large for
 # a float or an index): dead-lettered, never the agent's crash
 MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, ArithmeticError)
@@ -27,8 +31,25 @@ class NeighboursStage:
     def __init__(self, services: Services):
         self.s = services
         self.config = services.settings.cooccurrence_config()
+        # item -> the record this stage last stored: the next batch that changes the item reads it
+        # here, not from the table (a RocksDB read and a JSON decode of some 10 KB per record and
+        # batch), with the ids the compiled fold interned (``models.cooccurrence.writable``). Only
+        # this stage writes the records of its item partitions, so what it stored is what the
+        # table holds until a rebalance, which calls ``forget``.
+        self.written: dict[str, dict] = {}
+        self.generation = 0  # counts ``forget``: a batch that began before one keeps nothing
+
+    def forget(self) -> None:
+        """After a revocation: another worker may change these records now."""
+        self.written = {}
+        self.generation += 1
+
+    def stored(self, item_id: str) -> dict | None:
+        record = self.written.get(item_id)
+        return record if record is not None else self.s.neighbours.get(item_id)
 
     async def process(self, events) -> None:
+        generation = self.generation
         folding: dict[str, list] = {}  # item -> [record being changed, applied, skipped] (``fold_entries``)
         # the partition each record is written to (its store and changelog): its message's
         by_partition: dict[int, object] = {}  # item partition -> its last event
@@ -55,6 +76,10 @@ class NeighboursStage:
                 in_partition_of(by_item.get(item_id) or by_partition[key_partition(item_id, partitions)])
                 record = prune(record, self.config)
                 self.s.neighbours[item_id] = record
+                if generation == self.generation:
+                    if len(self.written) >= RECORDS_KEPT:
+                        self.written = {}
+                    self.written[item_id] = record
                 self.s.item_stats.apply(item_id, record)
         self.s.metrics.inc("pair_entries_applied_total", applied)
         if skipped:
@@ -68,7 +93,7 @@ class NeighboursStage:
         interactions layout sent them, so a topic written by one still folds after an upgrade).
         Raises on a malformed message, possibly after changing some records (the caller folds
         the batch again without it: checking every pair first cost a tenth of the fold)."""
-        get = self.s.neighbours.get
+        get = self.stored
         if "pairs" in payload or "interactions" in payload:
             fold_message(folding, get, payload, self.config)
             by_partition[event.message.partition] = event

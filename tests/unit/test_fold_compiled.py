@@ -205,3 +205,29 @@ def test_garbage_in_any_field_is_rejected_alike_or_folded_alike_never_a_crash(se
                 error = "rejected"
             outcomes.append((error, repr(folding)))
         assert outcomes[0] == outcomes[1], pairs
+
+
+def test_the_compiled_copy_of_a_record_is_the_python_one_with_its_ids_interned():
+    import sys
+
+    from models.cooccurrence import writable, writable_python
+
+    for seed in range(3):
+        folding: dict = {}
+        for pairs in messages(seed, n=400):
+            fold_pairs_python(folding, functools.partial(folding_state, folding, lambda _: None), pairs,
+                              decay_powers(0.8, 6), 3600.0)
+        for record, _, _ in folding.values():
+            stored = orjson.loads(orjson.dumps(record))  # as the table gives it: ids never interned
+            copy = compiled.writable(stored)
+            assert orjson.dumps(copy) == orjson.dumps(writable_python(stored)) == orjson.dumps(record)
+            assert copy is not stored and copy["neighbours"] is not stored["neighbours"]
+            assert copy["applied"] is not stored["applied"]
+            assert all(k is sys.intern(k) for k in [*copy, *copy["neighbours"], *copy["applied"]])
+            assert orjson.dumps(compiled.writable(copy)) == orjson.dumps(copy)  # interned already: dict's own copy
+    # what is not dicts is left to the Python copy, which raises or copies as it always did
+    assert compiled.writable({"neighbours": [("i1", 1.0)], "applied": {}}) is None
+    assert writable({"count": 0, "neighbours": [("i1", 1.0)], "applied": {}})["neighbours"] == {"i1": 1.0}
+    assert compiled.writable({"neighbours": {}}) is None
+    with pytest.raises(KeyError):
+        writable({"count": 1, "neighbours": {}})

@@ -364,3 +364,36 @@ def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dea
     assert services.neighbours == reference.neighbours and services.neighbours["i1"]["count"] == 1
     assert services.neighbours["i1"]["neighbours"] == {"i2": 1.0, "i3": 0.8} and "i4" not in services.neighbours
     assert [(k, cls) for k, cls, _ in services.publisher.dead] == [(b"pairs-0", "MalformedPairs")]
+
+
+def test_the_neighbours_stage_reads_back_what_it_stored_and_forgets_it_at_a_rebalance():
+    """Records kept between batches (not read from the table again) give the same table as
+    records read from the table every batch; ``forget`` (a revocation) drops them, and a batch
+    that began before it keeps nothing."""
+    from models.cooccurrence import CooccurrenceConfig, pairs_message
+
+    config = CooccurrenceConfig(decay=0.8)
+    batches = [pairs_records((5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"])),
+               pairs_records((7, "i3", ["i3", "i1", "i2"]), (8, "i1", ["i1", "i2", "i3"])),
+               pairs_records((9, "i2", ["i3", "i1"]))]
+    kept, reread = make_services(item_partitions=1), make_services(item_partitions=1)
+    keeping, rereading = NeighboursStage(kept), NeighboursStage(reread)
+    for n, records in enumerate(batches):
+        rereading.forget()
+        for stage in (keeping, rereading):
+            run(stage.process([pairs_event(n, pairs_message(records, config))]))
+    assert kept.neighbours == reread.neighbours and kept.neighbours["i1"]["count"] == 2
+    assert keeping.written == kept.neighbours and all(keeping.written[i] is kept.neighbours[i] for i in keeping.written)
+    kept.neighbours["i1"] = {**kept.neighbours["i1"], "count": 41}  # another worker's write, after a rebalance
+    assert keeping.stored("i1")["count"] == 2
+    keeping.forget()
+    assert keeping.written == {} and keeping.stored("i1")["count"] == 41
+
+    class Revoking(dict):  # the table, where a revocation lands while the batch writes
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            keeping.forget()
+
+    kept.neighbours = Revoking(kept.neighbours)
+    run(keeping.process([pairs_event(3, pairs_message(pairs_records((10, "i3", ["i1"])), config))]))
+    assert keeping.written == {}
