@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,10 @@ class CatalogIndex:
 
     def __contains__(self, item_id: str) -> bool:
         return item_id in self._row
+
+    def ids(self) -> Container[str]:
+        """The ids indexed, live (a view: membership tests at dict speed, nothing copied)."""
+        return self._row.keys()
 
     def upsert(self, item_id: str, vector: Sequence[float]) -> None:
         row = self._row.get(item_id)

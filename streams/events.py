@@ -42,9 +42,9 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def is_recent(event_time: str, window_seconds: float) -> bool:
-    """Within the freshness window by event time: older events are backfill and emit no list."""
-    return time.time() - schemas.parse_time(event_time).timestamp() <= window_seconds
+def is_recent(event_ts: float, window_seconds: float) -> bool:
+    """Within the freshness window by event time (epoch seconds): older events are backfill and emit no list."""
+    return time.time() - event_ts <= window_seconds
 
 
 def encode_vector(vec: np.ndarray) -> str:

@@ -66,7 +66,9 @@ class InteractionsStage:
         """Apply one user's events of a batch, adding what their item-keyed increments are derived
         from to ``pairs``; the trigger of the newest recent one, if any."""
         s, metrics = self.s.settings, self.s.metrics
+        catalog = self.s.catalog.known()
         trigger = None
+        applied = 0
         for event, interaction in group:
             message = event.message
             if state.already_applied(message.partition, message.offset):
@@ -76,19 +78,22 @@ class InteractionsStage:
             previous = state.recent_items(self.cooccurrence.window)
             state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
                         seen_cap=s.seen_cap, pending_cap=pending_cap)
-            if interaction["item_id"] in self.s.catalog:
-                self.add_pairs(pairs, previous, interaction, message)
+            ts = schemas.parse_time(interaction["event_time"]).timestamp()
+            if interaction["item_id"] in catalog:
+                self.add_pairs(pairs, [i for i in previous if i in catalog], ts, interaction, message)
             else:
                 state.unknown_items += 1
                 metrics.inc("unknown_items_total")
-            if is_recent(interaction["event_time"], s.freshness_seconds):
+            if is_recent(ts, s.freshness_seconds):
                 trigger = Trigger(message.topic, message.partition, message.offset,
                                   interaction["event_time"], "interaction", message.timestamp)
             else:
                 state.backfill_pending = True
                 self.s.backfill_pending.setdefault(message.partition, set()).add(state.user_id)
                 metrics.inc("stale_events_total")
-            metrics.inc("events_applied_total")
+            applied += 1
+        if applied:
+            metrics.inc("events_applied_total", applied)
         return trigger
 
     async def apply_user_groups(self, by_user: dict[str, list]) -> None:
@@ -136,13 +141,11 @@ class InteractionsStage:
         for user_id in triggers:
             self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
 
-    def add_pairs(self, pairs: list[list], previous: list[str], interaction: dict, message) -> None:
+    def add_pairs(self, pairs: list[list], previous: list[str], ts: float, interaction: dict, message) -> None:
         """The interaction as the neighbours stage derives its increments from (``interaction_records``):
-        its source position, time, item and the user's previous catalog items it pairs with."""
-        catalog = self.s.catalog
-        window = pair_window([i for i in previous if i in catalog], self.cooccurrence)
-        ts = schemas.parse_time(interaction["event_time"]).timestamp()
-        pairs.append([message.partition, message.offset, ts, interaction["item_id"], window])
+        its source position, time (epoch seconds), item and the user's previous catalog items
+        (``previous``, oldest first) it pairs with."""
+        pairs.append([message.partition, message.offset, ts, interaction["item_id"], pair_window(previous, self.cooccurrence)])
 
     async def send_pairs(self, pairs: list[list]) -> list:
         """The batch's interactions to the item partitions their increments go to, a few messages

@@ -120,3 +120,23 @@ def test_the_worker_consumer_is_made_with_the_configured_fetch_wait():
         return consumer._fetch_max_wait_ms
 
     assert asyncio.run(run()) == 50
+
+
+def test_events_are_made_with_the_app_s_event_class_read_once():
+    from faust.app.base import App
+
+    from streams.kafka.faust_tuning import events_without_settings_reads
+
+    events_without_settings_reads()
+    assert getattr(App.create_event, "cached_setting", False)
+
+    class Tagged(faust.Event):
+        pass
+
+    app = faust.App("tuning-test", autodiscover=False, Event=Tagged)
+    msg = message(b"k", b"v")
+    first, second = app.create_event(b"k", b"v", [], msg), app.create_event(b"k2", b"v2", [], msg)
+    assert type(first) is Tagged and (first.key, first.value, second.key) == (b"k", b"v", b"k2")
+    assert first.app is app and first.message is msg
+    plain = faust.App("tuning-test-2", autodiscover=False)  # each app its own class
+    assert type(plain.create_event(b"k", b"v", [], msg)) is faust.Event

@@ -65,3 +65,18 @@ def test_a_stream_ranking_moves_only_when_ranked_and_keeps_the_top():
     pop.remove("a")
     pop.rank()
     assert [h.item_id for h in pop.top_k(3)] == ["b", "c"]
+
+
+def test_the_catalog_s_known_ids_follow_upserts_and_removals():
+    from streams.metrics import Metrics
+    from streams.services import Catalog
+
+    catalog = Catalog(Metrics())
+    assert "a" not in catalog.known()  # no index yet: nothing known
+    catalog.index = CatalogIndex(dim=2)
+    known = catalog.known()
+    catalog.upsert("a", unit(1, 0))
+    catalog.upsert("b", unit(0, 1))
+    assert "a" in known and "b" in known and "c" not in known  # live: taken before the upserts
+    catalog.remove("a")
+    assert "a" not in known and [i for i in ["a", "b", "c"] if i in known] == [i for i in ["a", "b", "c"] if i in catalog]
