@@ -134,3 +134,30 @@ def test_other_calls_go_to_mode_s_wait_first():
         assert results.stopped
 
     run(body())
+
+
+def test_a_delivery_that_waits_several_times_is_resumed_where_it_waited_each_time():
+    """The callback runs inline up to its first wait, then in a task (``resumed``): every later
+    wait, and what the awaited futures send or raise, reaches it as if it had run in one task."""
+    async def body():
+        drainer, flow = Drainer(), Event()
+        loop = asyncio.get_running_loop()
+        first, second, failing = loop.create_future(), loop.create_future(), loop.create_future()
+        steps = []
+
+        async def deliver():
+            steps.append(await first)
+            steps.append(await second)
+            try:
+                await failing
+            except KeyError as exc:
+                steps.append(f"caught {exc.args[0]}")
+            return "delivered"
+
+        loop.call_later(0.02, first.set_result, 1)
+        loop.call_later(0.04, second.set_result, 2)
+        loop.call_later(0.06, failing.set_exception, KeyError("x"))
+        results = await drainer.wait_first(deliver(), flow.wait())
+        assert steps == [1, 2, "caught x"] and "delivered" in results.results and not results.stopped
+
+    run(body())
