@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import write_result
+
 TOPIC = "floor"
 VARIANTS = ("aiokafka", "faust (defaults)", "faust (worker's tuning)")
 
@@ -150,9 +152,7 @@ def main() -> None:
             "messages_per_s_median": {v: round(1e6 / m) for v, m in medians.items()},
             "tuned_to_defaults_speedup": round(medians[VARIANTS[1]] / medians[VARIANTS[2]], 2),
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
     finally:
         broker.stop()
 

@@ -20,10 +20,8 @@ so is what the interactions stage builds per interaction (``interaction_records`
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
-from pathlib import Path
 
 import orjson
 
@@ -32,6 +30,7 @@ from models import cooccurrence
 from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, fold_pairs_python, interaction_records,
                                  interaction_records_python, pair_window, pairs_message, prune, prune_by_weight)
 from streams.replay import window
+from bench import write_result
 
 
 def messages_of(events: list[dict], config: CooccurrenceConfig, partitions: int = 2, batch: int = 500) -> list[dict]:
@@ -161,8 +160,7 @@ def main() -> None:
     result["identical_records"] = len(set(stores.values())) == 1
     result["interaction_records"] = time_records(events, config, args.rounds)
     result["prune"] = time_prunes(orjson.loads(stores["flat layout, compiled fold and prune (now)"]), config, args.rounds)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ and projector) against the text-only rates of the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +27,7 @@ from bench.gpu_generation import llava_config
 from bench.scoring import PARAGRAPH
 from models import prompts, registry
 from models.recommender import Candidate, Recommender, ScoreRequest, ScorerConfig, split_prompt
+from bench import write_result
 
 PEAK_BF16_DENSE = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -179,9 +178,7 @@ def main() -> None:
             "shared_rate_vs_text_only": round(t_shared / t_collab, 3),
             "max_abs_score_difference_bf16": max(abs(a - b) for ra, rb in zip(collab_shared, collab_naive)
                                                  for a, b in zip(ra, rb))}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

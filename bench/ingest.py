@@ -32,6 +32,7 @@ from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
 from streams.harness.process import WorkerProcess, wait_until
 from streams.settings import Settings, prefixed_topics
+from bench import write_result
 
 
 def baseline_consume(bootstrap: str, topic: str, n: int) -> float:
@@ -166,9 +167,7 @@ def main() -> None:
                         "debounce_ms": settings.debounce_seconds * 1000},
             "latency_before": before_lat,
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
     finally:
         for worker in workers:
             worker.stop()

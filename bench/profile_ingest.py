@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from bench.ingest import ingest
 from streams import replay as rp
 from streams.kafka.launcher import LocalKafka
+from bench import write_result
 
 # first match wins, tested against each frame of a stack from the innermost outwards
 STAGES = [
@@ -97,8 +97,7 @@ def main() -> None:
         result = {"benchmark": "ingest_profile", "events": len(events), "cooccurrence": args.cooccurrence,
                   "applied_per_s": figures["worker_applied_per_s"],
                   "applied_and_folded_per_s": figures["worker_applied_and_folded_per_s"], **summarise(collapsed)}
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
     finally:
         if worker is not None:
             worker.stop()

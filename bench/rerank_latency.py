@@ -33,6 +33,7 @@ from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
 from streams.harness.process import WorkerProcess, wait_until
 from streams.settings import Settings
+from bench import write_result
 
 
 def stamp(dt: datetime) -> str:
@@ -130,9 +131,7 @@ def main() -> None:
         "p50_ratio_reranker_to_retrieval": (round(reranked["p50_ms"] / baseline["p50_ms"], 2)
                                             if reranked["p50_ms"] and baseline["p50_ms"] else None),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from streams.kafka.admin import create_topics
 from streams.kafka.client import InteractionProducer, read_all
 from streams.kafka.launcher import LocalKafka, free_port
 from streams.settings import Settings, prefixed_topics
+from bench import write_result
 
 def group(info, tmp: Path, name: str, workers: int, **overrides) -> tuple[list[WorkerProcess], Settings]:
     """``workers`` members of one group on their own topics, each with its own state and port."""
@@ -171,9 +172,7 @@ def main() -> None:
             "ratio_two_to_one": round(two["applied_and_folded_per_s"] / one["applied_and_folded_per_s"], 3),
             "takeover": takeovers,
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result, indent=2))
+        write_result(args.out, result)
     finally:
         broker.stop()
 

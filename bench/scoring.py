@@ -17,18 +17,17 @@ of the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
 import time
-from pathlib import Path
 
 import torch
 
 from models import prompts, registry
 from models.data import movielens
 from models.recommender import Candidate, Recommender, ScoreRequest, ScorerConfig, split_prompt
+from bench import write_result
 
 PARAGRAPH = (
     f"{prompts.SUMMARY_PREFIX} character-driven {{a}} and {{b}} films from the 1990s, with a clear taste for "
@@ -150,9 +149,7 @@ def main() -> None:
                                                     / text["shared_prefix_candidates_per_s"], 3)
         figures["naive_rate_vs_text_only"] = round(figures["naive_candidates_per_s"] / text["naive_candidates_per_s"], 3)
         result["collab_tokens"][name] = figures
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

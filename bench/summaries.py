@@ -7,11 +7,9 @@ ratio. Generated tokens are counted from the outputs, so early stops are account
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -20,6 +18,7 @@ from models.data import movielens
 from models.captioner import CaptionConfig, ItemInput, Captioner
 from models.prompts import describe_item
 from models.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
+from bench import write_result
 
 
 def timed(fn, *args):
@@ -84,9 +83,7 @@ def main() -> None:
         "captions": {**caption, "max_new_tokens": args.caption_tokens},
         "summaries": {**summary, "max_new_tokens": args.summary_tokens},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ matters is the step-time ratio. The two are timed in alternation to share the ma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +21,7 @@ from models import prompts, registry
 from models.data import movielens
 from models.recommender import Candidate, yes_no_ids
 from models.training import Example, LoraSettings, answer_loss, attach_lora, collate, encode_example
+from bench import write_result
 
 CAPTION = ("A character-driven film with a strong ensemble cast, sharp dialogue and a story that balances humour "
            "with real emotional stakes.")
@@ -103,9 +102,7 @@ def main() -> None:
                                    "full_logits": args.batch_size * width * vocab * 4},
         "loss": losses, "loss_difference": abs(losses["answer_position"] - losses["full_logits"]),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import schemas
 from streams import replay as rp
+from bench import write_result
 
 
 def reference_validate(kind: str, event: dict) -> dict:
@@ -55,9 +55,7 @@ def main() -> None:
               "ratio_compiled_to_jsonschema": round(rates["compiled"] / rates["jsonschema"], 2),
               "note": "compiled = schemas.parse as the worker runs it (size and UTF-8 checks, json.loads, "
                       "fastjsonschema); best of the repeats"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
