@@ -77,6 +77,25 @@ def observed_neighbours(worker, n_items: int) -> dict[str, dict]:
     return out
 
 
+def wait_for_neighbours(worker, n_items: int, want: dict[str, dict], timeout: float, message: str) -> None:
+    """Poll until the worker's records equal ``want``; else fail naming each item that differs
+    (count and the neighbour weights that differ: a lost or doubled increment shows which)."""
+    from streams.harness.process import wait_until
+
+    try:
+        wait_until(lambda: observed_neighbours(worker, n_items) == want, timeout=timeout, interval=2.0, message=message)
+    except AssertionError:
+        got = observed_neighbours(worker, n_items)
+        differ = {}
+        for item in sorted(set(got) | set(want)):
+            g, w = got.get(item) or {"count": None, "neighbours": {}}, want.get(item) or {"count": None, "neighbours": {}}
+            weights = {o: (g["neighbours"].get(o), w["neighbours"].get(o)) for o in set(g["neighbours"]) | set(w["neighbours"])
+                       if g["neighbours"].get(o) != w["neighbours"].get(o)}
+            if g["count"] != w["count"] or weights:
+                differ[item] = {"count (got, want)": (g["count"], w["count"]), "weights (got, want)": weights}
+        raise AssertionError(f"timed out after {timeout}s waiting for {message}; {len(differ)} items differ: {differ}")
+
+
 def kill_mid_replay(env, worker, events: list[dict], rate: float, after: int):
     """Replay ``events`` at ``rate`` and kill -9 ``worker`` once it has applied ``after`` of them,
     while the replay is still producing (a worker faster than the replay would otherwise have

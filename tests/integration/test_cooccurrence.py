@@ -58,5 +58,4 @@ def test_kill9_during_a_replay_neither_loses_nor_doubles_increments(topic_factor
     want, entries = helpers.expected_neighbours(events, env.settings)
     helpers.kill_mid_replay(env, worker, events, rate=1500, after=300)
     worker.start()
-    wait_until(lambda: helpers.observed_neighbours(worker, ITEMS) == want, timeout=240, interval=2.0,
-               message="the counts of a run without the crash")
+    helpers.wait_for_neighbours(worker, ITEMS, want, timeout=240, message="the counts of a run without the crash")
