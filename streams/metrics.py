@@ -55,6 +55,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
                               "partition", ("topic", "reason")),
     "catch_up_errors_total": ("offset guard checks of idle partitions that could not reach the broker (retried "
                               "at the next tick)", ("topic",)),
+    "stalled_catch_ups_total": ("partitions the consumer stopped delivering while their log went on: their records "
+                                "read from the broker by the offset guard and applied", ("topic",)),
 }
 GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "catalog_items": ("items in this worker's retrieval index", ()),

@@ -50,6 +50,9 @@ TRANSIENT_CODES = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_
                              KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TRANSPORT, KafkaError._TIMED_OUT,
                              KafkaError._ALL_BROKERS_DOWN})
 CATCH_UP_CHUNK = 5000  # records a catch-up reads and applies at a time (one batch of the stage each)
+# checks (1 s apart, the lock free at each) without an event from a partition whose log goes on
+# before its records are read here: a consumer that stopped delivering it
+STALLED_CHECKS = 3
 
 
 def checkpoint_key(topic: str, partition: int) -> str:
@@ -183,6 +186,7 @@ class OffsetGuard:
         self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
         self.generation = 0  # counts resets: a check begun before a rebalance must not outlive it
         self.idle_ends: dict[int, int] = {}  # partition -> its log end at the last check (no committed offset)
+        self.unmoved: dict[int, tuple[int, int]] = {}  # partition -> (next offset, checks it has not moved)
 
     async def feed(self, process: Callable[[list], Awaitable], events) -> None:
         """One batch from the stream through ``admit``, the stage and ``taken``."""
@@ -234,20 +238,70 @@ class OffsetGuard:
                     start, end = due, committed
                 if generation != self.generation:  # revoked meanwhile
                     return
-                self.next_offset[partition] = max(start, end)
-                for chunk in range(start, end, CATCH_UP_CHUNK):
-                    in_partition(self.topic, partition)  # ``process`` may have set another partition
-                    missing = await self._read(partition, chunk, min(chunk + CATCH_UP_CHUNK, end))
-                    if generation != self.generation:
-                        return
-                    if missing:
-                        await process(missing)
-                        self.taken(missing)
+                if not await self._apply_range(process, partition, start, end, generation):
+                    return
+            await self._catch_up_stalled(process, generation, assigned)
+
+    async def _catch_up_stalled(self, process: Callable[[list], Awaitable], generation: int, assigned) -> None:
+        """Partitions the stream stopped delivering: no event for ``STALLED_CHECKS`` checks while
+        their log goes on past the next offset due. Seen in a kill -9 test after a restart: the
+        restarted worker caught two partitions up to the committed offsets, and Faust never
+        delivered their records after it, so those users' interactions waited forever. Whatever
+        keeps a consumer from delivering, the records are read here and applied; any the stream
+        delivers later are dropped as taken. A partition that is caught up costs one log-end
+        query every ``STALLED_CHECKS`` checks."""
+        for partition in sorted((assigned or set()) & self.next_offset.keys()):
+            due = self.next_offset[partition]
+            was, checks = self.unmoved.get(partition, (None, 0))
+            checks = checks + 1 if was == due else 0
+            self.unmoved[partition] = (due, checks)
+            if checks < STALLED_CHECKS:
+                continue
+            try:
+                end = await self.off_loop(self.reader.end, partition)
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("%s/%d: the stalled-partition check could not reach the broker (%s: %s); next tick",
+                            self.topic, partition, type(exc).__name__, exc)
+                self._count("catch_up_errors_total")
+                return
+            self.unmoved[partition] = (due, 0)
+            if generation != self.generation or self.next_offset.get(partition) != due or end <= due:
+                continue
+            log.warning("%s/%d: no record delivered from offset %d for %d checks while the log reaches %d; "
+                        "reading them from the broker", self.topic, partition, due, STALLED_CHECKS, end)
+            self._count("stalled_catch_ups_total")
+            if not await self._apply_range(process, partition, due, end, generation):
+                return
+
+    async def _apply_range(self, process: Callable[[list], Awaitable], partition: int, start: int, end: int,
+                           generation: int) -> bool:
+        """The records of [start, end) read from the broker and applied in chunks, the partition's
+        next offset moved past each chunk as it is taken (at least to ``start``). False when a
+        rebalance or the broker stopped it: the next tick or the stream's next event goes on."""
+        self.next_offset[partition] = max(start, self.next_offset.get(partition, start))
+        for chunk in range(start, end, CATCH_UP_CHUNK):
+            in_partition(self.topic, partition)  # ``process`` may have set another partition
+            chunk_end = min(chunk + CATCH_UP_CHUNK, end)
+            try:
+                missing = await self._read(partition, chunk, chunk_end)
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("%s/%d: reading [%d, %d) failed (%s: %s); next tick", self.topic, partition, chunk,
+                            chunk_end, type(exc).__name__, exc)
+                self._count("catch_up_errors_total")
+                return False
+            if generation != self.generation:
+                return False
+            if missing:
+                await process(missing)
+                self.taken(missing)
+            self.next_offset[partition] = max(self.next_offset[partition], chunk_end)
+        return True
 
     def reset(self) -> None:
         """After a revocation: another worker may move any partition on; read checkpoints again."""
         self.next_offset.clear()
         self.idle_ends.clear()
+        self.unmoved.clear()
         self.generation += 1
 
     async def admit(self, events: Iterable) -> list:

@@ -254,3 +254,55 @@ def test_the_reader_retries_a_retriable_broker_error_and_raises_any_other(monkey
 
     with pytest.raises(KafkaException):
         PartitionReader._retrying(call)
+
+
+def test_a_partition_the_stream_stops_delivering_is_read_from_the_broker():
+    """Seen after a kill -9 and a restart: two partitions caught up to their committed offsets,
+    and the consumer never delivered a record after them. With no event for STALLED_CHECKS checks
+    while the log goes on, the guard reads the rest and applies it; a partition whose events keep
+    coming, or that is at its log's end, is left alone."""
+    from streams.kafka.continuity import STALLED_CHECKS
+
+    broker = Broker({0: list(range(12)), 1: list(range(12)), 2: list(range(5))})
+    guard, metrics = make_guard(broker, assigned={0, 1, 2})
+    applied: list = []
+
+    async def process(events):
+        applied.extend(offsets(events))
+
+    assert offsets(admit(guard, [Event(0, 0), Event(1, 0), Event(2, 0)])) == [(0, 0), (1, 0), (2, 0)]
+    guard.taken([])
+    for n in range(STALLED_CHECKS):
+        asyncio.run(guard.catch_up(process))
+        delivered = [Event(1, n + 1)]  # partition 1 keeps getting events; 0 and 2 do not
+        admit(guard, delivered)
+        assert applied == []
+    asyncio.run(guard.catch_up(process))  # 0 and 2 unmoved for STALLED_CHECKS checks, their logs at 12 and 5
+    assert applied == [(0, o) for o in range(1, 12)] + [(2, o) for o in range(1, 5)]
+    assert metrics.get("stalled_catch_ups_total") == 2 and broker.reads == [(0, 1, 12), (2, 1, 5)]
+    assert guard.next_offset == {0: 12, 1: STALLED_CHECKS + 1, 2: 5}
+    # what the stream delivers afterwards is dropped as taken
+    assert offsets(admit(guard, [Event(0, 7), Event(0, 11)])) == []
+
+
+def test_a_stalled_partition_at_its_log_end_costs_one_query_per_stalled_period():
+    from streams.kafka.continuity import STALLED_CHECKS
+
+    class Counting(Broker):
+        ends = 0
+
+        def end(self, partition):
+            self.ends += 1
+            return super().end(partition)
+
+    broker = Counting({0: list(range(3))})
+    guard, _ = make_guard(broker, assigned={0})
+    admit(guard, [Event(0, 0), Event(0, 1), Event(0, 2)])
+    applied: list = []
+
+    async def process(events):
+        applied.extend(events)
+
+    for _ in range(3 * (STALLED_CHECKS + 1)):
+        asyncio.run(guard.catch_up(process))
+    assert applied == [] and broker.ends == 3 and broker.reads == []
