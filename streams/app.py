@@ -16,7 +16,6 @@ import faust
 from streams.events import key_text
 from streams.kafka import faust_tuning
 from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
-from streams.kafka.faust_tuning import QuietMonitor, RawBytes
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
@@ -46,9 +45,10 @@ class Worker:
             consumer_max_fetch_size=8 * 1024 * 1024, broker_max_poll_records=s.poll_records, broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout, broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
             table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
-            monitor=QuietMonitor(),
+            monitor=faust_tuning.QuietMonitor(),
         )
-        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), schema=RawBytes()) for name in TOPICS}
+        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), schema=faust_tuning.RawBytes())
+                       for name in TOPICS}
         if s.role == "llm":  # no tables: every request carries what its answer needs
             user_state, item_profiles, neighbours = {}, {}, {}
         else:

@@ -218,9 +218,7 @@ class OffsetGuard:
                     committed = await self.off_loop(self.reader.committed, partition)
                     end = await self.off_loop(self.reader.end, partition) if committed is None else None
                 except (KafkaException, TimeoutError) as exc:  # the broker unreachable or recovering: next tick
-                    log.warning("%s/%d: the catch-up check could not reach the broker (%s: %s); next tick",
-                                self.topic, partition, type(exc).__name__, exc)
-                    self._count("catch_up_errors_total")
+                    self._unreachable(partition, "the catch-up check", exc)
                     return
                 if committed is None:
                     start = due or 0
@@ -260,9 +258,7 @@ class OffsetGuard:
             try:
                 end = await self.off_loop(self.reader.end, partition)
             except (KafkaException, TimeoutError) as exc:
-                log.warning("%s/%d: the stalled-partition check could not reach the broker (%s: %s); next tick",
-                            self.topic, partition, type(exc).__name__, exc)
-                self._count("catch_up_errors_total")
+                self._unreachable(partition, "the stalled-partition check", exc)
                 return
             self.unmoved[partition] = (due, 0)
             if generation != self.generation or self.next_offset.get(partition) != due or end <= due:
@@ -285,9 +281,7 @@ class OffsetGuard:
             try:
                 missing = await self._read(partition, chunk, chunk_end)
             except (KafkaException, TimeoutError) as exc:
-                log.warning("%s/%d: reading [%d, %d) failed (%s: %s); next tick", self.topic, partition, chunk,
-                            chunk_end, type(exc).__name__, exc)
-                self._count("catch_up_errors_total")
+                self._unreachable(partition, f"reading [{chunk}, {chunk_end})", exc)
                 return False
             if generation != self.generation:
                 return False
@@ -296,6 +290,12 @@ class OffsetGuard:
                 self.taken(missing)
             self.next_offset[partition] = max(self.next_offset[partition], chunk_end)
         return True
+
+    def _unreachable(self, partition: int, what: str, exc: Exception) -> None:
+        """A catch-up step the broker could not answer: logged and counted, left to the next tick."""
+        log.warning("%s/%d: %s could not reach the broker (%s: %s); next tick", self.topic, partition, what,
+                    type(exc).__name__, exc)
+        self._count("catch_up_errors_total")
 
     def reset(self) -> None:
         """After a revocation: another worker may move any partition on; read checkpoints again."""
