@@ -93,7 +93,10 @@ def ingest(info, tmp: Path, name: str, events: list[dict], on_restart=None, tree
             "worker_applied_and_folded_per_s": round(counted / folded_s, 1),
             "folded_share_when_all_applied": round(folded_share, 3),
             "pair_entries": worker.metric("pair_entries_total"),
-            "pair_messages": worker.metric("pair_messages_total")}, worker, settings
+            "pair_messages": worker.metric("pair_messages_total"),
+            # write amplification: each fold batch stores every item record it changed
+            "fold_batches": worker.metric("pair_batches_total"),
+            "records_written": worker.metric("neighbour_records_written_total")}, worker, settings
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 
 import faust
 
@@ -175,9 +176,15 @@ class Worker:
 
         pairs_guard = self.guard(s.topic_item_pairs, services.neighbours)
 
+        def feeding() -> bool:
+            """This worker's interactions stage, which sends most of its item pairs, applied a batch
+            within the quiet time: more pairs are on their way, so the batch is not cut early."""
+            return time.monotonic() - self.interactions.last_batch_at < s.increments_quiet
+
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
-            async for events in stream.take_events(s.increments_batch, within=s.increments_within):
+            async for events in faust_tuning.take_events_until_quiet(
+                    stream, s.increments_batch, s.increments_within, s.increments_quiet, upstream_busy=feeding):
                 await pairs_guard.feed(self.neighbours.process, events)
 
         interactions_guard = self.guard(s.topic_interactions, services.user_state)

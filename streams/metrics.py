@@ -44,6 +44,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "pair_messages_total": ("item-pairs messages sent (increments packed per item partition)", ()),
     "pair_entries_applied_total": ("increments applied to item records (redeliveries skipped)", ()),
     "pair_entries_skipped_total": ("increments skipped as already applied", ()),
+    "pair_batches_total": ("batches of item-pairs messages folded (each stores every item record it changed)", ()),
+    "neighbour_records_written_total": ("item records stored by the fold: batches times the records each changed", ()),
     "retrieval_model_swaps_total": ("sequential model versions loaded", ()),
     "retrieval_model_failures_total": ("sequential model directories that could not be loaded", ()),
     "summary_requests_total": ("state role: summary requests sent to the llm role", ()),

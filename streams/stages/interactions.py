@@ -29,6 +29,7 @@ PAIR_RECORDS_PER_MESSAGE = 800
 class InteractionsStage:
     def __init__(self, services: Services):
         self.s = services
+        self.last_batch_at = 0.0  # time.monotonic() at the end of the last batch: the neighbours stage's cue
         self.cooccurrence = services.settings.cooccurrence_config()
 
     @property
@@ -61,6 +62,7 @@ class InteractionsStage:
                 continue
             by_user.setdefault(interaction["user_id"], []).append((event, interaction))
         await self.apply_user_groups(by_user)
+        self.last_batch_at = time.monotonic()
 
     def apply_group(self, state: UserState, group: list, pending_cap: int, pairs: list[list]) -> Trigger | None:
         """Apply one user's events of a batch, adding what their item-keyed increments are derived

@@ -69,10 +69,11 @@ class NeighboursStage:
                 continue
             folded.append((event, payload))
         partitions = self.s.settings.item_partitions
-        applied = skipped = 0
+        applied = skipped = written = 0
         for item_id, (record, new, redelivered) in folding.items():
             applied, skipped = applied + new, skipped + redelivered
             if new:
+                written += 1
                 in_partition_of(by_item.get(item_id) or by_partition[key_partition(item_id, partitions)])
                 record = prune(record, self.config)
                 self.s.neighbours[item_id] = record
@@ -82,6 +83,8 @@ class NeighboursStage:
                     self.written[item_id] = record
                 self.s.item_stats.apply(item_id, record)
         self.s.metrics.inc("pair_entries_applied_total", applied)
+        self.s.metrics.inc("pair_batches_total")
+        self.s.metrics.inc("neighbour_records_written_total", written)
         if skipped:
             self.s.metrics.inc("pair_entries_skipped_total", skipped)
         self.s.metrics.gauge("items_with_neighbours", len(self.s.item_stats.counts))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
+import time
 
 import faust
 import pytest
@@ -10,7 +12,8 @@ from faust.sensors.monitor import Monitor
 from faust.types import TP, Message
 
 from streams.kafka.faust_tuning import (QuietMonitor, RawBytes, fetch_with_short_holds,
-                                        producer_buffer_size_without_settings_reads)
+                                        producer_buffer_size_without_settings_reads, streams_take_turns_every,
+                                        take_events_until_quiet, Turns)
 
 
 def message(key: bytes | None, value: bytes | None) -> Message:
@@ -140,3 +143,177 @@ def test_events_are_made_with_the_app_s_event_class_read_once():
     assert first.app is app and first.message is msg
     plain = faust.App("tuning-test-2", autodiscover=False)  # each app its own class
     assert type(plain.create_event(b"k", b"v", [], msg)) is faust.Event
+
+
+APP_NUMBERS = itertools.count()
+
+
+def batching_agent(max_: int, within: float, quiet: float, hold: asyncio.Event | None = None):
+    """An agent over ``take_events_until_quiet``: the batches it got (values, monotonic time), and
+    the events' ack state while it held each batch. ``hold``: the agent waits on it per batch."""
+    app = faust.App(f"take-quiet-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
+    batches: list[tuple[list, float]] = []
+    acked_while_held: list[bool] = []
+
+    @app.agent()
+    async def fold(stream):
+        async for events in take_events_until_quiet(stream, max_, within, quiet):
+            batches.append(([event.value for event in events], time.monotonic()))
+            acked_while_held.extend(event.message.acked for event in events)
+            if hold is not None:
+                await hold.wait()
+
+    return fold, batches, acked_while_held
+
+
+async def batches_of(agent_, batches: list, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while sum(len(values) for values, _ in batches) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def test_a_burst_is_handed_over_once_its_input_goes_quiet_not_at_the_end_of_the_window():
+    async def run():
+        fold, batches, _ = batching_agent(max_=100, within=60.0, quiet=0.05)
+        async with fold.test_context() as agent:
+            started = time.monotonic()
+            for value in range(3):
+                await agent.put(value)
+            await batches_of(agent, batches, 3)
+        return batches, started
+
+    batches, started = asyncio.run(run())
+    assert [values for values, _ in batches] == [[0, 1, 2]]
+    assert batches[0][1] - started < 30.0  # Faust's own take would hold it the whole 60 s window
+
+
+def test_a_steady_input_is_not_cut_by_the_quiet_time_and_max_still_ends_a_batch():
+    async def run():
+        fold, batches, _ = batching_agent(max_=8, within=60.0, quiet=0.5)
+        async with fold.test_context() as agent:
+            for value in range(12):  # gaps of 20 ms, far under the 0.5 s quiet time
+                await agent.put(value)
+                await asyncio.sleep(0.02)
+            await batches_of(agent, batches, 12)
+        return batches
+
+    assert [values for values, _ in asyncio.run(run())] == [list(range(8)), list(range(8, 12))]
+
+
+def test_events_are_acknowledged_only_after_the_agent_is_done_with_their_batch():
+    async def run():
+        hold = asyncio.Event()
+        fold, batches, acked_while_held = batching_agent(max_=100, within=60.0, quiet=0.05, hold=hold)
+        async with fold.test_context() as agent:
+            events = [await agent.put(value) for value in range(3)]
+            await batches_of(agent, batches, 3)
+            held = [event.message.acked for event in events]
+            hold.set()
+            deadline = time.monotonic() + 20
+            while not all(event.message.acked for event in events) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            return acked_while_held, held, [event.message.acked for event in events]
+
+    acked_while_held, held, after = asyncio.run(run())
+    assert acked_while_held == [False] * 3 and held == [False] * 3
+    assert after == [True] * 3
+
+
+def test_no_quiet_time_is_faust_s_own_take():
+    async def run():
+        fold, batches, _ = batching_agent(max_=100, within=1.0, quiet=0.0)
+        async with fold.test_context() as agent:
+            started = time.monotonic()
+            for value in range(3):
+                await agent.put(value)
+            await batches_of(agent, batches, 3)
+        return batches, started
+
+    batches, started = asyncio.run(run())
+    assert [values for values, _ in batches] == [[0, 1, 2]]
+    assert batches[0][1] - started >= 0.9  # held to the end of the window
+
+
+def test_a_quiet_input_is_not_cut_while_its_upstream_is_busy():
+    async def run():
+        busy = {"on": True}
+        app = faust.App(f"take-quiet-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
+        batches: list[tuple[list, float]] = []
+
+        @app.agent()
+        async def fold(stream):
+            async for events in take_events_until_quiet(stream, 100, 60.0, 0.05, upstream_busy=lambda: busy["on"]):
+                batches.append(([event.value for event in events], time.monotonic()))
+
+        async with fold.test_context() as agent:
+            for value in range(3):
+                await agent.put(value)
+            await asyncio.sleep(0.5)  # ten quiet times, the upstream busy throughout
+            held = list(batches)
+            busy["on"] = False
+            await batches_of(agent, batches, 3)
+        return held, batches
+
+    held, batches = asyncio.run(run())
+    assert held == []
+    assert [values for values, _ in batches] == [[0, 1, 2]]
+
+
+
+@pytest.mark.parametrize("every, awaits, turns", [(8, 16, 2), (8, 20, 2), (1, 5, 5)])
+def test_turns_give_the_loop_a_pass_at_every_nth_sleep_only(every, awaits, turns):
+    async def run():
+        passes = {"n": 0}
+
+        async def other_task():
+            while True:
+                passes["n"] += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other_task())
+        sleeper = Turns(every)
+        for _ in range(awaits):
+            assert await sleeper.sleep(0) is None
+        task.cancel()
+        return passes["n"]
+
+    assert asyncio.run(run()) == turns
+
+
+def test_turns_leave_real_delays_to_asyncio():
+    async def run():
+        started = time.monotonic()
+        await Turns(8).sleep(0.05)
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) >= 0.04
+
+
+def test_faust_s_stream_iterator_takes_the_turns_and_delivers_every_message_in_order():
+    from faust._cython import streams as cython_streams
+
+    streams_take_turns_every(8)
+    try:
+        assert cython_streams.sleep.__self__.every == 8
+
+        async def run():
+            app = faust.App(f"turns-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
+            seen: list = []
+
+            @app.agent()
+            async def count(stream):
+                async for value in stream:
+                    seen.append(value)
+
+            async with count.test_context() as agent:
+                for value in range(100):
+                    await agent.put(value)
+                deadline = time.monotonic() + 20
+                while len(seen) < 100 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+            return seen
+
+        assert asyncio.run(run()) == list(range(100))
+    finally:
+        streams_take_turns_every(1)
+    assert cython_streams.sleep is asyncio.sleep
