@@ -67,7 +67,10 @@ def ingest(info, tmp: Path, name: str, events: list[dict], on_restart=None, tree
               **overrides}
     settings = Settings(**values)
     create_topics(settings)
-    worker = WorkerProcess(settings.to_env(), port, tmp / f"worker-{name}.log", cwd=tree)
+    # the code before a change runs with its own defaults: given all of this code's, it measured
+    # this code's settings (a round's changed fold batching showed on both sides)
+    env = settings.to_env(only=values) if tree is not None else settings.to_env()
+    worker = WorkerProcess(env, port, tmp / f"worker-{name}.log", cwd=tree)
     worker.start()
     catalog = rp.publish_movielens_items(info.bootstrap, settings.topic_items, progress=False)
     wait_until(lambda: worker.metric("items_applied_total") >= catalog, timeout=900, interval=1.0, message="catalog")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -240,10 +240,11 @@ class Settings(BaseSettings):
         return {"cooccurrence": self.weight_cooccurrence, "sequential": self.weight_sequential,
                 "content": self.weight_content, "trending": self.weight_trending}
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as MMSR_ variables, so a child process (a worker) gets exactly them."""
+    def to_env(self, only: Iterable[str] | None = None) -> dict[str, str]:
+        """These settings as MMSR_ variables, so a child process (a worker) gets exactly them;
+        ``only``: just the named ones, the child's own defaults for the rest."""
         env = {}
-        for name in type(self).model_fields:
+        for name in type(self).model_fields if only is None else only:
             value = getattr(self, name)
             if value is None:
                 continue

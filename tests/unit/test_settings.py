@@ -6,3 +6,9 @@ def test_to_env_round_trips_through_the_environment(monkeypatch):
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def test_to_env_can_name_only_some_settings_leaving_the_child_its_defaults():
+    s = Settings(bootstrap_servers="127.0.0.1:1234", top_k=7, increments_within=0.3)
+    assert s.to_env(only=["bootstrap_servers", "top_k"]) == {"MMSR_BOOTSTRAP_SERVERS": "127.0.0.1:1234",
+                                                           "MMSR_TOP_K": "7"}
