@@ -1,17 +1,18 @@
 """The neighbours stage's fold alone, in one process: item-pairs messages of ML-100K parsed and
-folded into item records, three ways on the same interactions:
+folded into item records, four ways on the same interactions:
 
 - the weighted layout earlier workers sent ([[other, weight], ...], which ``fold_message`` still reads);
 - the flat layout workers send now (``pairs_message``: [other, d-1] pairs weighed from the
   message's decay), folded and pruned by the Python references (``fold_pairs_python``,
   ``prune_by_weight``), as the worker did before this benchmark's last change;
-- the flat layout folded and pruned by the compiled functions (``models/_cooccurrence.c``),
-  which the worker uses where they were built.
+- the flat layout folded and pruned by the compiled functions (``models/_cooccurrence.c``);
+- the binary layout (``encode_pairs_message``: each id once per message) decoded, folded and
+  pruned by the compiled functions, as the worker does where they were built.
 
 The interactions are batched as the interactions stage batches them (500), their records go to
 two item partitions (the default), and the fold takes 26 messages at a time (about what
 ``MMSR_INCREMENTS_WITHIN`` gathers from a backlog), pruning and storing each touched record once
-per batch, as the stage does. All three must end in byte-identical records. The prune of the
+per batch, as the stage does. All four must end in byte-identical records. The prune of the
 records left at the end is timed apart, Python's sort against the compiled one, same result, and
 so is what the interactions stage builds per interaction (``interaction_records``).
 
@@ -27,8 +28,9 @@ import orjson
 
 import schemas
 from models import cooccurrence
-from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_message, fold_pairs_python, interaction_records,
-                                 interaction_records_python, pair_window, pairs_message, prune, prune_by_weight)
+from models.cooccurrence import (CooccurrenceConfig, decay_powers, decode_message, encode_pairs_message, fold_message,
+                                 fold_pairs_python, interaction_records, interaction_records_python, pair_window,
+                                 pairs_message, prune, prune_by_weight)
 from streams.replay import window
 from bench import write_result
 
@@ -67,14 +69,14 @@ def fold_all(encoded: list[bytes], config: CooccurrenceConfig, per_batch: int = 
     for start in range(0, len(encoded), per_batch):
         folding: dict = {}
         for raw in encoded[start:start + per_batch]:
-            fold_message(folding, store.get, orjson.loads(raw), config)
+            fold_message(folding, store.get, decode_message(raw), config)
         for item, (record, new, _) in folding.items():
             if new:
                 store[item] = prune(record, config)
     total = time.perf_counter() - started
     started = time.perf_counter()
     for raw in encoded:
-        orjson.loads(raw)
+        decode_message(raw)
     return store, total, time.perf_counter() - started
 
 
@@ -134,9 +136,11 @@ def main() -> None:
     if compiled[0] is fold_pairs_python:
         raise SystemExit("the compiled fold is not built: run make setup (needs a C compiler)")
     python = fold_pairs_python, prune_by_weight
+    binary = [encode_pairs_message(orjson.loads(m)["pairs"], config) for m in flat]
     variants = {"weighted layout, Python prune (before)": ([orjson.dumps(weighted(orjson.loads(m))) for m in flat], python),
                 "flat layout, Python fold and prune": (flat, python),
-                "flat layout, compiled fold and prune (now)": (flat, compiled)}
+                "flat layout, compiled fold and prune": (flat, compiled),
+                "binary layout, compiled fold and prune (now)": (binary, compiled)}
     result: dict = {"benchmark": "fold of item-pairs messages: layouts, and the Python against the compiled fold",
                     "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
                     "events": len(events), "messages": len(flat), "variants": {}}
@@ -154,12 +158,14 @@ def main() -> None:
         cooccurrence.fold_pairs, cooccurrence.prune_neighbours = compiled
     best = {n: min(v["us_per_interaction"]) for n, v in result["variants"].items()}
     result["compiled_to_python_speedup_best_of_rounds"] = round(
-        best["flat layout, Python fold and prune"] / best["flat layout, compiled fold and prune (now)"], 2)
+        best["flat layout, Python fold and prune"] / best["flat layout, compiled fold and prune"], 2)
+    result["binary_to_json_speedup_best_of_rounds"] = round(
+        best["flat layout, compiled fold and prune"] / best["binary layout, compiled fold and prune (now)"], 2)
     result["now_to_weighted_speedup_best_of_rounds"] = round(
-        best["weighted layout, Python prune (before)"] / best["flat layout, compiled fold and prune (now)"], 2)
+        best["weighted layout, Python prune (before)"] / best["binary layout, compiled fold and prune (now)"], 2)
     result["identical_records"] = len(set(stores.values())) == 1
     result["interaction_records"] = time_records(events, config, args.rounds)
-    result["prune"] = time_prunes(orjson.loads(stores["flat layout, compiled fold and prune (now)"]), config, args.rounds)
+    result["prune"] = time_prunes(orjson.loads(stores["binary layout, compiled fold and prune (now)"]), config, args.rounds)
     write_result(args.out, result)
 
 

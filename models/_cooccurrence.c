@@ -21,6 +21,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
 static PyObject *key_applied, *key_neighbours, *key_count, *key_trend, *key_trend_t;
 static PyObject *minus_one, *one, *zero_float, *half;
@@ -471,6 +473,306 @@ done:
     return result;
 }
 
+/* -- the item-pairs message in binary (models.cooccurrence.encode_pairs_python and
+ * decode_pairs_python are the references) ------------------------------------------------------
+ *
+ * Why: parsing the JSON messages made a new string object for every id of every pair (some
+ * twenty per interaction): 6.9% of an ingest worker's samples (bench/results/ingest_profile/
+ * 9_turns_batches.json), more than anything but the fold itself. Here each id is written once per
+ * message and decoded once, as one interned object that every pair then shares, so the fold's
+ * lookups find it by pointer without interning it again.
+ *
+ * Layout, little-endian:
+ *   header        "MMP1", f64 decay, u32 window, u32 ids, u32 interactions, u32 pairs   (28 bytes)
+ *   id lengths    u32 per id (UTF-8 bytes), then the ids' UTF-8 bytes one after another
+ *   interactions  i64 source, i64 offset, f64 time, u32 item (an id's index), i32 own pairs
+ *                 (-1: None), u32 other pairs, u32 0                                   (40 bytes each)
+ *   pairs         u32 id index, u32 distance (d - 1), each interaction's own pairs then its others'
+ * decode_pairs gives {"pairs": [[source, offset, time, item, own | None, others], ...], "decay",
+ * "window"}: what the JSON message parses to (pairs_message), so the fold and its checks are the
+ * same; it raises ValueError on anything that is not such a message, to the last byte. */
+#define PAIRS_MAGIC "MMP1"
+#define HEADER_BYTES 28
+#define ROW_BYTES 40
+
+static void put_u32(char **at, uint32_t v) { memcpy(*at, &v, 4); *at += 4; }
+static void put_i64(char **at, int64_t v) { memcpy(*at, &v, 8); *at += 8; }
+static void put_f64(char **at, double v) { memcpy(*at, &v, 8); *at += 8; }
+
+/* ids[id] -> its index, appending new ids to order; -1 on error (not a str) */
+static long id_index(PyObject *ids, PyObject *order, PyObject *id) {
+    if (!PyUnicode_CheckExact(id)) {
+        PyErr_SetString(PyExc_TypeError, "an item id in an item-pairs record is not a string");
+        return -1;
+    }
+    PyObject *known = PyDict_GetItemWithError(ids, id);
+    if (known != NULL) return PyLong_AsLong(known);
+    if (PyErr_Occurred()) return -1;
+    PyObject *index = PyLong_FromSsize_t(PyList_GET_SIZE(order));
+    int rc = index == NULL ? -1 : PyDict_SetItem(ids, id, index);
+    Py_XDECREF(index);
+    if (rc < 0 || PyList_Append(order, id) < 0) return -1;
+    return (long)(PyList_GET_SIZE(order) - 1);
+}
+
+/* a flat [id, d, ...] list's pairs as (id index, distance) into *out, ids indexed as met; -1 on error */
+static int index_pairs(PyObject *ids, PyObject *order, PyObject *pairs, uint32_t **out) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(pairs); i += 2) {
+        long index = id_index(ids, order, PyList_GET_ITEM(pairs, i));
+        PyObject *step = PyList_GET_ITEM(pairs, i + 1);
+        if (index < 0) return -1;
+        if (!PyLong_CheckExact(step)) {
+            PyErr_SetString(PyExc_TypeError, "a distance must be an integer");
+            return -1;
+        }
+        unsigned long d = PyLong_AsUnsignedLong(step);
+        if (PyErr_Occurred() || d > UINT32_MAX) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_OverflowError, "a distance past 32 bits");
+            return -1;
+        }
+        (*out)[0] = (uint32_t)index;
+        (*out)[1] = (uint32_t)d;
+        *out += 2;
+    }
+    return 0;
+}
+
+static int flat_pairs(PyObject *pairs) {
+    if (PyList_CheckExact(pairs) && PyList_GET_SIZE(pairs) % 2 == 0) return 0;
+    PyErr_SetString(PyExc_TypeError, "an item-pairs record's pairs must be a flat [id, distance, ...] list");
+    return -1;
+}
+
+/* encode_pairs(records, decay, window) -> bytes: interaction_records' records as one message.
+ * The records' shapes are checked and their pairs counted first; then one pass indexes the ids
+ * (a dict lookup per pair) into a scratch array that is copied out as the message's pairs. */
+static PyObject *encode_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_pairs(records: list, decay, window)");
+        return NULL;
+    }
+    PyObject *records = args[0];
+    double decay = PyFloat_AsDouble(args[1]);
+    unsigned long window = PyLong_AsUnsignedLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (window > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "a window past 32 bits");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records), pairs = 0, id_bytes = 0;
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *record = PyList_GET_ITEM(records, r);
+        if (!PyList_CheckExact(record) || PyList_GET_SIZE(record) != 6 || !PyLong_CheckExact(PyList_GET_ITEM(record, 0))
+            || !PyLong_CheckExact(PyList_GET_ITEM(record, 1)) || !PyFloat_CheckExact(PyList_GET_ITEM(record, 2))) {
+            PyErr_SetString(PyExc_TypeError, "an item-pairs record must be [int source, int offset, float time, item, own, others]");
+            return NULL;
+        }
+        PyObject *own = PyList_GET_ITEM(record, 4), *others = PyList_GET_ITEM(record, 5);
+        if ((own != Py_None && flat_pairs(own) < 0) || flat_pairs(others) < 0) return NULL;
+        pairs += (own == Py_None ? 0 : PyList_GET_SIZE(own) / 2) + PyList_GET_SIZE(others) / 2;
+    }
+    if (n > UINT32_MAX || pairs > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "an item-pairs message past 32-bit counts");
+        return NULL;
+    }
+    PyObject *ids = PyDict_New(), *order = PyList_New(0), *out = NULL;
+    uint32_t *scratch = PyMem_Malloc(sizeof(uint32_t) * (2 * (size_t)pairs + 1)), *next = scratch;
+    uint32_t *items = PyMem_Malloc(sizeof(uint32_t) * ((size_t)n + 1));
+    if (ids == NULL || order == NULL || scratch == NULL || items == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *record = PyList_GET_ITEM(records, r), *own = PyList_GET_ITEM(record, 4);
+        if ((own != Py_None && index_pairs(ids, order, own, &next) < 0)
+            || index_pairs(ids, order, PyList_GET_ITEM(record, 5), &next) < 0)
+            goto done;
+        long item = id_index(ids, order, PyList_GET_ITEM(record, 3));
+        if (item < 0) goto done;
+        items[r] = (uint32_t)item;
+    }
+    Py_ssize_t n_ids = PyList_GET_SIZE(order);
+    for (Py_ssize_t i = 0; i < n_ids; i++) {
+        Py_ssize_t size;
+        if (PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(order, i), &size) == NULL) goto done;
+        id_bytes += size;
+    }
+    if (n_ids > UINT32_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "an item-pairs message past 32-bit counts");
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, HEADER_BYTES + 4 * n_ids + id_bytes + ROW_BYTES * n + 8 * pairs);
+    if (out == NULL) goto done;
+    char *at = PyBytes_AS_STRING(out);
+    memcpy(at, PAIRS_MAGIC, 4);
+    at += 4;
+    put_f64(&at, decay);
+    put_u32(&at, (uint32_t)window);
+    put_u32(&at, (uint32_t)n_ids);
+    put_u32(&at, (uint32_t)n);
+    put_u32(&at, (uint32_t)pairs);
+    for (Py_ssize_t i = 0; i < n_ids; i++) {
+        Py_ssize_t size;
+        PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(order, i), &size);
+        put_u32(&at, (uint32_t)size);
+    }
+    for (Py_ssize_t i = 0; i < n_ids; i++) {
+        Py_ssize_t size;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(order, i), &size);
+        memcpy(at, utf8, size);
+        at += size;
+    }
+    for (Py_ssize_t r = 0; r < n; r++) {
+        PyObject *record = PyList_GET_ITEM(records, r), *own = PyList_GET_ITEM(record, 4);
+        long long source = PyLong_AsLongLong(PyList_GET_ITEM(record, 0));
+        long long offset = PyLong_AsLongLong(PyList_GET_ITEM(record, 1));
+        if (PyErr_Occurred()) {
+            Py_CLEAR(out);
+            goto done;
+        }
+        put_i64(&at, source);
+        put_i64(&at, offset);
+        put_f64(&at, PyFloat_AS_DOUBLE(PyList_GET_ITEM(record, 2)));
+        put_u32(&at, items[r]);
+        int32_t own_pairs = own == Py_None ? -1 : (int32_t)(PyList_GET_SIZE(own) / 2);
+        memcpy(at, &own_pairs, 4);
+        at += 4;
+        put_u32(&at, (uint32_t)(PyList_GET_SIZE(PyList_GET_ITEM(record, 5)) / 2));
+        put_u32(&at, 0);
+    }
+    for (Py_ssize_t i = 0; i < 2 * pairs; i++) put_u32(&at, scratch[i]);  /* little-endian, as every field */
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(order);
+    PyMem_Free(scratch);
+    PyMem_Free(items);
+    return out;
+}
+
+static uint32_t get_u32(const char *at) { uint32_t v; memcpy(&v, at, 4); return v; }
+static int64_t get_i64(const char *at) { int64_t v; memcpy(&v, at, 8); return v; }
+static double get_f64(const char *at) { double v; memcpy(&v, at, 8); return v; }
+
+static PyObject *malformed(const char *what) {
+    PyErr_Format(PyExc_ValueError, "not an item-pairs message: %s", what);
+    return NULL;
+}
+
+/* count pairs from *next (of n) as a new flat [id, d, ...] list with the shared ids */
+static PyObject *read_pairs(const char *pairs, Py_ssize_t *next, Py_ssize_t n, uint32_t count, PyObject *ids) {
+    if (count > (uint64_t)(n - *next)) return malformed("more pairs named than the message holds");
+    PyObject *list = PyList_New(2 * (Py_ssize_t)count);
+    for (uint32_t i = 0; list != NULL && i < count; i++, (*next)++) {
+        const char *pair = pairs + 8 * *next;
+        uint32_t index = get_u32(pair);
+        if (index >= (uint64_t)PyList_GET_SIZE(ids)) {
+            Py_DECREF(list);
+            return malformed("an id index outside the message's ids");
+        }
+        PyObject *id = PyList_GET_ITEM(ids, index), *step = PyLong_FromUnsignedLong(get_u32(pair + 4));
+        if (step == NULL) Py_CLEAR(list);
+        else {
+            Py_INCREF(id);
+            PyList_SET_ITEM(list, 2 * i, id);
+            PyList_SET_ITEM(list, 2 * i + 1, step);
+        }
+    }
+    return list;
+}
+
+/* decode_pairs(data) -> {"pairs", "decay", "window"}: see the layout above */
+static PyObject *decode_pairs(PyObject *self, PyObject *data) {
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *buf = view.buf;
+    Py_ssize_t size = view.len;
+    PyObject *ids = NULL, *interactions = NULL, *result = NULL;
+    if (size < HEADER_BYTES || memcmp(buf, PAIRS_MAGIC, 4) != 0) {
+        malformed("no item-pairs header");
+        goto done;
+    }
+    double decay = get_f64(buf + 4);
+    uint32_t window = get_u32(buf + 12), n_ids = get_u32(buf + 16), n = get_u32(buf + 20), n_pairs = get_u32(buf + 24);
+    /* every count bounded by what is left before anything is allocated for it */
+    Py_ssize_t at = HEADER_BYTES, left = size - HEADER_BYTES;
+    if ((uint64_t)n_ids * 4 > (uint64_t)left) {
+        malformed("more ids named than the message holds");
+        goto done;
+    }
+    Py_ssize_t lengths = at, id_bytes = 0;
+    at += 4 * (Py_ssize_t)n_ids;
+    for (uint32_t i = 0; i < n_ids; i++) id_bytes += get_u32(buf + lengths + 4 * (Py_ssize_t)i);
+    if ((uint64_t)id_bytes + (uint64_t)n * ROW_BYTES + (uint64_t)n_pairs * 8 != (uint64_t)(size - at)) {
+        malformed("its lengths do not add up to its size");
+        goto done;
+    }
+    ids = PyList_New(n_ids);
+    for (uint32_t i = 0; ids != NULL && i < n_ids; i++) {
+        Py_ssize_t length = get_u32(buf + lengths + 4 * (Py_ssize_t)i);
+        PyObject *id = PyUnicode_DecodeUTF8(buf + at, length, "strict");
+        if (id == NULL) {
+            Py_CLEAR(ids);
+            break;
+        }
+        PyUnicode_InternInPlace(&id);
+        PyList_SET_ITEM(ids, i, id);
+        at += length;
+    }
+    if (ids == NULL) goto done;
+    const char *rows = buf + at, *pairs = rows + (Py_ssize_t)n * ROW_BYTES;
+    Py_ssize_t next = 0;
+    interactions = PyList_New(n);
+    for (uint32_t r = 0; interactions != NULL && r < n; r++) {
+        const char *row = rows + (Py_ssize_t)r * ROW_BYTES;
+        uint32_t item = get_u32(row + 24), others_count = get_u32(row + 32);
+        int32_t own_count;
+        memcpy(&own_count, row + 28, 4);
+        if (item >= n_ids || own_count < -1 || get_u32(row + 36) != 0) {
+            malformed(item >= n_ids ? "an item index outside the message's ids" : "a malformed interaction");
+            goto fail;
+        }
+        PyObject *own = own_count < 0 ? Py_NewRef(Py_None) : read_pairs(pairs, &next, n_pairs, (uint32_t)own_count, ids);
+        PyObject *others = own == NULL ? NULL : read_pairs(pairs, &next, n_pairs, others_count, ids);
+        PyObject *record = others == NULL ? NULL : PyList_New(6);
+        PyObject *source = record ? PyLong_FromLongLong(get_i64(row)) : NULL;
+        PyObject *offset = source ? PyLong_FromLongLong(get_i64(row + 8)) : NULL;
+        PyObject *ts = offset ? PyFloat_FromDouble(get_f64(row + 16)) : NULL;
+        if (ts == NULL) {
+            Py_XDECREF(own);
+            Py_XDECREF(others);
+            Py_XDECREF(record);
+            Py_XDECREF(source);
+            Py_XDECREF(offset);
+            goto fail;
+        }
+        PyObject *id = PyList_GET_ITEM(ids, item);
+        Py_INCREF(id);
+        PyList_SET_ITEM(record, 0, source);
+        PyList_SET_ITEM(record, 1, offset);
+        PyList_SET_ITEM(record, 2, ts);
+        PyList_SET_ITEM(record, 3, id);
+        PyList_SET_ITEM(record, 4, own);
+        PyList_SET_ITEM(record, 5, others);
+        PyList_SET_ITEM(interactions, r, record);
+    }
+    if (interactions == NULL) goto done;
+    if (next != (Py_ssize_t)n_pairs) {
+        malformed("pairs left over");
+        goto fail;
+    }
+    result = Py_BuildValue("{s:O,s:d,s:I}", "pairs", interactions, "decay", decay, "window", window);
+    goto done;
+fail:
+    Py_CLEAR(interactions);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(interactions);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"interaction_records", (PyCFunction)(void (*)(void))interaction_records, METH_FASTCALL,
      "interaction_records(source, offset, ts, item, window, partitions, cache, key_partition): compiled"},
@@ -480,6 +782,10 @@ static PyMethodDef methods[] = {
      "writable(record): models.cooccurrence.writable_python's copy, ids interned (None: not dicts)"},
     {"fold_pairs", (PyCFunction)(void (*)(void))fold_pairs, METH_FASTCALL,
      "fold_pairs(folding, open_state, pairs, powers, half_life): models.cooccurrence.fold_pairs, compiled"},
+    {"encode_pairs", (PyCFunction)(void (*)(void))encode_pairs, METH_FASTCALL,
+     "encode_pairs(records, decay, window) -> bytes: models.cooccurrence.encode_pairs_python, compiled"},
+    {"decode_pairs", (PyCFunction)decode_pairs, METH_O,
+     "decode_pairs(data) -> {pairs, decay, window}: models.cooccurrence.decode_pairs_python, compiled"},
     {NULL, NULL, 0, NULL},
 };
 

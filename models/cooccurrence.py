@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+import orjson
 from aiokafka.partitioner import murmur2
 
 
@@ -147,6 +150,111 @@ def interaction_records_python(partition: int, offset: int, ts: float, item: str
 def pairs_message(records: list[list], config: CooccurrenceConfig) -> dict:
     """An item-pairs message: ``interaction_records`` with the decay and window that weigh them."""
     return {"pairs": records, "decay": config.decay, "window": config.window}
+
+
+PAIRS_MAGIC = b"MMP1"
+_PAIRS_HEADER = struct.Struct("<4sdIIII")  # magic, decay, window, ids, interactions, pairs
+_PAIRS_ROW = struct.Struct("<qqdIiII")  # source, offset, time, item index, own pairs (-1: None), other pairs, 0
+_PAIR = struct.Struct("<II")  # id index, distance (d - 1)
+
+
+def encode_pairs_message(records: list[list], config: CooccurrenceConfig) -> bytes:
+    """``pairs_message`` in the binary layout (``models/_cooccurrence.c`` describes it): each id
+    once per message, pairs as indexes. Parsing the JSON made a string object for every id of
+    every pair, 6.9% of an ingest worker's samples (``bench/results/ingest_profile/``)."""
+    if _compiled is None:
+        return encode_pairs_python(records, config.decay, config.window)
+    return _compiled.encode_pairs(records, float(config.decay), config.window)
+
+
+def decode_message(value: bytes) -> dict:
+    """An item-pairs message as ``fold_message`` takes it: the binary layout decoded to what
+    its JSON form parses to, or the JSON that earlier workers (and ``MMSR_PAIRS_FORMAT=json``)
+    send. Raises ValueError on anything else."""
+    if value[:4] == PAIRS_MAGIC:
+        return decode_pairs_python(value) if _compiled is None else _compiled.decode_pairs(value)
+    return orjson.loads(value)
+
+
+def encode_pairs_python(records: list[list], decay: float, window: int) -> bytes:
+    """The reference for the compiled ``encode_pairs``: byte for byte the same message."""
+    ids: dict[str, int] = {}
+
+    def index(item_id) -> int:
+        if type(item_id) is not str:
+            raise TypeError("an item id in an item-pairs record is not a string")
+        return ids.setdefault(item_id, len(ids))
+
+    def flat(pairs) -> list[tuple[int, int]]:
+        if type(pairs) is not list or len(pairs) % 2:
+            raise TypeError("an item-pairs record's pairs must be a flat [id, distance, ...] list")
+        out = []
+        for item_id, step in zip(pairs[0::2], pairs[1::2]):
+            if type(step) is not int:
+                raise TypeError("a distance must be an integer")
+            out.append((index(item_id), step))
+        return out
+
+    rows, pairs = [], []
+    for record in records:
+        if (type(record) is not list or len(record) != 6 or type(record[0]) is not int or type(record[1]) is not int
+                or type(record[2]) is not float):
+            raise TypeError("an item-pairs record must be [int source, int offset, float time, item, own, others]")
+        source, offset, ts, item, own, others = record
+        own_pairs = None if own is None else flat(own)
+        other_pairs = flat(others)
+        rows.append((source, offset, ts, index(item), -1 if own_pairs is None else len(own_pairs), len(other_pairs), 0))
+        pairs += (own_pairs or []) + other_pairs
+    encoded = [item_id.encode() for item_id in ids]
+    return b"".join([_PAIRS_HEADER.pack(PAIRS_MAGIC, decay, window, len(ids), len(rows), len(pairs)),
+                     struct.pack(f"<{len(encoded)}I", *map(len, encoded)), *encoded,
+                     *(_PAIRS_ROW.pack(*row) for row in rows), *(_PAIR.pack(*pair) for pair in pairs)])
+
+
+def decode_pairs_python(data: bytes) -> dict:
+    """The reference for the compiled ``decode_pairs``: the same payload, the same rejects."""
+    def malformed(what: str) -> ValueError:
+        return ValueError(f"not an item-pairs message: {what}")
+
+    if len(data) < _PAIRS_HEADER.size or data[:4] != PAIRS_MAGIC:
+        raise malformed("no item-pairs header")
+    _, decay, window, n_ids, n, n_pairs = _PAIRS_HEADER.unpack_from(data)
+    at = _PAIRS_HEADER.size
+    if n_ids * 4 > len(data) - at:
+        raise malformed("more ids named than the message holds")
+    lengths = struct.unpack_from(f"<{n_ids}I", data, at)
+    at += 4 * n_ids
+    if sum(lengths) + n * _PAIRS_ROW.size + n_pairs * _PAIR.size != len(data) - at:
+        raise malformed("its lengths do not add up to its size")
+    ids = []
+    for length in lengths:
+        ids.append(sys.intern(data[at:at + length].decode("utf-8")))
+        at += length
+    pair_at = at + n * _PAIRS_ROW.size
+    pairs = [(ids[i] if i < n_ids else None, step) for i, step in _PAIR.iter_unpack(data[pair_at:])]
+    taken = 0
+
+    def read(count: int) -> list:
+        nonlocal taken
+        if count > n_pairs - taken:
+            raise malformed("more pairs named than the message holds")
+        out = []
+        for item_id, step in pairs[taken:taken + count]:
+            if item_id is None:
+                raise malformed("an id index outside the message's ids")
+            out += (item_id, step)
+        taken += count
+        return out
+
+    interactions = []
+    for source, offset, ts, item, own_count, others_count, reserved in _PAIRS_ROW.iter_unpack(data[at:pair_at]):
+        if item >= n_ids or own_count < -1 or reserved != 0:
+            raise malformed("an item index outside the message's ids" if item >= n_ids else "a malformed interaction")
+        own = None if own_count < 0 else read(own_count)
+        interactions.append([source, offset, ts, ids[item], own, read(others_count)])
+    if taken != n_pairs:
+        raise malformed("pairs left over")
+    return {"pairs": interactions, "decay": decay, "window": window}
 
 
 def fold_message(folding: dict[str, list], get, payload: dict, config: CooccurrenceConfig) -> None:

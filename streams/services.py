@@ -295,10 +295,11 @@ class Publisher:
         log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic, message.partition, message.offset,
                     error_class, error_message)
 
-    async def send(self, topic: str, key: str, value: dict, partition: int | None = None):
-        """Queue one JSON event (to the key's partition unless one is named); the returned future
-        resolves when the broker acknowledges it."""
-        return await self.topics[topic].send(key=key.encode(), value=orjson.dumps(value), partition=partition)
+    async def send(self, topic: str, key: str, value: dict | bytes, partition: int | None = None):
+        """Queue one JSON event, or a value already encoded (to the key's partition unless one is
+        named); the returned future resolves when the broker acknowledges it."""
+        body = value if isinstance(value, bytes) else orjson.dumps(value)
+        return await self.topics[topic].send(key=key.encode(), value=body, partition=partition)
 
     async def recommendations(self, recs: list[dict]) -> None:
         """Publish lists and return once the broker has acknowledged every one of them."""

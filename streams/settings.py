@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         "item record it touches (up to MMSR_COOC_NEIGHBOURS neighbours), so fuller batches write far fewer bytes "
         "(one worker folded 7% more per second at 1 s than at 0.5 s, and lagged at 2 s: bench/ingest.py)"
     )
+    pairs_format: Literal["binary", "json"] = Field(
+        "binary", description="how the interactions stage writes item-pairs messages: binary (each id once per "
+        "message; parsing the JSON was 7% of ingest) or json (what workers before it read: for a rolling upgrade, "
+        "until every worker runs this version). Both are always read"
+    )
     increments_quiet: float = Field(
         0.1, ge=0, description="seconds without a new item-pairs message after which a batch is folded without waiting "
         "out MMSR_INCREMENTS_WITHIN: the end of a burst reaches the records at once (0: always wait it out)"

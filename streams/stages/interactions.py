@@ -12,7 +12,7 @@ import time
 
 import schemas
 from models import pipeline
-from models.cooccurrence import interaction_records, pair_window, pairs_message
+from models.cooccurrence import encode_pairs_message, interaction_records, pair_window, pairs_message
 from schemas import BACKFILL_END, CONTROL_HEADER
 from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
 from streams.services import Services, isolate
@@ -172,8 +172,10 @@ class InteractionsStage:
         for partition, records in sorted(by_partition.items()):
             for start in range(0, len(records), PAIR_RECORDS_PER_MESSAGE):
                 chunk = records[start:start + PAIR_RECORDS_PER_MESSAGE]
-                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}",
-                                                           pairs_message(chunk, self.cooccurrence), partition=partition))
+                message = (encode_pairs_message(chunk, self.cooccurrence) if self.s.settings.pairs_format == "binary"
+                           else pairs_message(chunk, self.cooccurrence))
+                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}", message,
+                                                           partition=partition))
         self.s.metrics.inc("pair_entries_total", increments)
         self.s.metrics.inc("pair_messages_total", len(futures))
         return futures

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 
-import orjson
-
-from models.cooccurrence import fold_entries, fold_message, key_partition, prune
+from models.cooccurrence import decode_message, fold_entries, fold_message, key_partition, prune
 from streams.events import in_partition_of
 from streams.services import Services
 
@@ -58,7 +56,7 @@ class NeighboursStage:
         for event in events:
             message = event.message
             try:
-                payload = orjson.loads(message.value)
+                payload = decode_message(message.value)
                 self.fold(folding, event, payload, by_partition, by_item)
             except MALFORMED as exc:
                 await self.s.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")

@@ -231,3 +231,90 @@ def test_the_compiled_copy_of_a_record_is_the_python_one_with_its_ids_interned()
     assert compiled.writable({"neighbours": {}}) is None
     with pytest.raises(KeyError):
         writable({"count": 1, "neighbours": {}})
+
+
+# -- the binary item-pairs message ------------------------------------------------------------
+
+def float_times(all_pairs: list[list]) -> list[list]:
+    """``messages`` with every time a float, as the interactions stage sends them (epoch seconds)."""
+    return [[[s, o, float(t), i, own, others] for s, o, t, i, own, others in pairs] for pairs in all_pairs]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_both_encoders_write_the_same_bytes_and_both_decoders_give_the_json_payload(seed):
+    for pairs in float_times(messages(seed)):
+        data = compiled.encode_pairs(pairs, 0.8, 6)
+        assert data == cooccurrence.encode_pairs_python(pairs, 0.8, 6)
+        payload = {"pairs": pairs, "decay": 0.8, "window": 6}
+        assert compiled.decode_pairs(data) == cooccurrence.decode_pairs_python(data) == payload
+        assert cooccurrence.decode_message(data) == orjson.loads(orjson.dumps(payload))  # what its JSON parses to
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_binary_message_folds_to_the_records_its_json_folds_to(seed):
+    config = CooccurrenceConfig(decay=0.8, window=6)
+    as_json = float_times(messages(seed))
+    as_binary = [compiled.decode_pairs(compiled.encode_pairs(pairs, 0.8, 6))["pairs"] for pairs in as_json]
+    assert fold_all(compiled.fold_pairs, as_binary, config) == fold_all(compiled.fold_pairs, as_json, config)
+    assert fold_all(fold_pairs_python, as_binary, config) == fold_all(fold_pairs_python, as_json, config)
+
+
+def test_the_decoded_ids_are_one_interned_object_per_id():
+    pairs = float_times(messages(0))[0]
+    decoded = compiled.decode_pairs(compiled.encode_pairs(pairs, 0.8, 6))["pairs"]
+    ids = [x for record in decoded for x in [record[3], *(record[4] or [])[0::2], *record[5][0::2]]]
+    by_text = {}
+    for id_ in ids:
+        assert by_text.setdefault(id_, id_) is id_
+    assert all(__import__("sys").intern(id_) is id_ for id_ in by_text)
+
+
+@pytest.mark.parametrize("encode", ["compiled", "python"])
+def test_the_encoders_refuse_what_the_stage_never_sends(encode):
+    fn = compiled.encode_pairs if encode == "compiled" else cooccurrence.encode_pairs_python
+    good = [0, 5, 100.0, "i1", ["i2", 0], ["i3", 1]]
+    for bad in ([0, 5, 100, "i1", None, []],  # an integer time: its JSON would fold to different bytes
+                [0, 5, 100.0, 7, None, []], [0, 5, 100.0, "i1", ["i2"], []], [0, 5, 100.0, "i1", None, [3, 0]],
+                [0, 5, 100.0, "i1", None, ["i2", 0.5]], [0, 5.0, 100.0, "i1", None, []], [0, 5, 100.0, "i1", None]):
+        with pytest.raises((TypeError, ValueError)):
+            fn([good, bad], 0.8, 6)
+
+
+def corrupted(data: bytes, rng: random.Random) -> bytes:
+    """A message with some of its bytes changed, cut short, lengthened or a count rewritten."""
+    data = bytearray(data)
+    kind = rng.randrange(5)
+    if kind == 0:
+        for _ in range(rng.randrange(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif kind == 1:
+        del data[rng.randrange(len(data)):]
+    elif kind == 2:
+        data += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+    elif kind == 3:  # a count in the header, or a length, an index or a count further on
+        at = rng.choice([12, 16, 20, 24, rng.randrange(0, len(data) - 4)])
+        data[at:at + 4] = rng.choice([0, 1, 2, 0x7FFFFFFF, 0xFFFFFFFF, rng.randrange(1 << 32)]).to_bytes(4, "little")
+    else:
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_corrupted_binary_messages_are_rejected_alike_or_decoded_alike_never_a_crash(seed):
+    """Both decoders on the same damaged bytes: the same ValueError (which the neighbours stage
+    dead-letters) or the same payload (the fold then checks it as it checks a parsed JSON one)."""
+    rng = random.Random(seed)
+    originals = [compiled.encode_pairs(pairs, 0.8, 6) for pairs in float_times(messages(seed, n=400))]
+    seen = set()
+    for _ in range(500):
+        data = corrupted(rng.choice(originals), rng)
+        outcomes = []
+        for decode in (compiled.decode_pairs, cooccurrence.decode_pairs_python):
+            try:
+                outcomes.append(("payload", decode(data)))
+            except ValueError as exc:
+                assert isinstance(exc, CAUGHT)
+                outcomes.append(("rejected", str(exc)))
+        assert outcomes[0] == outcomes[1]
+        seen.add(outcomes[0][0])
+    assert seen == {"payload", "rejected"}  # the damage reached both outcomes

@@ -200,8 +200,13 @@ def fold_pairs(services) -> None:
     sent = [(k, v, p or 0) for (t, k, v), p in zip(publisher.sent, publisher.partitions) if t == "item_pairs"]
     kept = [(row, p) for row, p in zip(publisher.sent, publisher.partitions) if row[0] != "item_pairs"]
     publisher.sent, publisher.partitions = [row for row, _ in kept], [p for _, p in kept]
-    run(NeighboursStage(services).process([Event(Message("item-pairs", p, n, k.encode(), json.dumps(v).encode()))
+    run(NeighboursStage(services).process([Event(Message("item-pairs", p, n, k.encode(), wire(v)))
                                            for n, (k, v, p) in enumerate(sent)]))
+
+
+def wire(value) -> bytes:
+    """A value as the topic carries it: binary item-pairs messages as sent, JSON for the rest."""
+    return value if isinstance(value, bytes) else json.dumps(value).encode()
 
 
 def test_popularity_counts_catalog_items_only_and_repeats_do_not_refill_the_block():
@@ -259,20 +264,23 @@ def test_an_adapter_trained_on_other_text_lengths_is_reported():
     assert text_mismatches({}, served) == []
 
 
-def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item_increments_did(monkeypatch):
+@pytest.mark.parametrize("pairs_format", ["binary", "json"])
+def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item_increments_did(monkeypatch,
+                                                                                              pairs_format):
     from aiokafka.partitioner import DefaultPartitioner
 
-    from models.cooccurrence import apply_entries, pair_entries
+    from models.cooccurrence import apply_entries, decode_message, pair_entries
     from streams.stages import interactions as stage
 
     monkeypatch.setattr(stage, "PAIR_RECORDS_PER_MESSAGE", 40)  # several messages per partition
-    services = make_services(item_partitions=3, cooc_window=4)
+    services = make_services(item_partitions=3, cooc_window=4, pairs_format=pairs_format)
     run(ItemsStage(services).process(events("items", [item(i) for i in range(30)], "item_id")))
     # users interleaved, so the batch's source order differs from the order users are applied in
     batch = [interaction(f"u{n % 7}", f"i{(n * 11) % 30}") for n in range(120)] + [interaction("u1", "ghost")]
     run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
-    messages = [(v, p) for (t, k, v), p in zip(services.publisher.sent, services.publisher.partitions)
-                if t == "item_pairs"]
+    sent = [(v, p) for (t, k, v), p in zip(services.publisher.sent, services.publisher.partitions) if t == "item_pairs"]
+    assert all(isinstance(v, bytes if pairs_format == "binary" else dict) for v, _ in sent)
+    messages = [(decode_message(wire(v)), p) for v, p in sent]
     assert 3 < len(messages) <= 3 * 4 and all(len(v["pairs"]) <= 40 for v, _ in messages)
     # the reference: one entry per item an interaction changes, as one message per item carried them
     histories: dict[str, list[str]] = {}
@@ -363,6 +371,25 @@ def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dea
     run(NeighboursStage(reference).process(good))
     assert services.neighbours == reference.neighbours and services.neighbours["i1"]["count"] == 1
     assert services.neighbours["i1"]["neighbours"] == {"i2": 1.0, "i3": 0.8} and "i4" not in services.neighbours
+    assert [(k, cls) for k, cls, _ in services.publisher.dead] == [(b"pairs-0", "MalformedPairs")]
+
+
+def test_a_damaged_binary_message_is_dead_lettered_whole_and_the_rest_folds_as_json_would():
+    from models.cooccurrence import CooccurrenceConfig, encode_pairs_message, pairs_message
+
+    config = CooccurrenceConfig(decay=0.8, window=3)
+    first, second = pairs_records((6, "i2", ["i1"])), pairs_records((7, "i3", ["i1", "i2"]))
+    binary = [encode_pairs_message(records, config) for records in (first, second)]
+    damaged = binary[0][:-3]  # cut short: its lengths no longer add up
+
+    def event(offset, value):
+        return Event(Message("item-pairs", 0, offset, b"pairs-0", value))
+
+    services, reference = make_services(item_partitions=1), make_services(item_partitions=1)
+    run(NeighboursStage(services).process([event(0, binary[0]), event(1, damaged), event(2, binary[1])]))
+    run(NeighboursStage(reference).process([pairs_event(0, pairs_message(first, config)),
+                                            pairs_event(2, pairs_message(second, config))]))
+    assert services.neighbours == reference.neighbours and services.neighbours["i3"]["count"] == 1
     assert [(k, cls) for k, cls, _ in services.publisher.dead] == [(b"pairs-0", "MalformedPairs")]
 
 
