@@ -148,7 +148,8 @@ def test_events_are_made_with_the_app_s_event_class_read_once():
 APP_NUMBERS = itertools.count()
 
 
-def batching_agent(max_: int, within: float, quiet: float, hold: asyncio.Event | None = None):
+def batching_agent(max_: int, within: float, quiet: float, hold: asyncio.Event | None = None,
+                   upstream_busy=lambda: False):
     """An agent over ``take_events_until_quiet``: the batches it got (values, monotonic time), and
     the events' ack state while it held each batch. ``hold``: the agent waits on it per batch."""
     app = faust.App(f"take-quiet-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
@@ -157,7 +158,7 @@ def batching_agent(max_: int, within: float, quiet: float, hold: asyncio.Event |
 
     @app.agent()
     async def fold(stream):
-        async for events in take_events_until_quiet(stream, max_, within, quiet):
+        async for events in take_events_until_quiet(stream, max_, within, quiet, upstream_busy=upstream_busy):
             batches.append(([event.value for event in events], time.monotonic()))
             acked_while_held.extend(event.message.acked for event in events)
             if hold is not None:
@@ -172,9 +173,11 @@ async def batches_of(agent_, batches: list, count: int, timeout: float = 20.0) -
         await asyncio.sleep(0.01)
 
 
-def test_a_burst_is_handed_over_once_its_input_goes_quiet_not_at_the_end_of_the_window():
+def burst_of_three(within: float, quiet: float) -> tuple[list, float]:
+    """Three events put at once to an agent over ``take_events_until_quiet``: the batches it got,
+    and when the burst began."""
     async def run():
-        fold, batches, _ = batching_agent(max_=100, within=60.0, quiet=0.05)
+        fold, batches, _ = batching_agent(max_=100, within=within, quiet=quiet)
         async with fold.test_context() as agent:
             started = time.monotonic()
             for value in range(3):
@@ -182,7 +185,11 @@ def test_a_burst_is_handed_over_once_its_input_goes_quiet_not_at_the_end_of_the_
             await batches_of(agent, batches, 3)
         return batches, started
 
-    batches, started = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_burst_is_handed_over_once_its_input_goes_quiet_not_at_the_end_of_the_window():
+    batches, started = burst_of_three(within=60.0, quiet=0.05)
     assert [values for values, _ in batches] == [[0, 1, 2]]
     assert batches[0][1] - started < 30.0  # Faust's own take would hold it the whole 60 s window
 
@@ -220,16 +227,7 @@ def test_events_are_acknowledged_only_after_the_agent_is_done_with_their_batch()
 
 
 def test_no_quiet_time_is_faust_s_own_take():
-    async def run():
-        fold, batches, _ = batching_agent(max_=100, within=1.0, quiet=0.0)
-        async with fold.test_context() as agent:
-            started = time.monotonic()
-            for value in range(3):
-                await agent.put(value)
-            await batches_of(agent, batches, 3)
-        return batches, started
-
-    batches, started = asyncio.run(run())
+    batches, started = burst_of_three(within=1.0, quiet=0.0)
     assert [values for values, _ in batches] == [[0, 1, 2]]
     assert batches[0][1] - started >= 0.9  # held to the end of the window
 
@@ -237,14 +235,7 @@ def test_no_quiet_time_is_faust_s_own_take():
 def test_a_quiet_input_is_not_cut_while_its_upstream_is_busy():
     async def run():
         busy = {"on": True}
-        app = faust.App(f"take-quiet-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
-        batches: list[tuple[list, float]] = []
-
-        @app.agent()
-        async def fold(stream):
-            async for events in take_events_until_quiet(stream, 100, 60.0, 0.05, upstream_busy=lambda: busy["on"]):
-                batches.append(([event.value for event in events], time.monotonic()))
-
+        fold, batches, _ = batching_agent(max_=100, within=60.0, quiet=0.05, upstream_busy=lambda: busy["on"])
         async with fold.test_context() as agent:
             for value in range(3):
                 await agent.put(value)
