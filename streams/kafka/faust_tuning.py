@@ -343,7 +343,6 @@ async def _take_events_until_quiet(stream, max_: int, within: float, quiet: floa
         stream._processors.remove(add_to_buffer)
 
 
-
 class Turns:
     """``asyncio.sleep`` for the per-message turns of Faust's stream iterator and consumer: a turn
     of the loop at every ``every``-th ``sleep(0)``, none at the others (other delays: asyncio's).
