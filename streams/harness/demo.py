@@ -1,6 +1,7 @@
 """`make demo`: a local broker, the worker, MovieLens-100K, blended top-10 lists with titles and sources."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -9,6 +10,28 @@ from streams.kafka.admin import create_topics
 from streams.kafka.client import latest_by_user
 from streams.kafka.launcher import LocalKafka, free_port, port_is_free
 from streams.settings import Settings
+
+
+DEMO_MARK = ".mmsr-demo-dir"
+DEFAULT_DIR = ".mmsr-demo"  # the CLI's default: the demo's own (demos before the mark left it unmarked)
+
+
+def fresh_demo_dir(data_dir: Path) -> Path:
+    """The demo's directory, emptied when an earlier demo left it (it carries DEMO_MARK).
+
+    The demo replays the same MovieLens events into the same topics and state each time: a second
+    run on the first's broker and RocksDB state found its users' blocks already summarized and
+    waited for summaries that never came (seen: ``make demo`` twice in one checkout). A directory
+    the demo did not make is never deleted: a non-empty one without the mark is refused, unless
+    it is the default ``.mmsr-demo``."""
+    mark = data_dir / DEMO_MARK
+    if mark.exists() or (data_dir.name == DEFAULT_DIR and data_dir.is_dir()):
+        shutil.rmtree(data_dir)
+    elif data_dir.exists() and any(data_dir.iterdir()):
+        raise SystemExit(f"{data_dir} is not empty and was not made by the demo: choose an empty --data-dir")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mark.write_text("made by `mmsr demo`, emptied by the next one\n")
+    return data_dir
 
 
 def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print,
@@ -22,7 +45,7 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
     from models.data import movielens
     from streams import replay as rp
 
-    data_dir = Path(data_dir).resolve()
+    data_dir = fresh_demo_dir(Path(data_dir).resolve())
     base = Settings(data_dir=data_dir)
     broker = LocalKafka(data_dir / "kafka", base.kafka_version, base.kafka_home)
     echo("starting Apache Kafka (KRaft, 127.0.0.1) ...")
