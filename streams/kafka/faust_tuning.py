@@ -2,9 +2,9 @@
 
 Faust delivers every record through several layers of Python (the consumer's drain loop,
 sensors, the conductor, a codec lookup, the stream's iterator and acks): a bare Faust agent takes
-63.6 us per message on the 2-core machine as Faust comes, and 24.9 us with the changes here, where
+64.2 us per message on the 2-core machine as Faust comes, and 23.4 us with the changes here, where
 aiokafka alone hands a message over in 1.0 us (``bench/faust_floor.py``, medians of 3 rounds). At
-about 100 us per interaction for the whole worker, Faust is the largest single cost of ingest. The
+about 80 us per interaction for the whole worker, Faust is the largest single cost of ingest. The
 changes keep Faust's behaviour and remove work that nothing here uses; the figures given with
 each were measured one change at a time on the bare agent. ``apply`` makes them, once per process,
 before the app is built.
