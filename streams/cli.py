@@ -231,7 +231,7 @@ def keep_freed_memory(megabytes: int) -> bool:
     except (OSError, AttributeError):  # another C library (musl): its allocator, its defaults
         return False
     trim_threshold, top_pad, mmap_threshold = -1, -2, -3  # malloc.h's M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
-    kept = min(megabytes, 1024) << 20
+    kept = megabytes << 20  # at most 1,024 (the setting's bound): mallopt takes a C int
     return all(mallopt(option, value) == 1 for option, value in (
         (mmap_threshold, min(16 << 20, kept)), (trim_threshold, kept), (top_pad, min(64 << 20, kept))))
 

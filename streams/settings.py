@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         "1, a pass of the loop per message for each): one worker folded 8% more per second at 8"
     )
     malloc_keep_mb: int = Field(
-        256, ge=0, description="freed heap the worker's C allocator keeps for reuse instead of returning it to the "
+        256, ge=0, le=1024, description="freed heap the worker's C allocator keeps for reuse instead of returning it to the "
         "system (glibc; 0: glibc's defaults): the fold's buffers went to freshly zeroed pages, 7% of ingest CPU"
     )
     standby_replicas: int = Field(
