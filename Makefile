@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m bench.rerank_latency
 	$(BIN)/python -m bench.scale_out
 	$(BIN)/python -m bench.validation
+	$(BIN)/python -m bench.cpu_generation
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo

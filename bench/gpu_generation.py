@@ -16,6 +16,14 @@ import time
 
 import torch
 from bench import write_result
+from models.generation import Decoding
+
+# the decodings a run can compare, by name: 'static' compiles where transformers does (CUDA)
+DECODINGS = {"dynamic": Decoding(), "static": Decoding(kv_cache="static"),
+             "static-compiled": Decoding(kv_cache="static", compile="always"),
+             "static-eager": Decoding(kv_cache="static", compile="never"),
+             # one cache length for every call: one shape, but each step attends over all 1,024 slots
+             "static-compiled-1024": Decoding(kv_cache="static", compile="always", cache_len=1024)}
 
 
 def llava_config(tiny: bool):
@@ -95,14 +103,13 @@ def summary_inputs(batch: int, device, prompt_tokens: int = 320) -> dict:
 
 
 @torch.inference_mode()
-def run(model, inputs: dict, new_tokens: int, device, kv_cache: str = "dynamic") -> float:
-    """Seconds for one generate call; ``kv_cache`` 'static' is what ``GenerationConfig(kv_cache=
-    "static")`` serves with (on CUDA transformers compiles the decoding step for it)."""
+def run(model, inputs: dict, new_tokens: int, device, decoding: Decoding = Decoding()) -> float:
+    """Seconds for one generate call, with the options the captioner and summarizer serve with."""
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                   pad_token_id=0, cache_implementation="static" if kv_cache == "static" else None)
+                   pad_token_id=0, **decoding.generate_options())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -114,8 +121,9 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,16,64")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on any device: a smoke run")
-    parser.add_argument("--kv-caches", default="dynamic,static",
-                        help="eager decoding (dynamic) and the static cache with compiled decoding, in the same run")
+    parser.add_argument("--decodings", default="dynamic,static",
+                        help=f"compared in the same run, of {sorted(DECODINGS)}: eager decoding (dynamic) and the "
+                             "static cache, compiled on CUDA")
     parser.add_argument("--out", default="bench/results/gpu_generation.json")
     args = parser.parse_args()
 
@@ -130,17 +138,18 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         rows = []
         run(model, summary_inputs(1, device, 16), 2, device)  # warm-up: kernels, allocator
-        for kv_cache in args.kv_caches.split(","):
+        for decoding_name in args.decodings.split(","):
+            decoding = DECODINGS[decoding_name]
             for batch in (int(b) for b in args.batches.split(",")):
                 timed = {}
                 for name, inputs in (("caption", caption_inputs(kind, model, batch, device, dtype)),
                                      ("summary", summary_inputs(batch, device))):
                     # the first call at a shape compiles (static); the second is the served speed
-                    first = run(model, inputs, args.new_tokens, device, kv_cache)
-                    timed[name] = run(model, inputs, args.new_tokens, device, kv_cache) if kv_cache == "static" else first
+                    first = run(model, inputs, args.new_tokens, device, decoding)
+                    timed[name] = run(model, inputs, args.new_tokens, device, decoding) if decoding.static else first
                     timed[f"{name}_first_call_s"] = round(first, 2)
                 t_cap, t_sum = timed["caption"], timed["summary"]
-                rows.append({"kv_cache": kv_cache, "batch": batch,
+                rows.append({"decoding": decoding_name, "kv_cache": decoding.kv_cache, "batch": batch,
                              "captions_per_s": round(batch / t_cap, 3), "summaries_per_s": round(batch / t_sum, 3),
                              "caption_tokens_per_s": round(batch * args.new_tokens / t_cap, 1),
                              "summary_tokens_per_s": round(batch * args.new_tokens / t_sum, 1),

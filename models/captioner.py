@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from models import prompts
-from models.generation import GenerationConfig, generate, render
+from models.generation import Decoding, GenerationConfig, generate, render
 from models.images import ImageError, ImageLimits, load_image
 from models.pipeline import TEXT
 from models.registry import LoadedModel
@@ -20,8 +20,7 @@ from models.registry import LoadedModel
 class CaptionConfig:
     max_new_tokens: int = field(default=TEXT.caption_tokens, metadata={"help": "generated tokens per caption"})
     batch_size: int = field(default=16, metadata={"help": "items per model call"})
-    kv_cache: str = field(default="dynamic", metadata={"help": "KV cache of generation ('static' on a GPU: compiled "
-                                                                "decoding; see models.generation.GenerationConfig)"})
+    decoding: Decoding = field(default_factory=Decoding, metadata={"help": "KV cache and compile settings of generation"})
     max_chars: int = field(default=2000, metadata={"help": "caption length cap"})
     limits: ImageLimits = field(default_factory=ImageLimits, metadata={"help": "image fetch and size limits"})
 
@@ -73,7 +72,7 @@ class Captioner:
     def __init__(self, lm: LoadedModel, config: CaptionConfig = CaptionConfig()):
         self.lm, self.config = lm, config
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                           kv_cache=config.kv_cache)
+                                           decoding=config.decoding)
 
     def _image(self, item: ItemInput):
         """(image or None, reason it is not used or None)."""

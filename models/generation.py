@@ -9,6 +9,56 @@ from models.registry import LoadedModel
 
 
 KV_CACHES = ("dynamic", "static")
+COMPILE_MODES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How captions and summaries decode: one setting for both, passed through their configs."""
+
+    kv_cache: str = field(default="dynamic", metadata={
+        "help": "'static': a preallocated KV cache, and prompts padded to a multiple of pad_multiple, so on a GPU "
+                "transformers compiles the decoding step (torch.compile) and the host no longer bounds batch-1 "
+                "decoding; 'dynamic': eager decoding, no compile time (the CPU default)"})
+    pad_multiple: int = field(default=64, metadata={"help": "prompt length bucket with the static cache (fewer shapes to compile)"})
+    compile: str = field(default="auto", metadata={
+        "help": "with the static cache: 'auto' compiles the decoding step where transformers does by default (CUDA, "
+                "XPU), 'always' on any device, the CPU included (bench/results/cpu_generation.json), 'never' "
+                "decodes eagerly"})
+    cache_len: int = field(default=0, metadata={
+        "help": "static cache length in tokens (prompt plus generated); 0: as long as the longest call so far "
+                "(it grows, and the step recompiles, when a longer call comes); a fixed length that covers every "
+                "call keeps one shape, but every step attends over all of it (slower: cpu_generation.json)"})
+
+    def __post_init__(self):
+        if self.kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHES}, not {self.kv_cache!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, not {self.compile!r}")
+        if self.cache_len < 0 or self.pad_multiple < 1:
+            raise ValueError("cache_len must be at least 0 and pad_multiple at least 1")
+
+    @property
+    def static(self) -> bool:
+        return self.kv_cache == "static"
+
+    def generate_options(self) -> dict:
+        """Keyword arguments of ``model.generate`` for the cache and compile settings."""
+        if not self.static:
+            return {}
+        options = {"cache_implementation": "static"}
+        if self.cache_len:
+            options["max_cache_len"] = self.cache_len
+        if self.compile == "never":
+            options["disable_compile"] = True
+        elif self.compile == "always":
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig()
+            # transformers' own switch for compiling off CUDA (its CPU tests compile this way)
+            compile_config._compile_all_devices = True
+            options["compile_config"] = compile_config
+        return options
 
 
 @dataclass(frozen=True)
@@ -16,15 +66,24 @@ class GenerationConfig:
     max_new_tokens: int = field(default=200, metadata={"help": "tokens generated per sequence"})
     batch_size: int = field(default=16, metadata={"help": "sequences per model call"})
     do_sample: bool = field(default=False, metadata={"help": "sample (False: greedy, the same inputs give the same text)"})
-    kv_cache: str = field(default="dynamic", metadata={
-        "help": "'static': a preallocated KV cache, and prompts padded to a multiple of pad_multiple, so on a GPU "
-                "transformers compiles the decoding step once per shape (torch.compile) and the host no longer "
-                "bounds batch-1 decoding; 'dynamic': eager decoding, no compile time (the CPU default)"})
-    pad_multiple: int = field(default=64, metadata={"help": "prompt length bucket with the static cache (fewer shapes to compile)"})
+    decoding: Decoding = field(default_factory=Decoding, metadata={"help": "KV cache and compile settings"})
 
     def __post_init__(self):
-        if self.kv_cache not in KV_CACHES:
-            raise ValueError(f"kv_cache must be one of {KV_CACHES}, not {self.kv_cache!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+
+    def rows_for(self, sequences: int) -> int:
+        """Rows a call runs with: ``sequences`` when eager; with the static cache, the next power of
+        two, at most ``batch_size``.
+
+        torch.compile makes the batch size dynamic after its second shape, but on CUDA
+        (``reduce-overhead``) a CUDA graph is still recorded for each size met, so the sizes are
+        bucketed: 1, 2, 4, ... batch_size. On a GPU the filler rows cost little, since small-batch
+        decoding is bound by reading the weights, not by the rows.
+        """
+        if not self.decoding.static:
+            return sequences
+        return min(self.batch_size, 1 << (sequences - 1).bit_length())
 
 
 def render(lm: LoadedModel, messages: list[dict], answer_prefix: str = "") -> str:
@@ -50,18 +109,18 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
     for with_image, indices in groups.items():
         for start in range(0, len(indices), config.batch_size):
             chunk = indices[start:start + config.batch_size]
-            texts = [prompts[i] for i in chunk]
-            static = config.kv_cache == "static"
+            # filler rows (static cache) repeat the last prompt: they are decoded and dropped
+            rows = chunk + chunk[-1:] * (config.rows_for(len(chunk)) - len(chunk))
+            texts = [prompts[i] for i in rows]
             if lm.is_vision and with_image:  # image tokens expand inside the model: no length bucket
-                enc = lm.processor(text=texts, images=[images[i] for i in chunk], return_tensors="pt", padding=True)
+                enc = lm.processor(text=texts, images=[images[i] for i in rows], return_tensors="pt", padding=True)
             else:
                 enc = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
-                                   pad_to_multiple_of=config.pad_multiple if static else None)
+                                   pad_to_multiple_of=config.decoding.pad_multiple if config.decoding.static else None)
             enc = {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
             with lm.lock:
                 generated = lm.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                                              pad_token_id=lm.tokenizer.pad_token_id,
-                                              cache_implementation="static" if static else None)
+                                              pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options())
             new_tokens = generated[:, enc["input_ids"].shape[1]:]
             for i, text in zip(chunk, lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 out[i] = text

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models import prompts
-from models.generation import GenerationConfig, generate, render
+from models.generation import Decoding, GenerationConfig, generate, render
 from models.pipeline import TEXT
 from models.registry import LoadedModel
 
@@ -20,8 +20,7 @@ class SummarizerConfig:
     block_size: int = field(default=TEXT.block_size, metadata={"help": "items per recurrent block (paper: B = 3)"})
     max_new_tokens: int = field(default=TEXT.summary_tokens, metadata={"help": "generated tokens per summary"})
     batch_size: int = field(default=16, metadata={"help": "users per model call"})
-    kv_cache: str = field(default="dynamic", metadata={"help": "KV cache of generation ('static' on a GPU: compiled "
-                                                                "decoding; see models.generation.GenerationConfig)"})
+    decoding: Decoding = field(default_factory=Decoding, metadata={"help": "KV cache and compile settings of generation"})
     max_chars: int = field(default=TEXT.summary_chars, metadata={"help": "summary length cap, cut at a sentence end"})
 
 
@@ -37,7 +36,7 @@ class UserSummarizer:
     def __init__(self, lm: LoadedModel, config: SummarizerConfig = SummarizerConfig()):
         self.lm, self.config = lm, config
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                           kv_cache=config.kv_cache)
+                                           decoding=config.decoding)
 
     @staticmethod
     def messages(request: BlockRequest) -> list[dict]:

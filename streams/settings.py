@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     generation_kv_cache: Literal["dynamic", "static"] = Field(
         "dynamic", description="KV cache of captions and summaries: 'static' preallocates it and pads prompts to "
         "a bucket, so on a GPU the decoding step is compiled (torch.compile) once per shape; 'dynamic' decodes eagerly")
+    generation_compile: Literal["auto", "always", "never"] = Field(
+        "auto", description="with the static cache: 'auto' compiles the decoding step where transformers does (CUDA, "
+        "XPU), 'always' on the CPU too (faster after a compile of about a minute; bench/results/cpu_generation.json), "
+        "'never' decodes eagerly")
+    generation_cache_len: int = Field(
+        0, ge=0, description="static cache length in tokens (prompt plus generated); 0: the longest call so far "
+        "(a longer call grows it and recompiles); a fixed length keeps one compiled shape but attends over all of it")
     image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
@@ -213,19 +220,25 @@ class Settings(BaseSettings):
         return self
 
     # -- the model configs, built here so every option of theirs is a setting ---------------------
+    def decoding(self):
+        from models.generation import Decoding
+
+        return Decoding(kv_cache=self.generation_kv_cache, compile=self.generation_compile,
+                        cache_len=self.generation_cache_len)
+
     def summarizer_config(self):
         from models.user_summarizer import SummarizerConfig
 
         return SummarizerConfig(block_size=self.summary_block, max_new_tokens=self.summary_max_new_tokens,
                                 batch_size=self.summary_batch, max_chars=self.summary_max_chars,
-                                kv_cache=self.generation_kv_cache)
+                                decoding=self.decoding())
 
     def caption_config(self):
         from models.captioner import CaptionConfig
         from models.images import ImageLimits
 
         return CaptionConfig(max_new_tokens=self.caption_max_new_tokens, batch_size=self.caption_batch,
-                             kv_cache=self.generation_kv_cache,
+                             decoding=self.decoding(),
                              limits=ImageLimits(self.image_timeout, self.image_max_bytes, self.image_max_pixels))
 
     def scorer_config(self):

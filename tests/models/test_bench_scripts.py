@@ -1,4 +1,4 @@
-"""The GPU benchmark script runs end to end at tiny shapes, so it works when a GPU is lent."""
+"""The generation and GPU benchmark scripts run end to end at tiny shapes, so they work when a GPU is lent."""
 import json
 import subprocess
 import sys
@@ -18,6 +18,19 @@ def test_gpu_generation_script_runs_at_tiny_shapes(tmp_path):
         assert [(r["kv_cache"], r["batch"]) for r in model["rows"]] == [("dynamic", 1), ("dynamic", 2),
                                                                         ("static", 1), ("static", 2)]
         assert all(r["captions_per_s"] > 0 and r["summaries_per_s"] > 0 for r in model["rows"])
+
+
+def test_cpu_generation_script_times_every_decoding_against_the_dynamic_cache(tmp_path):
+    out = tmp_path / "c.json"
+    subprocess.run([sys.executable, "-m", "bench.cpu_generation", "--model", "tiny-random-llava", "--batches", "1,2",
+                    "--new-tokens", "3", "--prompt-tokens", "16", "--repeats", "1",
+                    "--decodings", "dynamic,static-eager,static-compiled", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["decoding"], r["batch"]) for r in rows] == [(d, b) for b in (1, 2)
+                                                           for d in ("dynamic", "static-eager", "static-compiled")]
+    assert all(r["summary_tokens_per_s"] > 0 and r["tokens_per_s_vs_dynamic"] > 0 for r in rows)
+    assert [r["tokens_per_s_vs_dynamic"] for r in rows if r["decoding"] == "dynamic"] == [1.0, 1.0]
 
 
 def test_gpu_scoring_script_runs_at_tiny_shapes(tmp_path):

@@ -24,4 +24,5 @@ def test_compose_runs_kraft_kafka_a_state_role_and_an_llm_role_on_a_gpu():
         assert worker["command"][0] == "worker"
     [device] = llm["deploy"]["resources"]["reservations"]["devices"]
     assert "gpu" in device["capabilities"] and "deploy" not in state
+    assert llm["environment"]["MMSR_GENERATION_KV_CACHE"] == "${MMSR_GENERATION_KV_CACHE:-static}"  # compiled decoding
     assert state["environment"]["MMSR_SASL_PASSWORD"] == "${MMSR_SASL_PASSWORD:-}"  # from the host's environment
