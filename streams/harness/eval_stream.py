@@ -69,10 +69,13 @@ class ListWatcher:
     def __init__(self, bootstrap: str, topic: str):
         from confluent_kafka import Consumer
 
+        from streams.kafka.client import assign_all
+
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"eval-stream-{uuid.uuid4().hex}",
                                   "auto.offset.reset": "earliest", "enable.auto.commit": False,
                                   "fetch.wait.max.ms": 10})
-        self.consumer.subscribe([topic])
+        if not assign_all(self.consumer, topic):
+            raise RuntimeError(f"topic {topic!r} has no partitions")
         self.latest: dict[str, dict] = {}
         self.count = 0
         self._changed = threading.Condition()

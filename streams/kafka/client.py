@@ -6,10 +6,12 @@ by user_id lands in the partition that holds that user's state whichever client 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 
 import schemas
 
@@ -25,6 +27,26 @@ PRODUCER_DEFAULTS = {
 
 class DeliveryError(RuntimeError):
     pass
+
+
+def assign_all(consumer: Consumer, topic: str, from_beginning: bool = True, timeout: float = 10.0) -> bool:
+    """Read every partition of ``topic`` without joining a consumer group; False if it has none yet.
+
+    A group would make each reader wait for the broker's first assignment
+    (``group.initial.rebalance.delay.ms``, 3 s by default), leave a group behind on the broker,
+    and split the partitions between two readers that share its name.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        metadata = consumer.list_topics(topic, timeout=max(0.5, deadline - time.monotonic())).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            break
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, partition, start) for partition in sorted(metadata.partitions)])
+    return True
 
 
 class EventProducer:
@@ -131,15 +153,20 @@ class Recommendation:
 
 
 class RecommendationConsumer:
-    """Iterate recommendation lists; ``group_id=None`` reads without committing (a tail)."""
+    """Iterate recommendation lists. With a ``group_id``, as a member of that group, committing;
+    without one, a tail: every partition, no group, nothing committed."""
 
     def __init__(self, bootstrap_servers: str, topic: str = "recommendations", group_id: str | None = None,
                  from_beginning: bool = True, **config):
-        conf = {"bootstrap.servers": bootstrap_servers, "group.id": group_id or "mmsr-recs-tail",
+        conf = {"bootstrap.servers": bootstrap_servers, "group.id": group_id or f"mmsr-recs-tail-{uuid.uuid4()}",
                 "auto.offset.reset": "earliest" if from_beginning else "latest",
                 "enable.auto.commit": group_id is not None, **config}
         self._consumer = Consumer(conf)
-        self._consumer.subscribe([topic])
+        if group_id is not None:
+            self._consumer.subscribe([topic])
+        elif not assign_all(self._consumer, topic, from_beginning):
+            self._consumer.close()
+            raise RuntimeError(f"topic {topic!r} has no partitions on {bootstrap_servers}")
 
     def poll(self, timeout: float = 1.0) -> Recommendation | None:
         msg = self._consumer.poll(timeout)
@@ -162,15 +189,14 @@ class RecommendationConsumer:
 
 
 def read_all(bootstrap_servers: str, topic: str, timeout: float = 10.0, idle: float = 2.0, **config) -> list:
-    """Every message now in a topic (tests, tools): stops after ``idle`` seconds without one."""
-    import time
-    import uuid
-
+    """Every message now in a topic (tests, tools): waits up to ``timeout`` for the first, then
+    stops after ``idle`` seconds without one."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"mmsr-read-{uuid.uuid4()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False, **config})
-    consumer.subscribe([topic])
     out, deadline, last = [], time.monotonic() + timeout, time.monotonic()
     try:
+        if not assign_all(consumer, topic, timeout=timeout):
+            return out
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:

@@ -137,8 +137,11 @@ class LocalKafka:
         return info if pid_alive(info.pid) else None
 
     def start(self, port: int = 9092, controller_port: int | None = None, timeout: float = 60.0,
-              sasl_users: dict[str, str] | None = None) -> BrokerInfo:
+              sasl_users: dict[str, str] | None = None, initial_rebalance_delay_ms: int = 0) -> BrokerInfo:
         """Start the broker (port 0 picks a free one) and return once it answers metadata requests.
+
+        ``initial_rebalance_delay_ms``: how long a group with no members waits for more before its
+        first assignment. Kafka's default is 3,000; 0 here, so a test's worker starts at once.
 
         With ``sasl_users`` (name: password) the client listener is SASL_SSL and accepts PLAIN,
         SCRAM-SHA-256 and SCRAM-SHA-512 for them; its TLS certificate is made with keytool at start.
@@ -156,7 +159,7 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         props = self.data_dir / "server.properties"
-        text = self._server_properties(port, controller_port, logs)
+        text = self._server_properties(port, controller_port, logs, initial_rebalance_delay_ms)
         if tls:
             text = sasl_ssl_properties(text, port, controller_port, tls, sasl_users)
         props.write_text(text)
@@ -219,7 +222,7 @@ class LocalKafka:
         return target
 
     @staticmethod
-    def _server_properties(port: int, controller_port: int, logs: Path) -> str:
+    def _server_properties(port: int, controller_port: int, logs: Path, initial_rebalance_delay_ms: int = 0) -> str:
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
@@ -237,7 +240,7 @@ class LocalKafka:
             "transaction.state.log.min.isr=1",
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
-            "group.initial.rebalance.delay.ms=0",
+            f"group.initial.rebalance.delay.ms={initial_rebalance_delay_ms}",
             "auto.create.topics.enable=true",
             "message.max.bytes=1048588",
             "",
