@@ -67,15 +67,9 @@ class ListWatcher:
     """Follows the recommendations topic: each user's newest list and the interaction count it reflects."""
 
     def __init__(self, bootstrap: str, topic: str):
-        from confluent_kafka import Consumer
+        from streams.kafka.client import topic_reader
 
-        from streams.kafka.client import assign_all
-
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"eval-stream-{uuid.uuid4().hex}",
-                                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 10})
-        if not assign_all(self.consumer, topic):
-            raise RuntimeError(f"topic {topic!r} has no partitions")
+        self.consumer = topic_reader(bootstrap, topic, **{"fetch.wait.max.ms": 10})
         self.latest: dict[str, dict] = {}
         self.count = 0
         self._changed = threading.Condition()

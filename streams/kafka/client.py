@@ -29,24 +29,41 @@ class DeliveryError(RuntimeError):
     pass
 
 
-def assign_all(consumer: Consumer, topic: str, from_beginning: bool = True, timeout: float = 10.0) -> bool:
-    """Read every partition of ``topic`` without joining a consumer group; False if it has none yet.
+READER_GROUP_PREFIX = "mmsr-reader-"
+
+
+class TopicMissing(RuntimeError):
+    pass
+
+
+def topic_reader(bootstrap_servers: str, topic: str, from_beginning: bool = True, timeout: float = 10.0,
+                 **config) -> Consumer:
+    """A consumer of every partition of ``topic`` that joins no consumer group (assign, never
+    subscribe); TopicMissing if the topic has no partitions within ``timeout``.
 
     A group would make each reader wait for the broker's first assignment
     (``group.initial.rebalance.delay.ms``, 3 s by default), leave a group behind on the broker,
-    and split the partitions between two readers that share its name.
+    and split the partitions between two readers that share its name. The client requires a
+    group id all the same: a fresh one, never joined, so nothing is committed under it.
     """
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"{READER_GROUP_PREFIX}{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest" if from_beginning else "latest",
+                         "enable.auto.commit": False, **config})
     deadline = time.monotonic() + timeout
-    while True:
-        metadata = consumer.list_topics(topic, timeout=max(0.5, deadline - time.monotonic())).topics.get(topic)
-        if metadata is not None and metadata.error is None and metadata.partitions:
-            break
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, partition, start) for partition in sorted(metadata.partitions)])
-    return True
+    try:
+        while True:
+            metadata = consumer.list_topics(topic, timeout=max(0.5, deadline - time.monotonic())).topics.get(topic)
+            if metadata is not None and metadata.error is None and metadata.partitions:
+                break
+            if time.monotonic() >= deadline:
+                raise TopicMissing(f"topic {topic!r} has no partitions on {bootstrap_servers}")
+            time.sleep(0.2)
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        consumer.assign([TopicPartition(topic, partition, start) for partition in sorted(metadata.partitions)])
+    except BaseException:
+        consumer.close()
+        raise
+    return consumer
 
 
 class EventProducer:
@@ -158,15 +175,12 @@ class RecommendationConsumer:
 
     def __init__(self, bootstrap_servers: str, topic: str = "recommendations", group_id: str | None = None,
                  from_beginning: bool = True, **config):
-        conf = {"bootstrap.servers": bootstrap_servers, "group.id": group_id or f"mmsr-recs-tail-{uuid.uuid4()}",
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "enable.auto.commit": group_id is not None, **config}
-        self._consumer = Consumer(conf)
-        if group_id is not None:
-            self._consumer.subscribe([topic])
-        elif not assign_all(self._consumer, topic, from_beginning):
-            self._consumer.close()
-            raise RuntimeError(f"topic {topic!r} has no partitions on {bootstrap_servers}")
+        if group_id is None:
+            self._consumer = topic_reader(bootstrap_servers, topic, from_beginning, **config)
+            return
+        self._consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group_id,
+                                   "auto.offset.reset": "earliest" if from_beginning else "latest", **config})
+        self._consumer.subscribe([topic])
 
     def poll(self, timeout: float = 1.0) -> Recommendation | None:
         msg = self._consumer.poll(timeout)
@@ -191,12 +205,12 @@ class RecommendationConsumer:
 def read_all(bootstrap_servers: str, topic: str, timeout: float = 10.0, idle: float = 2.0, **config) -> list:
     """Every message now in a topic (tests, tools): waits up to ``timeout`` for the first, then
     stops after ``idle`` seconds without one."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": f"mmsr-read-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **config})
     out, deadline, last = [], time.monotonic() + timeout, time.monotonic()
     try:
-        if not assign_all(consumer, topic, timeout=timeout):
-            return out
+        consumer = topic_reader(bootstrap_servers, topic, timeout=timeout, **config)
+    except TopicMissing:
+        return out
+    try:
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is None:

@@ -6,7 +6,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.harness.process import wait_until
-from streams.kafka.client import EventProducer, RecommendationConsumer, read_all
+from streams.kafka.client import READER_GROUP_PREFIX, EventProducer, RecommendationConsumer, TopicMissing, read_all
 
 
 def a_list(user: str) -> dict:
@@ -54,9 +54,9 @@ def test_two_tails_each_read_every_partition_and_leave_no_group(topic_factory):
             tail.close()
     existing = groups(env.bootstrap_servers)
     assert f"{env.app_id}-reader" in existing
-    assert not [g for g in existing if g.startswith(("mmsr-read-", "mmsr-recs-tail"))], existing
+    assert not [g for g in existing if g.startswith((READER_GROUP_PREFIX, "mmsr-read-", "mmsr-recs-tail"))], existing
 
 
 def test_a_tail_of_a_topic_that_does_not_exist_is_a_clear_error(kafka_broker):
-    with pytest.raises(RuntimeError, match="no partitions"):
+    with pytest.raises(TopicMissing, match="no partitions"):
         RecommendationConsumer(kafka_broker.bootstrap, "no-such-topic-for-a-tail")
