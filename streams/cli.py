@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings, SequentialSourceConfig
+from streams.harness.demo import DEFAULT_DIR as DEMO_DIR
 from streams.harness.eval_stream import StreamEvalConfig
 from streams.settings import Settings, load
 
@@ -578,7 +579,7 @@ def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
 
 # -- demo -------------------------------------------------------------------------------------
 @main.command()
-@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=".mmsr-demo", type=click.Path(path_type=Path))
+@click.option("--data-dir", envvar="MMSR_DATA_DIR", default=DEMO_DIR, show_default=True, type=click.Path(path_type=Path))
 @click.option("--users", default=12, help="MovieLens users to replay")
 @click.option("--per-user", default=30, help="earliest interactions replayed per user")
 @click.option("--show", default=3, help="users to print")

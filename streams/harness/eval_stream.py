@@ -239,7 +239,7 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
         "sources_in_scored_lists": dict(tally.sources.most_common()),
         "split": {"backfill_events": len(backfill), "test_events": len(test), "test_users": len(test_users),
                   "scored_users": len(scored)},
-        "config": asdict(config), "worker_settings": {k: v for k, v in overrides.items()},
+        "config": asdict(config), "worker_settings": {k: relative_to_run(v, out_dir) for k, v in overrides.items()},
         "worker_counters": counters, "fitted": fitted, "seconds": {**{k: round(v, 1) for k, v in timings.items()},
                                       "total": round(time.time() - started, 1)},
     }
@@ -335,6 +335,14 @@ def check_trained_before(directory: str, first_test_time: str | None) -> None:
     if not until or schemas.parse_time(until) > schemas.parse_time(first_test_time):
         raise ValueError(f"sequential model {directory} was trained on events until {until or 'an unknown time'}, "
                          f"after the test window's start ({first_test_time}); train it with --until")
+
+
+def relative_to_run(value, out_dir: Path):
+    """A path inside the run's directory as written relative to it, so results.json still names the
+    right model after the directory is moved or committed (it named a /tmp path before)."""
+    if isinstance(value, str) and value.startswith(f"{out_dir}/"):
+        return value[len(str(out_dir)) + 1:]
+    return value
 
 
 def clear_previous_run(out_dir: Path) -> None:

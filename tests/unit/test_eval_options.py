@@ -40,3 +40,13 @@ def test_the_streams_sequential_source_is_trained_to_rank_the_whole_catalog(tmp_
     assert (SASRecConfig().loss, SASRecConfig().whole_sequences) == ("bce", False)
     result = CliRunner().invoke(main, ["train-retrieval", "--help"])
     assert "[default: ce]" in result.output and "[default: whole-sequences]" in result.output
+
+
+def test_results_name_paths_inside_the_run_relative_to_it(tmp_path):
+    from streams.harness.eval_stream import relative_to_run
+
+    run = tmp_path / "run"
+    assert relative_to_run(str(run / "sequential"), run) == "sequential"
+    assert relative_to_run(str(tmp_path / "adapter"), run) == str(tmp_path / "adapter")
+    assert relative_to_run(f"{run}-other/sequential", run) == f"{run}-other/sequential"
+    assert relative_to_run(0.6, run) == 0.6

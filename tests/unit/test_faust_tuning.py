@@ -120,7 +120,11 @@ def test_the_worker_consumer_is_made_with_the_configured_fetch_wait():
         app = faust.App("tuning-test", broker="kafka://127.0.0.1:1", autodiscover=False)
         thread = app.consumer._thread
         consumer = thread._create_worker_consumer(app.transport)
-        return consumer._fetch_max_wait_ms
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:  # never started: closed here, with the thread's own loop, so neither leaks a socket
+            await consumer.stop()
+            thread.thread_loop.close()
 
     assert asyncio.run(run()) == 50
 
