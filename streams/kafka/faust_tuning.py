@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import types
 from typing import Callable
 
@@ -29,6 +30,50 @@ def apply(settings) -> None:
     fetch_with_short_holds(settings.fetch_wait_ms)
     producer_buffer_size_without_settings_reads()
     events_without_settings_reads()
+    assign_once_the_metadata_lists_every_topic()
+
+
+def assign_once_the_metadata_lists_every_topic(wait_s: float = 15.0) -> None:
+    """The group leader assigns only once the cluster metadata lists every topic the group
+    subscribes to, refreshing it meanwhile (at most ``wait_s``, within the rebalance timeout).
+
+    Faust creates its changelog topics at start and subscribes at once. When the metadata the
+    leader assigns from did not list a new topic yet, Faust's assignor ignored it for the
+    copartitioned groups and then raised KeyError on it among the global tables' standbys; aiokafka
+    swallowed the error and the worker never got an assignment, with no log line after "Ignoring
+    missing topic" (seen: ``test_a_broker_restart_mid_replay_...`` on a fresh broker under load,
+    300 s; reproduced by ``tests/integration/test_startup.py``). Assigning without the topic is no
+    way out either: a write to a global table whose changelog has no known partitions crashes the
+    agent (PartitionsMismatch), and nothing refreshes the metadata for minutes.
+    """
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    original = GroupCoordinator._perform_assignment
+    if getattr(original, "waits_for_metadata", False):
+        return
+
+    async def perform_assignment(self, response):
+        subscription = self._subscription.subscription
+        topics = set(subscription.topics) if subscription is not None else set()
+        started, missing = time.monotonic(), unlisted(self._cluster, topics)
+        if missing:
+            log.warning("waiting for the cluster metadata to list %s before assigning partitions", missing)
+        while missing and time.monotonic() - started < wait_s:
+            await self._client.force_metadata_update()
+            await asyncio.sleep(self._retry_backoff_ms / 1000)
+            if not (missing := unlisted(self._cluster, topics)):
+                log.info("the cluster metadata lists every subscribed topic after %.1f s", time.monotonic() - started)
+        if missing:
+            log.warning("topics still missing from the cluster metadata after %.0f s, assigning without them: %s",
+                      wait_s, missing)
+        return await original(self, response)
+
+    def unlisted(cluster, topics) -> list[str]:
+        return sorted(t for t in topics if not cluster.partitions_for_topic(t))
+
+    perform_assignment.waits_for_metadata = True
+    perform_assignment.original = original
+    GroupCoordinator._perform_assignment = perform_assignment
 
 
 def events_without_settings_reads() -> None:

@@ -1,0 +1,75 @@
+"""A worker starts even when the cluster metadata does not list the global tables' changelogs yet
+when it joins its group (Faust creates them a moment before it subscribes)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+
+from streams.kafka.client import InteractionProducer, ItemProducer
+from tests.conftest import ROOT, wait_until
+from tests.integration import helpers
+from tests.integration.test_end_to_end import assert_valid_lists, final_lists
+
+pytestmark = pytest.mark.integration
+
+# imported by the worker's interpreter at start (``sitecustomize``): for its first seconds the
+# cluster metadata does not list the two global tables' changelogs, as on a broker whose metadata
+# lags the topics Faust has just created (seen on a fresh broker under load)
+HIDE_GLOBAL_CHANGELOGS = '''
+import time
+from aiokafka.cluster import ClusterMetadata
+
+_listed = ClusterMetadata.partitions_for_topic
+_first = []
+
+
+def partitions_for_topic(self, topic):
+    if topic.endswith(("-item-profiles-changelog", "-item-neighbours-changelog")):
+        _first.append(_first[0] if _first else time.monotonic())
+        if time.monotonic() - _first[0] < {hide_s}:
+            return None
+    return _listed(self, topic)
+
+
+ClusterMetadata.partitions_for_topic = partitions_for_topic
+'''
+
+
+def test_the_leader_waits_for_the_metadata_to_list_a_new_global_changelog_before_it_assigns(
+        topic_factory, worker_factory, tmp_path):
+    """Faust as it comes hung here for good after "Ignoring missing topic" (KeyError in its assignor)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HIDE_GLOBAL_CHANGELOGS.format(hide_s=4))
+    env = topic_factory(top_k=5)
+    env = replace(env, env={**env.env, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])})
+    worker = worker_factory(env).start(timeout=120)
+    log = worker.log.read_text()
+    assert "waiting for the cluster metadata to list" in log  # the hook took effect
+    assert "Ignoring missing topic" not in log
+    # the catalog reaches the item-profiles global table, and lists come out of it
+    items = helpers.catalog(36)
+    with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
+        for item in items:
+            producer.send(item)
+    wait_until(lambda: worker.metric("catalog_items") == 36, message="catalog embedded")
+    events = helpers.interactions(users=4, per_user=4)
+    with InteractionProducer(env.bootstrap_servers, env.topic_interactions) as producer:
+        for e in events:
+            producer.interaction(e["user_id"], e["item_id"], e["type"], e["event_time"])
+    history: dict[str, set] = {}
+    for e in events:
+        history.setdefault(e["user_id"], set()).add(e["item_id"])
+    assert_valid_lists(final_lists(env, events), history, {i["item_id"] for i in items}, k=5)
+    # the global tables were in the first assignment, every partition of each
+    tables = assignments(worker.log.read_text())
+    assert all(name in tables[0] for name in ("item-profiles-changelog", "item-neighbours-changelog",
+                                                "user-state-changelog"))
+
+
+def assignments(log: str) -> list[str]:
+    """The partition tables of the worker's "Setting newly assigned partitions" lines, in order."""
+    chunks = log.split("Setting newly assigned partitions")[1:]
+    return [chunk.split("\n[20", 1)[0] for chunk in chunks]
