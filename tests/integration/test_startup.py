@@ -7,10 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from streams.kafka.client import InteractionProducer, ItemProducer
-from tests.conftest import ROOT, wait_until
-from tests.integration import helpers
-from tests.integration.test_end_to_end import assert_valid_lists, final_lists
+from tests.conftest import ROOT
+from tests.integration.test_end_to_end import catalog_in_valid_lists_out
 
 pytestmark = pytest.mark.integration
 
@@ -50,19 +48,7 @@ def test_the_leader_waits_for_the_metadata_to_list_a_new_global_changelog_before
     assert "waiting for the cluster metadata to list" in log  # the hook took effect
     assert "Ignoring missing topic" not in log
     # the catalog reaches the item-profiles global table, and lists come out of it
-    items = helpers.catalog(36)
-    with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
-        for item in items:
-            producer.send(item)
-    wait_until(lambda: worker.metric("catalog_items") == 36, message="catalog embedded")
-    events = helpers.interactions(users=4, per_user=4)
-    with InteractionProducer(env.bootstrap_servers, env.topic_interactions) as producer:
-        for e in events:
-            producer.interaction(e["user_id"], e["item_id"], e["type"], e["event_time"])
-    history: dict[str, set] = {}
-    for e in events:
-        history.setdefault(e["user_id"], set()).add(e["item_id"])
-    assert_valid_lists(final_lists(env, events), history, {i["item_id"] for i in items}, k=5)
+    catalog_in_valid_lists_out(env, worker, users=4, per_user=4, k=5)
     # the global tables were in the first assignment, every partition of each
     tables = assignments(worker.log.read_text())
     assert all(name in tables[0] for name in ("item-profiles-changelog", "item-neighbours-changelog",
