@@ -47,6 +47,7 @@ bench: setup
 	$(BIN)/python -m bench.scale_out
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.cpu_generation
+	$(BIN)/python -m bench.warm_up
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from models import prompts
-from models.generation import Decoding, GenerationConfig, generate, render
+from models.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
 from models.images import ImageError, ImageLimits, load_image
 from models.pipeline import TEXT
 from models.registry import LoadedModel
@@ -73,6 +73,14 @@ class Captioner:
         self.lm, self.config = lm, config
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                            decoding=config.decoding)
+
+    def warm_up(self) -> int:
+        """Compile decoding before serving (``models.generation.warm_up``) on text-only item prompts:
+        the longest (every field at its cap) and a short one. A vision model's image prompts are
+        longer: with a cache sized by the calls, the first one grows it and recompiles once."""
+        longest = prompts.item_caption_messages(filler(4000), [filler(4000)], filler(4000), with_image=False)
+        shortest = prompts.item_caption_messages("-", None, None, with_image=False)
+        return warm_up(self.lm, self.generation, render(self.lm, longest), render(self.lm, shortest))
 
     def _image(self, item: ItemInput):
         """(image or None, reason it is not used or None)."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from models.registry import LoadedModel
 
 
 KV_CACHES = ("dynamic", "static")
 COMPILE_MODES = ("auto", "always", "never")
+# where transformers compiles a static cache's decoding step unasked (GenerationMixin._valid_auto_compile_criteria)
+AUTO_COMPILE_DEVICES = ("cuda", "xpu", "neuron", "tpu")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class Decoding:
     @property
     def static(self) -> bool:
         return self.kv_cache == "static"
+
+    def compiles_on(self, device: torch.device | str) -> bool:
+        """Whether ``generate`` compiles the decoding step on ``device`` with these settings."""
+        if not self.static or self.compile == "never":
+            return False
+        return self.compile == "always" or torch.device(device).type in AUTO_COMPILE_DEVICES
 
     def generate_options(self) -> dict:
         """Keyword arguments of ``model.generate`` for the cache and compile settings."""
@@ -85,6 +94,10 @@ class GenerationConfig:
             return sequences
         return min(self.batch_size, 1 << (sequences - 1).bit_length())
 
+    def row_buckets(self) -> list[int]:
+        """Every row count a static-cache call can run with: 1, 2, 4, ... and ``batch_size``."""
+        return sorted({self.rows_for(n) for n in range(1, self.batch_size + 1)})
+
 
 def render(lm: LoadedModel, messages: list[dict], answer_prefix: str = "") -> str:
     """The chat template with the generation prompt, plus text the answer must begin with."""
@@ -95,13 +108,17 @@ def render(lm: LoadedModel, messages: list[dict], answer_prefix: str = "") -> st
 
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
-             images: list | None = None) -> list[str]:
+             images: list | None = None, stop_after: int = 0) -> list[str]:
     """Continuations of rendered prompts, in order, ``config.batch_size`` at a time (left padded).
 
     ``images``: for a vision model, one PIL image or None per prompt; prompts with an image
     contain the image token, the others are text only. Image and text-only prompts are batched
     separately, since the processor takes images for all or none of a batch.
+
+    ``stop_after``: end each call after that many new tokens, with the cache still sized for
+    ``config.max_new_tokens`` (the warm-up compiles the shapes serving uses without decoding them all).
     """
+    stopping = {"stopping_criteria": StoppingCriteriaList([StopAfter(stop_after)])} if stop_after else {}
     out: list[str | None] = [None] * len(prompts)
     groups: dict[bool, list[int]] = {}
     for i in range(len(prompts)):
@@ -120,8 +137,53 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
             enc = {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
             with lm.lock:
                 generated = lm.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
-                                              pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options())
+                                              pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options(),
+                                              **stopping)
             new_tokens = generated[:, enc["input_ids"].shape[1]:]
             for i, text in zip(chunk, lm.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 out[i] = text
     return out  # type: ignore[return-value]
+
+
+def warm_up(lm: LoadedModel, config: GenerationConfig, longest: str, shortest: str) -> int:
+    """Compile the decoding step before the first request, where ``generate`` would compile it: one
+    call per row bucket. Returns the calls made (0 where nothing compiles).
+
+    Without it the first batch of each size pays the compile (26-44 s a batch size on 2 CPU cores
+    with 'always', bench/results/warm_up.json; CUDA also records a graph per size), and the lists
+    waiting on those summaries wait with it. Each call decodes only ``WARM_UP_TOKENS`` but sizes the
+    cache as serving does. With a fixed ``cache_len`` any prompt compiles the shapes serving uses,
+    so the shortest is run. With ``cache_len`` 0 the cache never shrinks and a request longer than
+    every earlier one would grow it and recompile, so the caller's longest prompt is run: the
+    cache starts at the length a long-running role would reach anyway, and every step attends
+    over all of it (slower where attention is not free: the CPU, bench/results/warm_up.json).
+    """
+    if not config.decoding.compiles_on(lm.device):
+        return 0
+    prompt = shortest if config.decoding.cache_len else longest
+    buckets = config.row_buckets()
+    for rows in buckets:
+        generate(lm, [prompt] * rows, config, stop_after=WARM_UP_TOKENS)
+    return len(buckets)
+
+
+def filler(chars: int) -> str:
+    """Plain English of about ``chars`` characters: stands in for item and summary texts at their caps."""
+    sentence = "A quiet drama about a family, the secrets it keeps and the long summer by the sea. "
+    return (sentence * (chars // len(sentence) + 1))[:chars]
+
+
+WARM_UP_TOKENS = 4  # decoding steps per warm-up call: the compile comes at the first, CUDA graphs are recorded by the third
+
+
+class StopAfter(StoppingCriteria):
+    """Ends generation ``tokens`` steps after the first call it sees (that call is the prefill's token)."""
+
+    def __init__(self, tokens: int):
+        self.tokens, self.start = tokens, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.start is None:
+            self.start = input_ids.shape[1] - 1
+        done = input_ids.shape[1] - self.start >= self.tokens
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models import prompts
-from models.generation import Decoding, GenerationConfig, generate, render
+from models.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
 from models.pipeline import TEXT
 from models.registry import LoadedModel
 
@@ -43,6 +43,15 @@ class UserSummarizer:
         if request.previous is None:
             return prompts.first_block_messages(request.items)
         return prompts.update_messages(request.previous, request.items)
+
+    def warm_up(self) -> int:
+        """Compile decoding before serving (``models.generation.warm_up``) on update prompts, the
+        longer kind: the longest the builder makes (every text at its cap) and a short one."""
+        longest = BlockRequest(f"{prompts.SUMMARY_PREFIX} {filler(self.config.max_chars)}",
+                               [filler(4000)] * self.config.block_size)
+        shortest = BlockRequest(prompts.SUMMARY_PREFIX, ["-"] * self.config.block_size)
+        rendered = [render(self.lm, self.messages(r), prompts.SUMMARY_PREFIX) for r in (longest, shortest)]
+        return warm_up(self.lm, self.generation, *rendered)
 
     def update(self, requests: list[BlockRequest]) -> list[str]:
         """One recurrent step for many users at once."""

@@ -93,8 +93,21 @@ class Models:
         if self.settings.role != "llm":  # the llm role embeds nothing: the state role re-embeds captioned items
             _ = self.embedder
         _ = self.summarizer, self.captioner, self.reranker
+        if self.settings.generation_warm_up:
+            self.warm_up()
         self.check_sequential()  # first: an adapter with collaborative tokens pairs with it
         self.check_adapter()
+
+    def warm_up(self) -> dict[str, float]:
+        """Compile the captioner's and summarizer's decoding now, where it compiles at all
+        (``models.generation.warm_up``); seconds per model warmed."""
+        spent = {}
+        for name, model in (("captioner", self.captioner), ("summarizer", self.summarizer)):
+            started = time.perf_counter()
+            if model is not None and model.warm_up():
+                spent[name] = time.perf_counter() - started
+                log.info("%s decoding compiled before serving in %.1f s", name, spent[name])
+        return spent
 
     sequential = None  # the served SequentialRetriever, or None
     _refused: tuple | None = None  # (adapter version, sequential version) of the last refused swap

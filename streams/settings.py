@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     generation_cache_len: int = Field(
         0, ge=0, description="static cache length in tokens (prompt plus generated); 0: the longest call so far "
         "(a longer call grows it and recompiles); a fixed length keeps one compiled shape but attends over all of it")
+    generation_warm_up: bool = Field(
+        True, description="where decoding compiles (see generation_compile), compile it at start, one call per batch "
+        "size, before the worker joins its group: the first requests do not wait for the compile")
     image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")

@@ -43,3 +43,17 @@ def test_gpu_scoring_script_runs_at_tiny_shapes(tmp_path):
     assert result["max_abs_score_difference_bf16"] < 1e-4  # fp32 on the CPU: same scores both ways
     collab = result["collab_tokens"]  # the same with collaborative tokens
     assert collab["shared_prefix_candidates_per_s"] > 0 and collab["max_abs_score_difference_bf16"] < 1e-4
+
+
+def test_warm_up_script_times_each_start_in_a_process_of_its_own(tmp_path):
+    out = tmp_path / "w.json"
+    subprocess.run([sys.executable, "-m", "bench.warm_up", "--model", "tiny-random-llava", "--batch", "4",
+                    "--new-tokens", "3", "--requests", "1,4,2", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    rows = {r["scenario"]: r for r in result["rows"]}
+    names = ("eager", "compiled", "compiled+warm-up", "compiled+warm-up+cache-512")
+    assert set(rows) == set(names) and [rows[name]["warm_up_calls"] for name in names] == [0, 0, 3, 3]
+    assert all(len(r["request_latency_s"]) == 3 and r["all_answered_s"] >= r["first_answered_s"] >= r["ready_s"]
+               for r in rows.values())
+    assert result["first_request_latency_cold_over_warm"] > 0

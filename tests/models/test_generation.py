@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 from torch._dynamo.utils import counters
 
-from models.generation import Decoding, GenerationConfig, generate, render
+import torch
+
+from models.generation import Decoding, GenerationConfig, generate, render, warm_up
 
 PROMPTS = ["Name one film about the sea.", "Say hello.", "List three colours, then stop talking about colours now.",
            "Describe, in some detail and at some length, a long film about a long journey across a very wide sea."]
@@ -44,6 +46,33 @@ def test_compiled_decoding_generates_what_eager_decoding_does_and_compiles_a_few
     # the first shape, then one graph with the batch size dynamic; a cache grown with the calls
     # (cache_len=0) compiles a third here (measured)
     assert graphs <= 2, f"{graphs} graphs compiled for 6 calls"
+
+
+def test_a_warm_up_compiles_every_batch_size_before_the_first_request(tiny_llava):
+    """After ``warm_up`` the calls a worker makes, of every batch size, compile nothing more."""
+    texts = rendered(tiny_llava)
+    compiled = GenerationConfig(max_new_tokens=8, batch_size=4, decoding=Decoding(
+        kv_cache="static", compile="always", pad_multiple=16, cache_len=256))
+    torch._dynamo.reset()  # forget what earlier tests compiled: this warm-up starts cold
+    before = compiled_graphs()
+    assert warm_up(tiny_llava, compiled, longest=texts[3], shortest=texts[1]) == 3  # rows 1, 2 and 4
+    warmed = compiled_graphs()
+    assert warmed > before
+    for chunk in ([texts[0]], texts[1:3], texts[:3], texts):
+        assert generate(tiny_llava, chunk, compiled) == generate(tiny_llava, chunk, GenerationConfig(max_new_tokens=8))
+    assert compiled_graphs() == warmed, "a request compiled after the warm-up"
+
+
+@pytest.mark.parametrize("decoding,on_cuda", [(Decoding(), False), (Decoding(kv_cache="static"), True),
+                                              (Decoding(kv_cache="static", compile="never"), False)])
+def test_no_warm_up_where_nothing_compiles(tiny_llava, decoding, on_cuda):
+    """The CPU compiles only with 'always'; CUDA compiles a static cache unless told 'never'."""
+    before = compiled_graphs()
+    texts = rendered(tiny_llava)
+    assert warm_up(tiny_llava, GenerationConfig(max_new_tokens=4, batch_size=4, decoding=decoding),
+                   longest=texts[3], shortest=texts[0]) == 0
+    assert compiled_graphs() == before
+    assert not decoding.compiles_on("cpu") and decoding.compiles_on("cuda") == on_cuda
 
 
 @pytest.mark.parametrize("compile_mode", ["auto", "never"])

@@ -136,3 +136,30 @@ def test_a_collab_adapter_pairs_with_its_sequential_model_or_is_refused(tmp_path
     assert models.reranker.recommender.collab.sequential.version == first.version
     make_collab_adapter(tmp_path / "adapter", "c3", 3, SequentialRetriever.from_pretrained(tmp_path / "sasrec"))
     assert models.check_adapter() and models.reranker.recommender.collab.version == second.version
+
+
+@pytest.mark.parametrize("compile_mode,warmed", [("always", {"captioner", "summarizer"}), ("auto", set())])
+def test_the_worker_compiles_decoding_before_it_serves_where_decoding_compiles(tmp_path, compile_mode, warmed):
+    """load_all warms the captioner and the summarizer up where ``generate`` would compile (the CPU
+    only with 'always'). With the cache sized by the calls (the default), requests after the warm-up
+    compile nothing more, and their summaries are the ones eager decoding writes."""
+    from torch._dynamo.utils import counters
+
+    settings = Settings(summary_model=registry.TINY_LLAVA, caption_model=registry.TINY_LLAVA, summary_max_new_tokens=6,
+                        caption_max_new_tokens=4, summary_batch=2, caption_batch=2, generation_kv_cache="static",
+                        generation_compile=compile_mode, device="cpu", data_dir=tmp_path)
+    models = Models(settings, Metrics(), embedder=object())
+    assert set(models.warm_up()) == warmed
+    graphs = counters["stats"]["unique_graphs"]
+    eager = UserSummarizer(models.summarizer.lm, SummarizerConfig(max_new_tokens=6, batch_size=2))
+    # items with long descriptions: longer prompts than any caption prompt, and than a short warm-up
+    plot = "Two detectives follow a careful thief across a city at night; neither can stop. " * 10
+    long_history = [[f"{text}; Description: {plot}" for text in HISTORY[0]]] * 2
+    assert models.summarizer.recurrent(long_history) == eager.recurrent(long_history)
+    assert counters["stats"]["unique_graphs"] == graphs
+    calls = []
+    for warm in (True, False):  # load_all, before the worker joins its group, warms up unless told not to
+        loading = Models(settings.model_copy(update={"generation_warm_up": warm}), Metrics(), embedder=object())
+        loading.warm_up = lambda: calls.append(warm)
+        loading.load_all()
+    assert calls == [True]
