@@ -39,10 +39,12 @@ def assign_once_the_metadata_lists_every_topic(wait_s: float = 15.0) -> None:
 
     Faust creates its changelog topics at start and subscribes at once. When the metadata the
     leader assigns from did not list a new topic yet, Faust's assignor ignored it for the
-    copartitioned groups and then raised KeyError on it among the global tables' standbys; aiokafka
-    swallowed the error and the worker never got an assignment, with no log line after "Ignoring
-    missing topic" (seen: ``test_a_broker_restart_mid_replay_...`` on a fresh broker under load,
-    300 s; reproduced by ``tests/integration/test_startup.py``). Assigning without the topic is no
+    copartitioned groups and then raised KeyError on it among the global tables' standbys
+    (``PartitionAssignor._global_table_standby_assignments``). Nothing logged the error and the
+    worker never got an assignment; no line followed "Ignoring missing topic" (seen:
+    ``test_a_broker_restart_mid_replay_...`` on a fresh broker under load, 300 s; reproduced by
+    ``tests/integration/test_startup.py``). Where aiokafka then waits was not found: its
+    coordination task was still running 40 s later. Assigning without the topic is no
     way out either: a write to a global table whose changelog has no known partitions crashes the
     agent (PartitionsMismatch), and nothing refreshes the metadata for minutes.
     """
