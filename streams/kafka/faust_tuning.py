@@ -33,9 +33,9 @@ def apply(settings) -> None:
     assign_once_the_metadata_lists_every_topic()
 
 
-def assign_once_the_metadata_lists_every_topic(wait_s: float = 15.0) -> None:
+def assign_once_the_metadata_lists_every_topic() -> None:
     """The group leader assigns only once the cluster metadata lists every topic the group
-    subscribes to, refreshing it meanwhile (at most ``wait_s``, within the rebalance timeout).
+    subscribes to, refreshing it meanwhile (``until_listed``).
 
     Faust creates its changelog topics at start and subscribes at once. When the metadata the
     leader assigns from did not list a new topic yet, Faust's assignor ignored it for the
@@ -55,27 +55,38 @@ def assign_once_the_metadata_lists_every_topic(wait_s: float = 15.0) -> None:
         return
 
     async def perform_assignment(self, response):
-        subscription = self._subscription.subscription
-        topics = set(subscription.topics) if subscription is not None else set()
-        started, missing = time.monotonic(), unlisted(self._cluster, topics)
-        if missing:
-            log.warning("waiting for the cluster metadata to list %s before assigning partitions", missing)
-        while missing and time.monotonic() - started < wait_s:
-            await self._client.force_metadata_update()
-            await asyncio.sleep(self._retry_backoff_ms / 1000)
-            if not (missing := unlisted(self._cluster, topics)):
-                log.info("the cluster metadata lists every subscribed topic after %.1f s", time.monotonic() - started)
-        if missing:
-            log.warning("topics still missing from the cluster metadata after %.0f s, assigning without them: %s",
-                      wait_s, missing)
+        await until_listed(self)
         return await original(self, response)
-
-    def unlisted(cluster, topics) -> list[str]:
-        return sorted(t for t in topics if not cluster.partitions_for_topic(t))
 
     perform_assignment.waits_for_metadata = True
     perform_assignment.original = original
     GroupCoordinator._perform_assignment = perform_assignment
+
+
+METADATA_WAIT_S = 15.0  # the longest a leader waits for its topics (the rebalance timeout is 60 s)
+
+
+async def until_listed(coordinator) -> list[str]:
+    """Refresh the coordinator's metadata until it lists every topic subscribed to, or until
+    METADATA_WAIT_S; the topics still missing then (assigned without, as Faust does)."""
+    subscription = coordinator._subscription.subscription
+    topics = set(subscription.topics) if subscription is not None else set()
+
+    def unlisted() -> list[str]:
+        return sorted(t for t in topics if not coordinator._cluster.partitions_for_topic(t))
+
+    started, missing = time.monotonic(), unlisted()
+    if missing:
+        log.warning("waiting for the cluster metadata to list %s before assigning partitions", missing)
+    while missing and time.monotonic() - started < METADATA_WAIT_S:
+        await coordinator._client.force_metadata_update()
+        await asyncio.sleep(coordinator._retry_backoff_ms / 1000)
+        if not (missing := unlisted()):
+            log.info("the cluster metadata lists every subscribed topic after %.1f s", time.monotonic() - started)
+    if missing:
+        log.warning("topics still missing from the cluster metadata after %.0f s, assigning without them: %s",
+                    METADATA_WAIT_S, missing)
+    return missing
 
 
 def events_without_settings_reads() -> None:

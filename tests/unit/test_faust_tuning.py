@@ -5,6 +5,7 @@ import asyncio
 import inspect
 import itertools
 import time
+import types
 
 import faust
 import pytest
@@ -312,3 +313,39 @@ def test_faust_s_stream_iterator_takes_the_turns_and_delivers_every_message_in_o
     finally:
         streams_take_turns_every(1)
     assert cython_streams.sleep is asyncio.sleep
+
+
+class Coordinator:
+    """What ``until_listed`` reads of aiokafka's GroupCoordinator: its subscription, the cluster
+    metadata and a refresh that lists ``late`` topics after ``refreshes_needed`` refreshes."""
+
+    _retry_backoff_ms = 1
+
+    def __init__(self, listed: set[str], late: set[str], refreshes_needed: int):
+        self._subscription = types.SimpleNamespace(subscription=types.SimpleNamespace(topics=listed | late))
+        self.listed, self.late, self.needed, self.refreshes = set(listed), late, refreshes_needed, 0
+        self._cluster = types.SimpleNamespace(partitions_for_topic=lambda t: {0, 1} if t in self.listed else None)
+        self._client = types.SimpleNamespace(force_metadata_update=self.refresh)
+
+    async def refresh(self):
+        self.refreshes += 1
+        if self.refreshes >= self.needed:
+            self.listed |= self.late
+
+
+@pytest.mark.parametrize("late,needed,refreshes", [(set(), 1, 0), ({"app-item-profiles-changelog"}, 3, 3)])
+def test_the_leader_refreshes_the_metadata_until_it_lists_every_topic(late, needed, refreshes):
+    from streams.kafka.faust_tuning import until_listed
+
+    coordinator = Coordinator({"app-items"}, late, needed)
+    assert asyncio.run(until_listed(coordinator)) == [] and coordinator.refreshes == refreshes
+
+
+def test_a_topic_that_never_appears_is_waited_for_a_bounded_time(monkeypatch):
+    from streams.kafka import faust_tuning
+
+    monkeypatch.setattr(faust_tuning, "METADATA_WAIT_S", 0.2)
+    coordinator = Coordinator({"app-items"}, {"app-gone"}, refreshes_needed=10**9)
+    started = time.monotonic()
+    assert asyncio.run(faust_tuning.until_listed(coordinator)) == ["app-gone"]
+    assert 0.2 <= time.monotonic() - started < 5 and coordinator.refreshes >= 2
