@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import MaxLengthCriteria, StoppingCriteriaList
 
 from models.registry import LoadedModel
 
@@ -118,7 +118,6 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
     ``stop_after``: end each call after that many new tokens, with the cache still sized for
     ``config.max_new_tokens`` (the warm-up compiles the shapes serving uses without decoding them all).
     """
-    stopping = {"stopping_criteria": StoppingCriteriaList([StopAfter(stop_after)])} if stop_after else {}
     out: list[str | None] = [None] * len(prompts)
     groups: dict[bool, list[int]] = {}
     for i in range(len(prompts)):
@@ -135,6 +134,8 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
                 enc = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                                    pad_to_multiple_of=config.decoding.pad_multiple if config.decoding.static else None)
             enc = {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
+            stopping = {} if not stop_after else {  # transformers' own criterion, at this call's prompt length
+                "stopping_criteria": StoppingCriteriaList([MaxLengthCriteria(enc["input_ids"].shape[1] + stop_after)])}
             with lm.lock:
                 generated = lm.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                               pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options(),
@@ -175,15 +176,3 @@ def filler(chars: int) -> str:
 
 WARM_UP_TOKENS = 4  # decoding steps per warm-up call: the compile comes at the first, CUDA graphs are recorded by the third
 
-
-class StopAfter(StoppingCriteria):
-    """Ends generation ``tokens`` steps after the first call it sees (that call is the prefill's token)."""
-
-    def __init__(self, tokens: int):
-        self.tokens, self.start = tokens, None
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        if self.start is None:
-            self.start = input_ids.shape[1] - 1
-        done = input_ids.shape[1] - self.start >= self.tokens
-        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)

@@ -96,3 +96,12 @@ def test_static_batches_are_bucketed_to_powers_of_two_up_to_the_batch_size():
 def test_unknown_decoding_options_are_refused(options, field):
     with pytest.raises(ValueError, match=field):
         Decoding(**options)
+
+
+def test_stop_after_counts_from_each_call_s_own_prompt(tiny_llava):
+    """One call per row (batch_size 1) over prompts of three lengths: each stops 4 tokens in."""
+    texts = rendered(tiny_llava, [PROMPTS[1], PROMPTS[3], PROMPTS[0]])
+    short = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=20, batch_size=1), stop_after=4)
+    full = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=20, batch_size=1))
+    assert [len(tiny_llava.tokenizer(t, add_special_tokens=False).input_ids) for t in short] == [4, 4, 4]
+    assert all(f.startswith(s) and len(f) > len(s) for s, f in zip(short, full))
