@@ -134,8 +134,10 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
                 enc = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                                    pad_to_multiple_of=config.decoding.pad_multiple if config.decoding.static else None)
             enc = {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
-            stopping = {} if not stop_after else {  # transformers' own criterion, at this call's prompt length
-                "stopping_criteria": StoppingCriteriaList([MaxLengthCriteria(enc["input_ids"].shape[1] + stop_after)])}
+            # transformers' own criterion at this call's prompt length; it replaces generate's default
+            # one, so it keeps max_new_tokens too (past it the static cache has no room)
+            last = enc["input_ids"].shape[1] + min(stop_after, config.max_new_tokens)
+            stopping = {"stopping_criteria": StoppingCriteriaList([MaxLengthCriteria(last)])} if stop_after else {}
             with lm.lock:
                 generated = lm.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                               pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options(),

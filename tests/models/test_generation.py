@@ -105,3 +105,6 @@ def test_stop_after_counts_from_each_call_s_own_prompt(tiny_llava):
     full = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=20, batch_size=1))
     assert [len(tiny_llava.tokenizer(t, add_special_tokens=False).input_ids) for t in short] == [4, 4, 4]
     assert all(f.startswith(s) and len(f) > len(s) for s, f in zip(short, full))
+    # past max_new_tokens a static cache has no room: the criterion must keep that bound too
+    capped = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=2, batch_size=1), stop_after=4)
+    assert [len(tiny_llava.tokenizer(t, add_special_tokens=False).input_ids) for t in capped] == [2, 2, 2]
