@@ -31,6 +31,7 @@ def apply(settings) -> None:
     producer_buffer_size_without_settings_reads()
     events_without_settings_reads()
     assign_once_the_metadata_lists_every_topic()
+    crash_on_coordinator_errors()
 
 
 def assign_once_the_metadata_lists_every_topic() -> None:
@@ -43,8 +44,8 @@ def assign_once_the_metadata_lists_every_topic() -> None:
     (``PartitionAssignor._global_table_standby_assignments``). Nothing logged the error and the
     worker never got an assignment; no line followed "Ignoring missing topic" (seen:
     ``test_a_broker_restart_mid_replay_...`` on a fresh broker under load, 300 s; reproduced by
-    ``tests/integration/test_startup.py``). Where aiokafka then waits was not found: its
-    coordination task was still running 40 s later. Assigning without the topic is no
+    ``tests/integration/test_startup.py``); ``crash_on_coordinator_errors`` says why nothing
+    logged it and nothing followed. Assigning without the topic is no
     way out either: a write to a global table whose changelog has no known partitions crashes the
     agent (PartitionsMismatch), and nothing refreshes the metadata for minutes.
     """
@@ -87,6 +88,47 @@ async def until_listed(coordinator) -> list[str]:
         log.warning("topics still missing from the cluster metadata after %.0f s, assigning without them: %s",
                     METADATA_WAIT_S, missing)
     return missing
+
+
+def crash_on_coordinator_errors() -> None:
+    """An error that ends the consumer's part in its group stops the worker, logged, so that its
+    supervisor restarts it, instead of leaving a live process that holds no partitions.
+
+    aiokafka hands such errors (a failed assignment, a fatal JoinGroup or heartbeat error) to the
+    application: its coordination task stores the error and waits until a ``getmany`` or
+    ``getone`` call reads it (``GroupCoordinator._push_error_to_user``, ``check_errors``). Faust
+    fetches through aiokafka's fetcher and never makes those calls, so the error was never read
+    and never logged, and the coordination task waited on it for good: no assignment, no
+    heartbeat, no rejoin. That was the silent hang of ``assign_once_the_metadata_lists_every_topic``
+    (a KeyError in Faust's assignor), and any other such error would end the same way. The worker
+    now crashes the consumer as Faust does on a failed commit; Faust stops and the process exits 1.
+    """
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    push = getattr(GroupCoordinator._push_error_to_user, "original", GroupCoordinator._push_error_to_user)
+    start = getattr(AIOKafkaConsumerThread.on_start, "original", AIOKafkaConsumerThread.on_start)
+
+    async def push_error_to_user(self, exc):
+        on_unread_error = getattr(self, "on_unread_error", None)
+        if on_unread_error is not None:
+            log.error("the consumer's group coordination failed: %r; stopping the worker (nothing else would "
+                      "read this error, and the consumer would hold no partitions)", exc)
+            on_unread_error(exc)
+        return await push(self, exc)  # aiokafka's own handling: waits until read or closed
+
+    async def on_start(self) -> None:
+        await start(self)
+        thread = self
+
+        def crash(exc: BaseException) -> None:  # on the worker's loop, where Faust's services live
+            asyncio.run_coroutine_threadsafe(thread.crash(exc), thread.parent_loop)
+
+        self._consumer._coordinator.on_unread_error = crash
+
+    push_error_to_user.original, on_start.original = push, start
+    GroupCoordinator._push_error_to_user = push_error_to_user
+    AIOKafkaConsumerThread.on_start = on_start
 
 
 def events_without_settings_reads() -> None:

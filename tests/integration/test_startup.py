@@ -38,11 +38,7 @@ ClusterMetadata.partitions_for_topic = partitions_for_topic
 def test_the_leader_waits_for_the_metadata_to_list_a_new_global_changelog_before_it_assigns(
         topic_factory, worker_factory, tmp_path):
     """Faust as it comes hung here for good after "Ignoring missing topic" (KeyError in its assignor)."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HIDE_GLOBAL_CHANGELOGS.format(hide_s=4))
-    env = topic_factory(top_k=5)
-    env = replace(env, env={**env.env, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])})
+    env = hiding_global_changelogs(topic_factory(top_k=5), tmp_path, hide_s=4)
     worker = worker_factory(env).start(timeout=120)
     log = worker.log.read_text()
     assert "waiting for the cluster metadata to list" in log  # the hook took effect
@@ -53,6 +49,31 @@ def test_the_leader_waits_for_the_metadata_to_list_a_new_global_changelog_before
     tables = assignments(worker.log.read_text())
     assert all(name in tables[0] for name in ("item-profiles-changelog", "item-neighbours-changelog",
                                                 "user-state-changelog"))
+
+
+def test_a_coordination_error_stops_the_worker_with_the_error_logged_and_a_restart_serves(
+        topic_factory, worker_factory, tmp_path):
+    """Metadata that lags past the leader's wait: Faust's assignor still raises, aiokafka hands the
+    error to the application, and Faust never reads it. The worker exits 1 with the error logged,
+    where it used to live on holding no partitions, with no line about why."""
+    plain = topic_factory(top_k=5)
+    worker = worker_factory(hiding_global_changelogs(plain, tmp_path, hide_s=90)).spawn()
+    assert worker.proc.wait(timeout=150) == 1
+    log = worker.log.read_text()
+    assert "topics still missing from the cluster metadata" in log  # the leader's wait ran out
+    failed = log.split("the consumer's group coordination failed", 1)
+    assert len(failed) == 2 and "KeyError" in failed[1].split("\n", 1)[0]
+    # its supervisor starts it again: on metadata as it comes, it joins and serves
+    restarted = worker_factory(plain).start(timeout=120)
+    catalog_in_valid_lists_out(plain, restarted, users=4, per_user=4, k=5)
+
+
+def hiding_global_changelogs(env, tmp_path, hide_s: float):
+    """``env`` for a worker whose metadata lists neither global changelog for its first ``hide_s``."""
+    hook = tmp_path / f"hook-{hide_s}"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HIDE_GLOBAL_CHANGELOGS.format(hide_s=hide_s))
+    return replace(env, env={**env.env, "PYTHONPATH": os.pathsep.join([str(hook), str(ROOT)])})
 
 
 def assignments(log: str) -> list[str]:
