@@ -12,7 +12,9 @@ not a figure to report).
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 from bench import write_result
@@ -24,6 +26,9 @@ DECODINGS = {"dynamic": Decoding(), "static": Decoding(kv_cache="static"),
              "static-eager": Decoding(kv_cache="static", compile="never"),
              # one cache length for every call: one shape, but each step attends over all 1,024 slots
              "static-compiled-1024": Decoding(kv_cache="static", compile="always", cache_len=1024)}
+
+
+PER_S = {"caption": "captions_per_s", "summary": "summaries_per_s"}
 
 
 def llava_config(tiny: bool):
@@ -124,14 +129,18 @@ def main() -> None:
     parser.add_argument("--decodings", default="dynamic,static",
                         help=f"compared in the same run, of {sorted(DECODINGS)}: eager decoding (dynamic) and the "
                              "static cache, compiled on CUDA")
+    parser.add_argument("--tasks", default="caption,summary",
+                        help="caption (image and 64-token prompt), summary (320-token text prompt), or both")
     parser.add_argument("--out", default="bench/results/gpu_generation.json")
     args = parser.parse_args()
 
+    tasks = [t for t in ("caption", "summary") if t in args.tasks.split(",")]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     result = {"benchmark": "generation at real-size VLM shapes, random weights",
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "dtype": str(dtype).removeprefix("torch."), "tiny": args.tiny, "new_tokens": args.new_tokens,
+              "tasks": tasks,
               "models": {}}
     for kind in args.models.split(","):
         model = build(kind, args.tiny, device, dtype)
@@ -141,28 +150,40 @@ def main() -> None:
         for decoding_name in args.decodings.split(","):
             decoding = DECODINGS[decoding_name]
             for batch in (int(b) for b in args.batches.split(",")):
-                timed = {}
-                for name, inputs in (("caption", caption_inputs(kind, model, batch, device, dtype)),
-                                     ("summary", summary_inputs(batch, device))):
+                row, first_call_s = {"decoding": decoding_name, "batch": batch}, {}
+                for task in tasks:
+                    inputs = (caption_inputs(kind, model, batch, device, dtype) if task == "caption"
+                              else summary_inputs(batch, device))
                     # the first call at a shape compiles (static); the second is the served speed
                     first = run(model, inputs, args.new_tokens, device, decoding)
-                    timed[name] = run(model, inputs, args.new_tokens, device, decoding) if decoding.static else first
-                    timed[f"{name}_first_call_s"] = round(first, 2)
-                t_cap, t_sum = timed["caption"], timed["summary"]
-                rows.append({"decoding": decoding_name, "kv_cache": decoding.kv_cache, "batch": batch,
-                             "captions_per_s": round(batch / t_cap, 3), "summaries_per_s": round(batch / t_sum, 3),
-                             "caption_tokens_per_s": round(batch * args.new_tokens / t_cap, 1),
-                             "summary_tokens_per_s": round(batch * args.new_tokens / t_sum, 1),
-                             "first_call_s": {"caption": timed["caption_first_call_s"],
-                                              "summary": timed["summary_first_call_s"]}})
+                    seconds = run(model, inputs, args.new_tokens, device, decoding) if decoding.static else first
+                    first_call_s[task] = round(first, 2)
+                    row[PER_S[task]] = round(batch / seconds, 3)
+                    row[f"{task}_tokens_per_s"] = round(batch * args.new_tokens / seconds, 1)
+                rows.append({**row, "first_call_s": first_call_s})
+                peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+                result["models"][kind] = {"parameters": params, "peak_memory_gib": peak and round(peak, 1),
+                                          "rows": rows, "vs_dynamic": against_dynamic(rows)}
+                # written after every row: a run stopped at its time limit keeps what it measured
+                partial = Path(args.out).with_suffix(".partial")
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({**result, "complete": False}, indent=2) + "\n")
+                partial.replace(args.out)  # whole or not at all, even when killed
                 print(kind, rows[-1], flush=True)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        result["models"][kind] = {"parameters": params, "peak_memory_gib": peak and round(peak, 1), "rows": rows}
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    write_result(args.out, result)
+    write_result(args.out, {**result, "complete": True})
+
+
+def against_dynamic(rows: list[dict]) -> list[dict]:
+    """Tokens/s of each other decoding over eager decoding (dynamic) at the same batch, same run."""
+    dynamic = {r["batch"]: r for r in rows if r["decoding"] == "dynamic"}
+    measures = [k for k in ("caption_tokens_per_s", "summary_tokens_per_s") if rows and k in rows[0]]
+    return [{"decoding": r["decoding"], "batch": r["batch"],
+             **{k: round(r[k] / dynamic[r["batch"]][k], 2) for k in measures}}
+            for r in rows if r["decoding"] != "dynamic" and r["batch"] in dynamic]
 
 
 if __name__ == "__main__":

@@ -14,10 +14,43 @@ def test_gpu_generation_script_runs_at_tiny_shapes(tmp_path):
                     "--out", str(out)], check=True, capture_output=True, timeout=600)
     result = json.loads(out.read_text())
     assert set(result["models"]) == {"llava-1.5-7b", "qwen2-vl-2b"} and result["tiny"] is True
+    assert result["complete"] is True
     for model in result["models"].values():
-        assert [(r["kv_cache"], r["batch"]) for r in model["rows"]] == [("dynamic", 1), ("dynamic", 2),
+        assert [(r["decoding"], r["batch"]) for r in model["rows"]] == [("dynamic", 1), ("dynamic", 2),
                                                                         ("static", 1), ("static", 2)]
         assert all(r["captions_per_s"] > 0 and r["summaries_per_s"] > 0 for r in model["rows"])
+        by_batch = {r["batch"]: r for r in model["rows"] if r["decoding"] == "dynamic"}
+        assert [(v["decoding"], v["batch"]) for v in model["vs_dynamic"]] == [("static", 1), ("static", 2)]
+        for v, static in zip(model["vs_dynamic"], model["rows"][2:]):
+            assert v["summary_tokens_per_s"] == round(static["summary_tokens_per_s"] /
+                                                      by_batch[v["batch"]]["summary_tokens_per_s"], 2)
+
+
+def test_gpu_generation_times_only_the_tasks_asked_for(tmp_path):
+    out = tmp_path / "g.json"
+    subprocess.run([sys.executable, "-m", "bench.gpu_generation", "--tiny", "--models", "qwen2-vl-2b", "--batches", "1",
+                    "--new-tokens", "3", "--tasks", "summary", "--out", str(out)],
+                   check=True, capture_output=True, timeout=600)
+    model = json.loads(out.read_text())["models"]["qwen2-vl-2b"]
+    assert [set(r) for r in model["rows"]] == [{"decoding", "batch", "summaries_per_s", "summary_tokens_per_s",
+                                                 "first_call_s"}] * 2
+    assert [set(v) for v in model["vs_dynamic"]] == [{"decoding", "batch", "summary_tokens_per_s"}]
+
+
+def test_gpu_generation_keeps_the_rows_of_a_run_stopped_midway(tmp_path):
+    """On a lent GPU the run has a hard time limit: what it measured before it is kept."""
+    out = tmp_path / "g.json"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.gpu_generation", "--tiny", "--models", "llava-1.5-7b",
+                             "--batches", "1,2,3,4,5,6,7,8", "--decodings", "dynamic", "--new-tokens", "3",
+                             "--out", str(out)], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # one line per measured row
+        if line.startswith("llava-1.5-7b {") and "'batch': 2" in line:
+            break
+    proc.kill()
+    proc.wait()
+    result = json.loads(out.read_text())
+    assert result["complete"] is False
+    assert [r["batch"] for r in result["models"]["llava-1.5-7b"]["rows"]][:2] == [1, 2]
 
 
 def test_cpu_generation_script_times_every_decoding_against_the_dynamic_cache(tmp_path):
