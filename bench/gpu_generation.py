@@ -12,9 +12,7 @@ not a figure to report).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 from bench import write_result
@@ -165,10 +163,7 @@ def main() -> None:
                 result["models"][kind] = {"parameters": params, "peak_memory_gib": peak and round(peak, 1),
                                           "rows": rows, "vs_dynamic": against_dynamic(rows)}
                 # written after every row: a run stopped at its time limit keeps what it measured
-                partial = Path(args.out).with_suffix(".partial")
-                partial.parent.mkdir(parents=True, exist_ok=True)
-                partial.write_text(json.dumps({**result, "complete": False}, indent=2) + "\n")
-                partial.replace(args.out)  # whole or not at all, even when killed
+                write_result(args.out, {**result, "complete": False}, show=False)
                 print(kind, rows[-1], flush=True)
         del model
         if device.type == "cuda":

@@ -16,9 +16,8 @@ import torch
 from models import registry
 from models.data import movielens
 from models.captioner import CaptionConfig, ItemInput, Captioner
-from models.prompts import describe_item
 from models.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
-from bench import write_result
+from bench import first_blocks, write_result
 
 
 def timed(fn, *args):
@@ -57,21 +56,12 @@ def main() -> None:
 
     lm = registry.load(registry.SMOLLM2, device="cpu")
     catalog = list(movielens.items())
-    titles = {i["item_id"]: i for i in catalog}
 
     captioner = Captioner(lm, CaptionConfig(max_new_tokens=args.caption_tokens, batch_size=args.batch_size))
     items = [ItemInput(i["item_id"], i["title"], i["categories"]) for i in catalog[:args.items]]
     caption = compare(lm, lambda xs: [c.text for c in captioner.caption(xs)], items, args.batch_size)
 
-    firsts: dict[str, list[str]] = {}
-    for e in movielens.interactions():
-        block = firsts.setdefault(e["user_id"], [])
-        if len(block) < 3:
-            item = titles[e["item_id"]]
-            block.append(describe_item(item["title"], item["categories"]))
-        if len(firsts) >= args.users and all(len(b) == 3 for b in firsts.values()):
-            break
-    requests = [BlockRequest(None, block) for block in list(firsts.values())[:args.users]]
+    requests = [BlockRequest(None, block) for block in first_blocks(args.users, 3)]
     summarizer = UserSummarizer(lm, SummarizerConfig(max_new_tokens=args.summary_tokens, batch_size=args.batch_size))
     summary = compare(lm, summarizer.update, requests, args.batch_size)
 

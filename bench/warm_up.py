@@ -3,10 +3,10 @@ without the warm-up (``MMSR_GENERATION_WARM_UP``), against eager decoding in the
 
 Each scenario runs in a process of its own with an empty compile cache, as right after a deploy:
 load the model, warm up (or not), then serve a fixed sequence of summary requests of several
-batch sizes (first blocks of MovieLens-100K users) through ``UserSummarizer.update``, the llm role's
-call. Reported per scenario: when the
-worker would join its group (model loaded and warmed), each request's latency, and when the
-first and the last request were answered, counted from the start of the process.
+batch sizes (first blocks of MovieLens-100K users) through ``UserSummarizer.update``, the llm
+role's call. Reported per scenario: when the worker would join its group (model loaded and
+warmed), each request's latency, and when the first and the last request were answered, counted
+from the start of the process.
 """
 from __future__ import annotations
 
@@ -25,24 +25,19 @@ SCENARIOS = {  # name: (kv_cache, compile, cache length, warm up)
     # a cache length that fits these requests (prompts under 300 tokens, 64 new): what the README advises
     "compiled+warm-up+cache-512": ("static", "always", 512, True),
 }
+
+
 def requests_of(users: int, block: int) -> list:
-    """``users`` block updates from MovieLens-100K, users in order of their first rating: each one's
-    first ``block`` rated items, and for every other user a previous summary to refine (a fixed
-    sentence: its length, not its wording, is what the timing depends on)."""
-    from models.data import movielens
-    from models.prompts import SUMMARY_PREFIX, describe_item
+    """``users`` block updates: the first blocks of MovieLens-100K's first users, and for every other
+    user a previous summary to refine (a fixed sentence: its length, not its wording, is what the
+    timing depends on)."""
+    from bench import first_blocks
+    from models.prompts import SUMMARY_PREFIX
     from models.user_summarizer import BlockRequest
 
-    catalog = {i["item_id"]: i for i in movielens.items()}
-    blocks: dict[str, list[str]] = {}
-    for event in movielens.interactions():
-        block_items = blocks.setdefault(event["user_id"], [])
-        if len(block_items) < block:
-            item = catalog[event["item_id"]]
-            block_items.append(describe_item(item["title"], item["categories"]))
     previous = (f"{SUMMARY_PREFIX} crime and drama films of the mid-nineties with strong casts, and not for "
                 "long war epics.")
-    return [BlockRequest(None if n % 2 else previous, items) for n, items in enumerate(list(blocks.values())[:users])]
+    return [BlockRequest(None if n % 2 else previous, items) for n, items in enumerate(first_blocks(users, block))]
 
 
 def scenario(name: str, args) -> dict:

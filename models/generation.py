@@ -148,11 +148,14 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
     return out  # type: ignore[return-value]
 
 
+WARM_UP_TOKENS = 4  # decoding steps per warm-up call: the compile comes at the first, CUDA graphs are recorded by the third
+
+
 def warm_up(lm: LoadedModel, config: GenerationConfig, longest: str, shortest: str) -> int:
     """Compile the decoding step before the first request, where ``generate`` would compile it: one
     call per row bucket. Returns the calls made (0 where nothing compiles).
 
-    Without it the first batch of each size pays the compile (26-44 s a batch size on 2 CPU cores
+    Without it the first batch of each size pays the compile (21-41 s a batch size on 2 CPU cores
     with 'always', bench/results/warm_up.json; CUDA also records a graph per size), and the lists
     waiting on those summaries wait with it. Each call decodes only ``WARM_UP_TOKENS`` but sizes the
     cache as serving does. With a fixed ``cache_len`` any prompt compiles the shapes serving uses,
@@ -174,7 +177,3 @@ def filler(chars: int) -> str:
     """Plain English of about ``chars`` characters: stands in for item and summary texts at their caps."""
     sentence = "A quiet drama about a family, the secrets it keeps and the long summer by the sea. "
     return (sentence * (chars // len(sentence) + 1))[:chars]
-
-
-WARM_UP_TOKENS = 4  # decoding steps per warm-up call: the compile comes at the first, CUDA graphs are recorded by the third
-
