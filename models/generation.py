@@ -106,6 +106,12 @@ def render(lm: LoadedModel, messages: list[dict], answer_prefix: str = "") -> st
     return prompt + answer_prefix
 
 
+class StopAfter(MaxLengthCriteria):
+    """transformers' length criterion under a type of its own: ``generate`` replaces its default
+    criterion with a custom one of the same type (warning that it did), and the default is what
+    bounds a call at ``max_new_tokens``; this one is kept beside it and stops earlier."""
+
+
 @torch.inference_mode()
 def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
              images: list | None = None, stop_after: int = 0) -> list[str]:
@@ -134,10 +140,9 @@ def generate(lm: LoadedModel, prompts: list[str], config: GenerationConfig,
                 enc = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False,
                                    pad_to_multiple_of=config.decoding.pad_multiple if config.decoding.static else None)
             enc = {k: (v.to(lm.device, lm.dtype) if v.is_floating_point() else v.to(lm.device)) for k, v in enc.items()}
-            # transformers' own criterion at this call's prompt length; it replaces generate's default
-            # one, so it keeps max_new_tokens too (past it the static cache has no room)
-            last = enc["input_ids"].shape[1] + min(stop_after, config.max_new_tokens)
-            stopping = {"stopping_criteria": StoppingCriteriaList([MaxLengthCriteria(last)])} if stop_after else {}
+            # beside generate's own max_new_tokens bound (past it the static cache has no room)
+            last = enc["input_ids"].shape[1] + stop_after
+            stopping = {"stopping_criteria": StoppingCriteriaList([StopAfter(last)])} if stop_after else {}
             with lm.lock:
                 generated = lm.model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=config.do_sample,
                                               pad_token_id=lm.tokenizer.pad_token_id, **config.decoding.generate_options(),

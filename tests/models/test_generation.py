@@ -98,8 +98,11 @@ def test_unknown_decoding_options_are_refused(options, field):
         Decoding(**options)
 
 
-def test_stop_after_counts_from_each_call_s_own_prompt(tiny_llava):
-    """One call per row (batch_size 1) over prompts of three lengths: each stops 4 tokens in."""
+def test_stop_after_counts_from_each_call_s_own_prompt(tiny_llava, capsys, caplog):
+    """One call per row (batch_size 1) over prompts of three lengths: each stops 4 tokens in,
+    without transformers warning that a custom criterion replaced its own."""
+    from transformers.utils import logging as hf_logging
+
     texts = rendered(tiny_llava, [PROMPTS[1], PROMPTS[3], PROMPTS[0]])
     short = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=20, batch_size=1), stop_after=4)
     full = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=20, batch_size=1))
@@ -108,3 +111,7 @@ def test_stop_after_counts_from_each_call_s_own_prompt(tiny_llava):
     # past max_new_tokens a static cache has no room: the criterion must keep that bound too
     capped = generate(tiny_llava, texts, GenerationConfig(max_new_tokens=2, batch_size=1), stop_after=4)
     assert [len(tiny_llava.tokenizer(t, add_special_tokens=False).input_ids) for t in capped] == [2, 2, 2]
+    hf_logging.get_logger("transformers").warning_once.cache_clear()
+    generate(tiny_llava, texts[:1], GenerationConfig(max_new_tokens=8, batch_size=1), stop_after=4)
+    said = capsys.readouterr().err + caplog.text
+    assert "take precedence" not in said
