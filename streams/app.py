@@ -17,6 +17,7 @@ import faust
 from streams.events import key_text
 from streams.kafka import faust_tuning
 from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
+from streams.kafka.flow import partition_report
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
@@ -98,7 +99,8 @@ class Worker:
 
         guard = OffsetGuard(topic, table, PartitionReader(topic, self.settings.group_id, client_config(self.settings)),
                             services.off_loop, services.metrics, assigned=assigned,
-                            acknowledge=faust_acknowledger(app))
+                            acknowledge=faust_acknowledger(app),
+                            diagnose=lambda partition: partition_report(app, topic, partition))
         self.guards.append(guard)
         return guard
 

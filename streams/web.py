@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Awaitable, Callable
 
+from streams.kafka.flow import flow_report, partition_report
 from streams.services import Services
 from streams.state import UserState
 
@@ -71,21 +72,16 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
 
     @app.page("/debug/flow")
     async def flow(web, request):
-        """Why a partition is not progressing: the consumer's flow and, per topic, its stream
-        buffer and whether Faust paused its partitions for a full buffer."""
-        consumer = app.consumer
-        topics = {}
-        for channel in app.topics._topics:
-            queue = channel.queue
-            topics[", ".join(channel.topics)] = {
-                "buffered_events": queue.qsize(), "buffer_size": queue.maxsize,
-                "partitions_awaiting_a_pressure_drop": len(queue._pending_pressure_drop_callbacks)}
-        return web.json({
-            "flow_active": consumer.flow_active, "in_recovery": app.in_recovery, "rebalancing": bool(app.rebalancing),
-            "assigned": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment()),
-            "fetching": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer._get_active_partitions()),
-            "paused_for_full_buffer": sorted(f"{tp.topic}/{tp.partition}" for tp in consumer._buffered_partitions),
-            "streams": topics})
+        """Why a partition is not progressing (``streams.kafka.flow``)."""
+        return web.json(flow_report(app))
+
+    @app.page("/debug/flow/{topic}/{partition}")
+    async def partition_flow(web, request, topic: str, partition: str):
+        """One partition through Faust's and aiokafka's layers (404 where this worker lacks it)."""
+        if not partition.isdigit():
+            return web.json({"error": f"partition must be a number, not {partition!r}"}, status=400)
+        report = partition_report(app, topic, int(partition))
+        return web.json(report, status=200 if report["assigned"] else 404)
 
     @app.page("/metrics")
     async def metrics(web, request):

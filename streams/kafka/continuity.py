@@ -179,9 +179,10 @@ class OffsetGuard:
     def __init__(self, topic: str, table: MutableMapping, reader: Reader,
                  off_loop: Callable[..., Awaitable], metrics=None,
                  assigned: Callable[[], set[int] | None] = lambda: None,
-                 acknowledge: Callable[[ReadMessage], None] = lambda message: None):
+                 acknowledge: Callable[[ReadMessage], None] = lambda message: None,
+                 diagnose: Callable[[int], dict] = lambda partition: {}):
         self.topic, self.table, self.reader, self.off_loop = topic, table, reader, off_loop
-        self.metrics, self.assigned, self.acknowledge = metrics, assigned, acknowledge
+        self.metrics, self.assigned, self.acknowledge, self.diagnose = metrics, assigned, acknowledge, diagnose
         self.next_offset: dict[int, int] = {}  # partition -> the next offset due to the stage
         self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
         self.generation = 0  # counts resets: a check begun before a rebalance must not outlive it
@@ -264,7 +265,8 @@ class OffsetGuard:
             if generation != self.generation or self.next_offset.get(partition) != due or end <= due:
                 continue
             log.warning("%s/%d: no record delivered from offset %d for %d checks while the log reaches %d; "
-                        "reading them from the broker", self.topic, partition, due, STALLED_CHECKS, end)
+                        "reading them from the broker; the consumer's state of it: %s", self.topic, partition, due,
+                        STALLED_CHECKS, end, self._diagnosis(partition))
             self._count("stalled_catch_ups_total")
             if not await self._apply_range(process, partition, due, end, generation):
                 return
@@ -290,6 +292,13 @@ class OffsetGuard:
                 self.taken(missing)
             self.next_offset[partition] = max(self.next_offset[partition], chunk_end)
         return True
+
+    def _diagnosis(self, partition: int) -> dict:
+        """The consumer's state of the partition, for a warning that must be logged whatever it reads."""
+        try:
+            return self.diagnose(partition)
+        except Exception as exc:  # the report reads Faust's and aiokafka's internals
+            return {"unreadable": f"{type(exc).__name__}: {exc}"}
 
     def _unreachable(self, partition: int, what: str, exc: Exception) -> None:
         """A catch-up step the broker could not answer: logged and counted, left to the next tick."""

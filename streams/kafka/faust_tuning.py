@@ -12,6 +12,7 @@ before the app is built.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import types
@@ -32,6 +33,8 @@ def apply(settings) -> None:
     events_without_settings_reads()
     assign_once_the_metadata_lists_every_topic()
     crash_on_coordinator_errors()
+    resume_stream_partitions_after_the_seek()
+    rewind_partitions_without_a_committed_offset()
 
 
 def assign_once_the_metadata_lists_every_topic() -> None:
@@ -129,6 +132,97 @@ def crash_on_coordinator_errors() -> None:
     push_error_to_user.original, on_start.original = push, start
     GroupCoordinator._push_error_to_user = push_error_to_user
     AIOKafkaConsumerThread.on_start = on_start
+
+
+def resume_stream_partitions_after_the_seek() -> None:
+    """At the end of a recovery, Faust fetches the stream partitions again only once it has
+    sought them to their committed offsets and cleared its stream buffers, not before.
+
+    Faust's ``Recovery.on_recovery_completed`` (and ``_resume_streams``) resumes the stream
+    partitions, then awaits ``perform_seek`` (the committed offsets, fetched in the consumer's
+    thread), then resumes the flow, and that resume clears every stream buffer (mode's
+    ``FlowControlEvent.resume``: ``clear_on_resume``). Where a recovery ran, the fetcher was
+    already draining, so records delivered during the seek went into the buffers and were
+    cleared unread, while aiokafka's position had moved past them. A partition with a committed
+    offset is sought back and reads them again. One without (a group's first start, or a worker
+    killed before its first commit) is not sought (aiokafka seeks only to an offset above 0), so
+    Faust never delivered them: seen as a kill -9 test's restarted worker stalling on a partition
+    at offset 295 while aiokafka stood at the log's end, 495, with nothing buffered or unacked
+    (the offset guard's report, ``streams.kafka.flow``), and the group's offsets topic showing no
+    commit before the restart. The partitions Faust resumes during these two calls are now
+    resumed when the call returns: after the seek, the buffer clear and the flow's resume.
+    """
+    from faust.tables.recovery import Recovery
+
+    for name in ("on_recovery_completed", "_resume_streams"):
+        original = getattr(Recovery, name)
+        if getattr(original, "resumes_after_the_seek", False):
+            continue
+        setattr(Recovery, name, resuming_partitions_on_return(original))
+
+
+def resuming_partitions_on_return(method):
+    """``method`` with the consumer's ``resume_partitions`` calls held until it returns."""
+
+    async def wrapper(self, *args, **kwargs):
+        consumer = self.app.consumer
+        held: list = []
+        consumer.resume_partitions = held.append  # shadows the method on this instance
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            del consumer.resume_partitions
+            for tps in held:
+                consumer.resume_partitions(tps)
+
+    wrapper.resumes_after_the_seek = True
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
+def rewind_partitions_without_a_committed_offset() -> None:
+    """Faust's seek to the committed offsets also rewinds a stream partition whose committed
+    offset is 0 or that has none, so that the records Faust cleared from its buffers are read again.
+
+    Faust clears its stream buffers at every rebalance and at the end of every recovery, and
+    counts on the seek to the committed offsets that follows to deliver the cleared records
+    again. aiokafka's ``seek_to_committed`` seeks only to an offset above 0, so a partition
+    with no commit yet (a group's first seconds, a worker killed before its first commit) or
+    committed at 0 kept its position past the cleared records, and they were never delivered
+    (``resume_stream_partitions_after_the_seek`` closes the window seen at the end of a
+    recovery; this covers a rebalance too). Such a partition is now sought to 0, or with no
+    commit reset by the consumer's reset policy where that policy is ``earliest`` (Faust's
+    default): the records the worker had already applied come again and are dropped as taken by
+    the offset guard. With ``latest`` nothing says where the cleared records began, so aiokafka's
+    behaviour is kept. Changelog partitions are left to Faust's recovery, which positions them.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread.seek_to_committed, "rewinds", False):
+        return
+
+    async def seek_to_committed(self):
+        faust_consumer = self.consumer
+        return await self.call_thread(seek_to_committed_or_reset, self._ensure_consumer(),
+                                      faust_consumer._is_changelog_tp, faust_consumer.app.conf.consumer_auto_offset_reset)
+
+    seek_to_committed.rewinds = True
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed
+
+
+async def seek_to_committed_or_reset(client, is_changelog: Callable, reset_policy: str) -> dict:
+    """aiokafka's ``seek_to_committed`` on every assigned partition, then the stream partitions
+    it did not seek (committed at 0, or never) sought to 0 or reset by ``earliest``. Returns
+    the committed offsets, as aiokafka's does."""
+    committed = await client.seek_to_committed()
+    streams = [tp for tp in committed if not is_changelog(tp)]
+    for tp in streams:
+        if committed[tp] == 0:
+            client.seek(tp, 0)
+    never = [tp for tp in streams if committed[tp] is None or committed[tp] < 0]
+    if never and reset_policy == "earliest":
+        await client.seek_to_beginning(*never)
+    return committed
 
 
 def events_without_settings_reads() -> None:

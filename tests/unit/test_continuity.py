@@ -36,11 +36,12 @@ async def inline(fn, *args):
     return fn(*args)
 
 
-def make_guard(broker, table=None, assigned=None, acknowledged=None):
+def make_guard(broker, table=None, assigned=None, acknowledged=None, diagnose=lambda partition: {}):
     metrics = Metrics()
     guard = OffsetGuard(TOPIC, {} if table is None else table, broker, inline, metrics,
                         assigned=lambda: assigned,
-                        acknowledge=(acknowledged.append if acknowledged is not None else lambda m: None))
+                        acknowledge=(acknowledged.append if acknowledged is not None else lambda m: None),
+                        diagnose=diagnose)
     return guard, metrics
 
 
@@ -256,15 +257,16 @@ def test_the_reader_retries_a_retriable_broker_error_and_raises_any_other(monkey
         PartitionReader._retrying(call)
 
 
-def test_a_partition_the_stream_stops_delivering_is_read_from_the_broker():
+def test_a_partition_the_stream_stops_delivering_is_read_from_the_broker(caplog):
     """Seen after a kill -9 and a restart: two partitions caught up to their committed offsets,
     and the consumer never delivered a record after them. With no event for STALLED_CHECKS checks
     while the log goes on, the guard reads the rest and applies it; a partition whose events keep
-    coming, or that is at its log's end, is left alone."""
+    coming, or that is at its log's end, is left alone. The warning carries the consumer's state
+    of each stalled partition, so that a stall names the layer that held it."""
     from streams.kafka.continuity import STALLED_CHECKS
 
     broker = Broker({0: list(range(12)), 1: list(range(12)), 2: list(range(5))})
-    guard, metrics = make_guard(broker, assigned={0, 1, 2})
+    guard, metrics = make_guard(broker, assigned={0, 1, 2}, diagnose=lambda p: {"partition_asked": p})
     applied: list = []
 
     async def process(events):
@@ -281,6 +283,8 @@ def test_a_partition_the_stream_stops_delivering_is_read_from_the_broker():
     assert applied == [(0, o) for o in range(1, 12)] + [(2, o) for o in range(1, 5)]
     assert metrics.get("stalled_catch_ups_total") == 2 and broker.reads == [(0, 1, 12), (2, 1, 5)]
     assert guard.next_offset == {0: 12, 1: STALLED_CHECKS + 1, 2: 5}
+    warnings = [r.getMessage() for r in caplog.records if "no record delivered" in r.getMessage()]
+    assert len(warnings) == 2 and "{'partition_asked': 0}" in warnings[0] and "{'partition_asked': 2}" in warnings[1]
     # what the stream delivers afterwards is dropped as taken
     assert offsets(admit(guard, [Event(0, 7), Event(0, 11)])) == []
 
@@ -306,3 +310,23 @@ def test_a_stalled_partition_at_its_log_end_costs_one_query_per_stalled_period()
     for _ in range(3 * (STALLED_CHECKS + 1)):
         asyncio.run(guard.catch_up(process))
     assert applied == [] and broker.ends == 3 and broker.reads == []
+
+
+def test_a_stall_is_caught_up_and_logged_even_when_the_consumer_s_state_cannot_be_read(caplog):
+    from streams.kafka.continuity import STALLED_CHECKS
+
+    def unreadable(partition):
+        raise AttributeError("'Consumer' object has no attribute '_read_offset'")  # as after a Faust upgrade
+
+    broker = Broker({0: list(range(6))})
+    guard, metrics = make_guard(broker, assigned={0}, diagnose=unreadable)
+    applied: list = []
+
+    async def process(events):
+        applied.extend(offsets(events))
+
+    admit(guard, [Event(0, 0)])
+    for _ in range(STALLED_CHECKS + 1):
+        asyncio.run(guard.catch_up(process))
+    assert applied == [(0, o) for o in range(1, 6)] and metrics.get("stalled_catch_ups_total") == 1
+    assert "unreadable': \"AttributeError" in caplog.text

@@ -349,3 +349,46 @@ def test_a_topic_that_never_appears_is_waited_for_a_bounded_time(monkeypatch):
     started = time.monotonic()
     assert asyncio.run(faust_tuning.until_listed(coordinator)) == ["app-gone"]
     assert 0.2 <= time.monotonic() - started < 5 and coordinator.refreshes >= 2
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_no_record_delivered_during_the_end_of_recovery_seek_is_cleared_unread(patched):
+    """Faust's own ``on_recovery_completed`` resumes the stream partitions, awaits the seek, then
+    resumes the flow, which clears the stream buffers: a record the fetcher delivered during the
+    seek is dropped unread (lost for good where the partition has no committed offset to seek
+    back to). Patched, the partitions are fetched again only after the clear. The unpatched case
+    documents Faust's behaviour, so that an upgrade that fixes it shows here."""
+    from faust.tables.recovery import Recovery
+
+    from streams.kafka.faust_tuning import resume_stream_partitions_after_the_seek
+
+    resume_stream_partitions_after_the_seek()
+    method = Recovery.on_recovery_completed if patched else Recovery.on_recovery_completed.__wrapped__
+
+    async def run():
+        app = faust.App(f"recovery-test-{patched}", autodiscover=False, store="memory://")
+        consumer, stream_tp = app.consumer, TP("interactions", 1)
+        consumer.assignment = lambda: {stream_tp}
+        buffer = app.FlowControlQueue(maxsize=100, clear_on_resume=True)  # a stream's buffer
+        # as at a rebalance: the flow stopped, the stream partitions paused
+        app.flow_control.suspend()
+        consumer.stop_flow()
+        consumer.pause_partitions({stream_tp})
+        delivered = []
+
+        async def perform_seek():  # the fetcher drains while the seek waits on the consumer's thread
+            await asyncio.sleep(0)
+            if stream_tp in consumer._get_active_partitions():
+                buffer.force_put_nowait("record 295")
+                delivered.append("record 295")
+            return {}
+
+        consumer.perform_seek = perform_seek
+        await method(app.tables.recovery, app.consumer_generation_id)
+        kept = [buffer.get_nowait() for _ in range(buffer.qsize())]
+        return delivered, kept, stream_tp in consumer._get_active_partitions(), consumer.flow_active
+
+    delivered, kept, fetching, flowing = asyncio.run(run())
+    assert fetching and flowing  # either way the stream partition is fetched and the flow runs after
+    lost = [r for r in delivered if r not in kept]
+    assert lost == ([] if patched else ["record 295"])
