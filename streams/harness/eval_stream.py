@@ -55,7 +55,9 @@ class StreamEvalConfig:
 
 WORKER_COUNTERS = ("events_applied_total", "recommendations_emitted_total", "lists_owed_total", "dead_letters_total",
                    "captions_total", "summaries_total",
-                   "pair_entries_applied_total", "pair_entries_skipped_total", "retrieval_model_swaps_total")
+                   "pair_entries_applied_total", "pair_entries_skipped_total", "retrieval_model_swaps_total",
+                   # the offset guard's reads from the broker: each one is an event the stream did not deliver in time
+                   "stalled_catch_ups_total", "offsets_recovered_total", "catch_up_errors_total")
 
 
 def shifted(event: dict, delta: float) -> dict:
@@ -381,6 +383,15 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
     return {"weights": weights, "validation": result, "validation_events": len(targets)}
 
 
+def guard_line(counters: dict) -> list[str]:
+    """What the offset guard had to read from the broker, where the run reports it."""
+    if "stalled_catch_ups_total" not in counters:
+        return []
+    return [f"Offset guard: {counters['stalled_catch_ups_total']:.0f} stalled-partition catch-ups, "
+            f"{counters['offsets_recovered_total']:.0f} records read from the broker, "
+            f"{counters['catch_up_errors_total']:.0f} catch-up errors."]
+
+
 def markdown(result: dict, k: int) -> str:
     rows = [f"| lists | HR@{k} | NDCG@{k} | MRR@{k} | coverage |", "|---|---|---|---|---|"]
     for name in ("stream", "candidate_stage", "popularity"):
@@ -393,5 +404,6 @@ def markdown(result: dict, k: int) -> str:
              f"{result['hr_ratio_stream_over_popularity']}x.",
              f"Strategies of the scored lists: {json.dumps(result['strategies'])}.",
              f"Sources of the items in the scored lists: {json.dumps(result['sources_in_scored_lists'])}.",
-             f"Seconds: {json.dumps(result['seconds'])}.", ""]
+             f"Seconds: {json.dumps(result['seconds'])}.",
+             *guard_line(result.get("worker_counters", {})), ""]
     return "\n".join(lines)

@@ -15,12 +15,14 @@ def flow_report(app) -> dict:
     """The consumer's flow, the partitions it fetches and those Faust paused for a full buffer,
     and each stream's buffered events."""
     consumer = app.consumer
-    streams = {}
-    for channel in app.topics._topics:
+    streams: dict = {}
+    for channel in app.topics._topics:  # several channels can read one topic: summed, not overwritten
         queue = channel.queue
-        streams[", ".join(channel.topics)] = {
-            "buffered_events": queue.qsize(), "buffer_size": queue.maxsize,
-            "partitions_awaiting_a_pressure_drop": len(queue._pending_pressure_drop_callbacks)}
+        stream = streams.setdefault(", ".join(channel.topics), {
+            "channels": 0, "buffered_events": 0, "buffer_size": queue.maxsize, "partitions_awaiting_a_pressure_drop": 0})
+        stream["channels"] += 1
+        stream["buffered_events"] += queue.qsize()
+        stream["partitions_awaiting_a_pressure_drop"] += len(queue._pending_pressure_drop_callbacks)
     return {
         "flow_active": consumer.flow_active, "in_recovery": app.in_recovery, "rebalancing": bool(app.rebalancing),
         "assigned": sorted(map(label, consumer.assignment())),
@@ -44,7 +46,7 @@ def partition_report(app, topic: str, partition: int) -> dict:
         "faust_read_offset": consumer._read_offset.get(tp),
         "faust_committed_offset": consumer._committed_offset.get(tp),
         "faust_unacked": sum(1 for m in consumer._unacked_messages if m.tp == tp),
-        "stream_buffers": {", ".join(c.topics): c.queue.qsize() for c in app.topics._topics if topic in c.topics}}
+        "stream_buffers": [c.queue.qsize() for c in app.topics._topics if topic in c.topics]}
     report.update(aiokafka_report(consumer, tp))
     return report
 

@@ -50,3 +50,20 @@ def test_results_name_paths_inside_the_run_relative_to_it(tmp_path):
     assert relative_to_run(str(tmp_path / "adapter"), run) == str(tmp_path / "adapter")
     assert relative_to_run(f"{run}-other/sequential", run) == f"{run}-other/sequential"
     assert relative_to_run(0.6, run) == 0.6
+
+
+def test_the_results_say_what_the_offset_guard_had_to_read_from_the_broker():
+    """An event the stream did not deliver in time is caught up by the guard; a run's results say
+    how often, so that a regression in delivery shows in the figures, not only in a log."""
+    from streams.harness.eval_stream import WORKER_COUNTERS, guard_line, markdown
+
+    assert {"stalled_catch_ups_total", "offsets_recovered_total", "catch_up_errors_total"} <= set(WORKER_COUNTERS)
+    counters = {"stalled_catch_ups_total": 1.0, "offsets_recovered_total": 1.0, "catch_up_errors_total": 0.0}
+    assert guard_line(counters) == ["Offset guard: 1 stalled-partition catch-ups, 1 records read from the broker, "
+                                    "0 catch-up errors."]
+    scores = {"HR@10": 0.2, "NDCG@10": 0.1, "MRR@10": 0.05, "coverage": 0.7}
+    result = {"stream": scores, "candidate_stage": scores, "popularity": scores, "events_scored": 10,
+              "events_without_list": 0, "list_timeouts": 0, "hr_ratio_stream_over_popularity": 1.0,
+              "strategies": {}, "sources_in_scored_lists": {}, "seconds": {}}
+    assert "Offset guard" not in markdown(result, 10)  # an older run's results, without the counters
+    assert "Offset guard: 1 stalled-partition catch-ups" in markdown({**result, "worker_counters": counters}, 10)
