@@ -47,25 +47,97 @@ def partition_report(app, topic: str, partition: int) -> dict:
         "faust_committed_offset": consumer._committed_offset.get(tp),
         "faust_unacked": sum(1 for m in consumer._unacked_messages if m.tp == tp),
         "stream_buffers": [c.queue.qsize() for c in app.topics._topics if topic in c.topics]}
-    report.update(aiokafka_report(consumer, tp))
+    report["agents"] = readable(agents_report, app, topic)
+    report["aiokafka"] = readable(aiokafka_report, consumer, tp)
     return report
 
 
-def aiokafka_report(consumer, tp) -> dict:
-    """aiokafka's state of the partition, or why it could not be read."""
+def readable(report, *args):
+    """A report of internals read from another task or thread: what it read, or why it could not."""
     try:
-        client = consumer._thread._ensure_consumer()
-        assignment = client._subscription.subscription.assignment
-        state = assignment.state_value(tp)
-        fetcher = client._fetcher
-        prefetched = fetcher._records.get(tp)
-        return {
-            "aiokafka_assigned": state is not None,
-            "aiokafka_position": state._position if state is not None else None,
-            "aiokafka_paused": state.paused if state is not None else None,
-            "aiokafka_awaiting_reset": state.awaiting_reset if state is not None else None,
-            "aiokafka_highwater": state.highwater if state is not None else None,
-            "aiokafka_prefetched": prefetched is not None,
-            "aiokafka_fetch_in_flight": bool(fetcher._in_flight)}
-    except Exception as exc:  # aiokafka's internals, read from another thread: say so, go on
-        return {"aiokafka": f"unreadable: {type(exc).__name__}: {exc}"}
+        return report(*args)
+    except Exception as exc:  # a diagnosis says so and goes on
+        return f"unreadable: {type(exc).__name__}: {exc}"
+
+
+def agents_report(app, topic: str) -> list[dict]:
+    """Where a record delivered to a stream but not yet acknowledged can be: the stream's current
+    event, and each batching generator (Faust's ``take_events``, ``take_events_until_quiet``)
+    with its buffered events and what it waits on. Read from the generators' frames: these
+    buffers are local variables, reachable no other way; a diagnosis only."""
+    reports = []
+    for agent in app.agents.values():
+        if topic not in getattr(agent.channel, "topics", ()):
+            continue
+        for actor in list(agent._actors):
+            stream = actor.stream
+            event = stream.current_event
+            reports.append({
+                "agent": agent.name, "passive": bool(getattr(stream, "_passive", False)),
+                "current_offset": event.message.offset if event is not None else None,
+                "batchers": [batcher_report(agen) for agen in list(stream._active_agens)]})
+    return reports
+
+
+def batcher_report(agen) -> dict:
+    frame = agen.ag_frame
+    if frame is None:
+        return {"finished": True}
+    local = frame.f_locals
+    events = local.get("events") or []
+    consuming = local.get("buffer_consuming", local.get("consuming"))
+    full = local.get("buffer_full")
+    return {
+        "running": agen.ag_running, "waiting_on": repr(agen.ag_await)[:120],
+        "buffered_offsets": [e.message.offset for e in events][-5:], "buffered": len(events),
+        "handing_over": None if consuming is None else ("done" if consuming.done() else "pending"),
+        "full": full.is_set() if full is not None else None}
+
+
+def aiokafka_report(consumer, tp) -> dict:
+    """aiokafka's state of the partition: position, pause, reset, high watermark, prefetched records."""
+    client = consumer._thread._ensure_consumer()
+    state = client._subscription.subscription.assignment.state_value(tp)
+    fetcher = client._fetcher
+    return {
+        "assigned": state is not None,
+        "position": state._position if state is not None else None,
+        "paused": state.paused if state is not None else None,
+        "awaiting_reset": state.awaiting_reset if state is not None else None,
+        "highwater": state.highwater if state is not None else None,
+        "prefetched": fetcher._records.get(tp) is not None,
+        "fetch_in_flight": bool(fetcher._in_flight)}
+
+
+def agents_report(app, topic: str) -> list[dict]:
+    """Where a record delivered to a stream but not yet acknowledged can be: the stream's current
+    event, and each batching generator (Faust's ``take_events``, ``take_events_until_quiet``)
+    with its buffered events and what it waits on. Read from the generators' frames: these
+    buffers are local variables, reachable no other way; a diagnosis only."""
+    reports = []
+    for agent in app.agents.values():
+        if topic not in getattr(agent.channel, "topics", ()):
+            continue
+        for actor in list(agent._actors):
+            stream = actor.stream
+            event = stream.current_event
+            reports.append({
+                "agent": agent.name, "passive": bool(getattr(stream, "_passive", False)),
+                "current_offset": event.message.offset if event is not None else None,
+                "batchers": [batcher_report(agen) for agen in list(stream._active_agens)]})
+    return reports
+
+
+def batcher_report(agen) -> dict:
+    frame = agen.ag_frame
+    if frame is None:
+        return {"finished": True}
+    local = frame.f_locals
+    events = local.get("events") or []
+    consuming = local.get("buffer_consuming", local.get("consuming"))
+    full = local.get("buffer_full")
+    return {
+        "running": agen.ag_running, "waiting_on": repr(agen.ag_await)[:120],
+        "buffered_offsets": [e.message.offset for e in events][-5:], "buffered": len(events),
+        "handing_over": None if consuming is None else ("done" if consuming.done() else "pending"),
+        "full": full.is_set() if full is not None else None}

@@ -98,10 +98,16 @@ def test_every_user_gets_k_unseen_catalog_items(topic_factory, worker_factory):
     partitions = [worker.get(f"/debug/flow/{env.topic_interactions}/{p}") for p in range(env.user_partitions)]
     for one in partitions:
         assert one["faust_fetches"] and not one["faust_paused"] and not one["faust_paused_for_full_buffer"]
-        assert one["aiokafka_assigned"] and not one["aiokafka_paused"] and not one["aiokafka_awaiting_reset"]
-        assert one["aiokafka_position"] == one["aiokafka_highwater"]
+        kafka = one["aiokafka"]
+        assert kafka["assigned"] and not kafka["paused"] and not kafka["awaiting_reset"]
+        assert kafka["position"] == kafka["highwater"]
         assert one["faust_unacked"] == 0 and one["stream_buffers"] and not any(one["stream_buffers"])
-    assert sum(one["aiokafka_position"] for one in partitions) == len(events)
+        # the interactions agent's batcher: waiting for events, none held
+        [agent] = one["agents"]
+        assert agent["agent"] == "interactions" and agent["passive"]
+        takes = [b for b in agent["batchers"] if b["full"] is not None]  # the stream's own iterator is listed too
+        assert len(takes) == 1 and not takes[0]["full"] and all(b["buffered"] == 0 for b in agent["batchers"])
+    assert sum(one["aiokafka"]["position"] for one in partitions) == len(events)
     assert worker.get(f"/debug/flow/{env.topic_interactions}/99") is None
 
 
