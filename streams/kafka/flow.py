@@ -90,6 +90,9 @@ def batcher_report(agen) -> dict:
     return {
         "running": agen.ag_running, "waiting_on": repr(agen.ag_await)[:120],
         "buffered_offsets": [e.message.offset for e in events][-5:], "buffered": len(events),
+        # Faust's take keeps the values apart from the events and hands a batch over only when
+        # the values are there: the two counts must agree
+        "buffered_values": len(local["buffer"]) if "buffer" in local else None,
         "handing_over": None if consuming is None else ("done" if consuming.done() else "pending"),
         "full": full.is_set() if full is not None else None}
 
@@ -139,5 +142,8 @@ def batcher_report(agen) -> dict:
     return {
         "running": agen.ag_running, "waiting_on": repr(agen.ag_await)[:120],
         "buffered_offsets": [e.message.offset for e in events][-5:], "buffered": len(events),
+        # Faust's take keeps the values apart from the events and hands a batch over only when
+        # the values are there: the two counts must agree
+        "buffered_values": len(local["buffer"]) if "buffer" in local else None,
         "handing_over": None if consuming is None else ("done" if consuming.done() else "pending"),
         "full": full.is_set() if full is not None else None}

@@ -107,6 +107,7 @@ def test_every_user_gets_k_unseen_catalog_items(topic_factory, worker_factory):
         assert agent["agent"] == "interactions" and agent["passive"]
         takes = [b for b in agent["batchers"] if b["full"] is not None]  # the stream's own iterator is listed too
         assert len(takes) == 1 and not takes[0]["full"] and all(b["buffered"] == 0 for b in agent["batchers"])
+        assert takes[0]["buffered_values"] == 0
     assert sum(one["aiokafka"]["position"] for one in partitions) == len(events)
     assert worker.get(f"/debug/flow/{env.topic_interactions}/99") is None
 
