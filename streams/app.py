@@ -17,7 +17,7 @@ import faust
 from streams.events import key_text
 from streams.kafka import faust_tuning
 from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
-from streams.kafka.flow import partition_report
+from streams.kafka.flow import label, partition_report
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
 from streams.services import Models, Publisher, Services, scan_user_state
@@ -258,7 +258,7 @@ class Worker:
             high = consumer.highwater(tp)
             done = self.services.metrics.last_offsets.get((tp.topic, tp.partition), -1)
             if high is not None:
-                lags[f"{tp.topic}/{tp.partition}"] = max(int(high) - (done + 1), 0)
+                lags[label(tp)] = max(int(high) - (done + 1), 0)
         return lags
 
 

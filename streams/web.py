@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Awaitable, Callable
 
-from streams.kafka.flow import flow_report, partition_report
+from streams.kafka.flow import flow_report, label, partition_report
 from streams.services import Services
 from streams.state import UserState
 
@@ -64,7 +64,7 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
 
     @app.page("/health")
     async def health(web, request):
-        assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in app.consumer.assignment())
+        assigned = sorted(map(label, app.consumer.assignment()))
         ok = not app.rebalancing and bool(assigned) and services.restored.is_set()
         body = {"status": "ok" if ok else "starting", "rebalancing": bool(app.rebalancing),
                 "restored": services.restored.is_set(), "assigned": assigned, "pending_lists": len(services.due)}

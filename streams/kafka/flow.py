@@ -60,43 +60,6 @@ def readable(report, *args):
         return f"unreadable: {type(exc).__name__}: {exc}"
 
 
-def agents_report(app, topic: str) -> list[dict]:
-    """Where a record delivered to a stream but not yet acknowledged can be: the stream's current
-    event, and each batching generator (Faust's ``take_events``, ``take_events_until_quiet``)
-    with its buffered events and what it waits on. Read from the generators' frames: these
-    buffers are local variables, reachable no other way; a diagnosis only."""
-    reports = []
-    for agent in app.agents.values():
-        if topic not in getattr(agent.channel, "topics", ()):
-            continue
-        for actor in list(agent._actors):
-            stream = actor.stream
-            event = stream.current_event
-            reports.append({
-                "agent": agent.name, "passive": bool(getattr(stream, "_passive", False)),
-                "current_offset": event.message.offset if event is not None else None,
-                "batchers": [batcher_report(agen) for agen in list(stream._active_agens)]})
-    return reports
-
-
-def batcher_report(agen) -> dict:
-    frame = agen.ag_frame
-    if frame is None:
-        return {"finished": True}
-    local = frame.f_locals
-    events = local.get("events") or []
-    consuming = local.get("buffer_consuming", local.get("consuming"))
-    full = local.get("buffer_full")
-    return {
-        "running": agen.ag_running, "waiting_on": repr(agen.ag_await)[:120],
-        "buffered_offsets": [e.message.offset for e in events][-5:], "buffered": len(events),
-        # Faust's take keeps the values apart from the events and hands a batch over only when
-        # the values are there: the two counts must agree
-        "buffered_values": len(local["buffer"]) if "buffer" in local else None,
-        "handing_over": None if consuming is None else ("done" if consuming.done() else "pending"),
-        "full": full.is_set() if full is not None else None}
-
-
 def aiokafka_report(consumer, tp) -> dict:
     """aiokafka's state of the partition: position, pause, reset, high watermark, prefetched records."""
     client = consumer._thread._ensure_consumer()
