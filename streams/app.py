@@ -89,9 +89,10 @@ class Worker:
         """Every worker's counts and trending follow the item-keyed aggregates, item by item."""
         self.services.item_stats.apply(*changelog_entry(event))
 
-    def guard(self, topic: str, table) -> OffsetGuard:
-        """The offset guard of one input topic whose stage keeps its state in ``table``
-        (``streams.kafka.continuity``: no offset is lost or applied twice across rebalances)."""
+    def guard(self, topic: str, table, holds_for: float) -> OffsetGuard:
+        """The offset guard of one input topic whose stage keeps its state in ``table`` and gathers
+        batches for up to ``holds_for`` seconds (``streams.kafka.continuity``: no offset is lost or
+        applied twice across rebalances)."""
         app, services = self.app, self.services
 
         def assigned() -> set[int]:
@@ -100,7 +101,7 @@ class Worker:
         guard = OffsetGuard(topic, table, PartitionReader(topic, self.settings.group_id, client_config(self.settings)),
                             services.off_loop, services.metrics, assigned=assigned,
                             acknowledge=faust_acknowledger(app),
-                            diagnose=lambda partition: partition_report(app, topic, partition))
+                            diagnose=lambda partition: partition_report(app, topic, partition), holds_for=holds_for)
         self.guards.append(guard)
         return guard
 
@@ -169,14 +170,14 @@ class Worker:
                     await services.restored.wait()
                     await self.summary_results.process(events)
 
-        items_guard = self.guard(s.topic_items, services.item_profiles)
+        items_guard = self.guard(s.topic_items, services.item_profiles, s.embed_within)
 
         @app.agent(self.topics["items"], name="items")
         async def items_agent(stream):
             async for events in stream.take_events(s.embed_batch, within=s.embed_within):
                 await items_guard.feed(self.items.process, events)
 
-        pairs_guard = self.guard(s.topic_item_pairs, services.neighbours)
+        pairs_guard = self.guard(s.topic_item_pairs, services.neighbours, s.increments_within)
 
         def feeding() -> bool:
             """This worker's interactions stage, which sends most of its item pairs, applied a batch
@@ -189,7 +190,7 @@ class Worker:
                     stream, s.increments_batch, s.increments_within, s.increments_quiet, upstream_busy=feeding):
                 await pairs_guard.feed(self.neighbours.process, events)
 
-        interactions_guard = self.guard(s.topic_interactions, services.user_state)
+        interactions_guard = self.guard(s.topic_interactions, services.user_state, s.interaction_within)
 
         @app.agent(self.topics["interactions"], name="interactions")
         async def interactions_agent(stream):

@@ -51,3 +51,8 @@ def test_the_worker_serves_the_sequential_model_and_picks_up_a_new_version(topic
                        timeout=60, message="a list after the swap")
     assert later["versions"]["sequential"] == second
     assert worker.proc.pid == pid and worker.alive()  # no restart
+    # i3's item pairs came after seconds without any: the guard once took the stage's batch window
+    # for a stall (the record 119 ms old) and read them from the broker itself
+    wait_until(lambda: worker.metric("pair_entries_applied_total") == worker.metric("pair_entries_total") > 0,
+               timeout=30, message="every item-pairs increment folded")
+    assert worker.metric("stalled_catch_ups_total") == 0
