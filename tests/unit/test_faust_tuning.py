@@ -16,6 +16,27 @@ from streams.kafka.faust_tuning import (QuietMonitor, RawBytes, fetch_with_short
                                         producer_buffer_size_without_settings_reads, streams_take_turns_every,
                                         take_events_until_quiet, Turns)
 
+UNSTARTED_APPS: list = []
+
+
+def unstarted_app(name: str, **kwargs) -> faust.App:
+    """An app these tests run agents or recovery of without starting it (no broker)."""
+    app = faust.App(name, autodiscover=False, **kwargs)
+    UNSTARTED_APPS.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def close_the_consumer_loops_of_unstarted_apps():
+    """An app never started still builds its Kafka consumer when a stream first iterates, and that
+    consumer's thread makes an event loop of its own, closed only when the thread stops (mode's
+    ``ServiceThread``): closed here, or each such test leaves one to a ResourceWarning."""
+    yield
+    while UNSTARTED_APPS:
+        thread = getattr(UNSTARTED_APPS.pop()._consumer, "_thread", None)
+        if thread is not None and not thread.thread_loop.is_closed():
+            thread.thread_loop.close()
+
 
 def message(key: bytes | None, value: bytes | None) -> Message:
     return Message("t", 0, 7, 0.0, 0, [], key, value, None, tp=TP("t", 0))
@@ -157,7 +178,7 @@ def batching_agent(max_: int, within: float, quiet: float, hold: asyncio.Event |
                    upstream_busy=lambda: False):
     """An agent over ``take_events_until_quiet``: the batches it got (values, monotonic time), and
     the events' ack state while it held each batch. ``hold``: the agent waits on it per batch."""
-    app = faust.App(f"take-quiet-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
+    app = unstarted_app(f"take-quiet-{next(APP_NUMBERS)}", store="memory://")
     batches: list[tuple[list, float]] = []
     acked_while_held: list[bool] = []
 
@@ -293,7 +314,7 @@ def test_faust_s_stream_iterator_takes_the_turns_and_delivers_every_message_in_o
         assert cython_streams.sleep.__self__.every == 8
 
         async def run():
-            app = faust.App(f"turns-{next(APP_NUMBERS)}", store="memory://", autodiscover=False)
+            app = unstarted_app(f"turns-{next(APP_NUMBERS)}", store="memory://")
             seen: list = []
 
             @app.agent()
@@ -366,7 +387,7 @@ def test_no_record_delivered_during_the_end_of_recovery_seek_is_cleared_unread(p
     method = Recovery.on_recovery_completed if patched else Recovery.on_recovery_completed.__wrapped__
 
     async def run():
-        app = faust.App(f"recovery-test-{patched}", autodiscover=False, store="memory://")
+        app = unstarted_app(f"recovery-test-{patched}", store="memory://")
         consumer, stream_tp = app.consumer, TP("interactions", 1)
         consumer.assignment = lambda: {stream_tp}
         buffer = app.FlowControlQueue(maxsize=100, clear_on_resume=True)  # a stream's buffer
