@@ -53,7 +53,7 @@ TRANSIENT_CODES = frozenset({KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_
 CATCH_UP_CHUNK = 5000  # records a catch-up reads and applies at a time (one batch of the stage each)
 # checks (1 s apart, the lock free at each) without an event from a partition between two
 # sightings of its log past the next offset due, before its records are read here: a consumer
-# that stopped delivering it (at least a stage's batching window more: ``OffsetGuard.holds_for``)
+# that stopped delivering it (more for a stage that batches for over two seconds: ``holds_for``)
 STALLED_CHECKS = 3
 
 
