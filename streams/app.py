@@ -174,7 +174,7 @@ class Worker:
 
         @app.agent(self.topics["items"], name="items")
         async def items_agent(stream):
-            async for events in stream.take_events(s.embed_batch, within=s.embed_within):
+            async for events in stream.take_events(s.embed_batch, within=items_guard.holds_for):
                 await items_guard.feed(self.items.process, events)
 
         pairs_guard = self.guard(s.topic_item_pairs, services.neighbours, s.increments_within)
@@ -187,14 +187,14 @@ class Worker:
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
             async for events in faust_tuning.take_events_until_quiet(
-                    stream, s.increments_batch, s.increments_within, s.increments_quiet, upstream_busy=feeding):
+                    stream, s.increments_batch, pairs_guard.holds_for, s.increments_quiet, upstream_busy=feeding):
                 await pairs_guard.feed(self.neighbours.process, events)
 
         interactions_guard = self.guard(s.topic_interactions, services.user_state, s.interaction_within)
 
         @app.agent(self.topics["interactions"], name="interactions")
         async def interactions_agent(stream):
-            async for events in stream.take_events(s.interaction_batch, within=s.interaction_within):
+            async for events in stream.take_events(s.interaction_batch, within=interactions_guard.holds_for):
                 await services.restored.wait()
                 await interactions_guard.feed(self.interactions.process, events)
 

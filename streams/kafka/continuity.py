@@ -185,7 +185,9 @@ class OffsetGuard:
                  diagnose: Callable[[int], dict] = lambda partition: {}, holds_for: float = 0.0):
         self.topic, self.table, self.reader, self.off_loop = topic, table, reader, off_loop
         self.metrics, self.assigned, self.acknowledge, self.diagnose = metrics, assigned, acknowledge, diagnose
-        # the stream may hold a delivered record this long before the stage sees it (its batch window)
+        # the stream may hold a delivered record this long before the stage sees it: the stage's batch
+        # window, which its take reads from here so that the two cannot drift apart
+        self.holds_for = holds_for
         self.stalled_checks = max(STALLED_CHECKS, math.ceil(holds_for) + 1)
         self.next_offset: dict[int, int] = {}  # partition -> the next offset due to the stage
         self.lock = asyncio.Lock()  # the stream's batches and the idle check take turns
