@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,6 +28,23 @@ def read_version(directory: Path | str) -> str | None:
         return json.loads(path.read_text()).get("version")
     except (OSError, ValueError):
         return None
+
+
+def train_into(out_dir: Path | str, events: list[dict], config: SASRecConfig, until: str | None = None,
+               echo: Callable[[str], object] = print) -> float:
+    """SASRec trained on interaction events in time order and published to ``out_dir``, the
+    directory a worker's ``MMSR_RETRIEVAL_MODEL`` watches; the seconds it took. One path for
+    ``mmsr train-retrieval``, eval-stream and the demo, so that what is measured is what ships."""
+    from models.evaluation import sequences_of
+
+    started = time.time()
+    retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
+                                          data={"events": len(events), "until": until})
+    retriever.save_pretrained(out_dir)
+    seconds = time.time() - started
+    echo(f"sequential model {retriever.version} in {out_dir}: {len(retriever.vocabulary)} items, "
+         f"{len(events)} events, {seconds:.0f} s")
+    return seconds
 
 
 class SequentialRetriever:

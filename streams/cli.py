@@ -516,19 +516,10 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
 @one_line_errors
 def train_retrieval(out, items, interactions, until, **sasrec):
     """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
-    import time
-
-    from models.evaluation import sequences_of
-    from models.sequential import SequentialRetriever
+    from models.sequential import train_into
 
     _, events = load_log(items, interactions, until)
-    started = time.time()
-    config = SequentialSourceConfig(**sasrec)
-    retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
-                                          data={"events": len(events), "until": until})
-    retriever.save_pretrained(out)
-    click.echo(f"sequential model {retriever.version} in {out}: {len(retriever.vocabulary)} items, "
-               f"{len(events)} events, {time.time() - started:.0f}s")
+    train_into(out, events, SequentialSourceConfig(**sasrec), until=until, echo=click.echo)
 
 
 @main.command("eval-stream")
@@ -586,14 +577,17 @@ def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
 @click.option("--adapter", default="", help="LoRA adapter directory (mmsr train) to re-rank the blend's top "
               "candidates with; default: no re-ranker (lists from the blended candidate stage)")
 @click.option("--rerank-candidates", default=20, help="candidates re-ranked per list (with --adapter)")
+@click.option("--sequential-epochs", default=SequentialSourceConfig.epochs, help="epochs of the sequential source "
+              "(SASRec) trained on the first phase's interactions; 0: lists without it")
 @one_line_errors
-def demo(data_dir, users, per_user, show, adapter, rerank_candidates):
+def demo(data_dir, users, per_user, show, adapter, rerank_candidates, sequential_epochs):
     """Broker, topics, worker, MovieLens-100K, summaries and blended top-10 lists with titles and
     sources; then stop everything."""
     from streams.harness.demo import run_demo
 
     run_demo(Path(data_dir), users=users, per_user=per_user, show=show, echo=click.echo,
-             adapter=str(Path(adapter).resolve()) if adapter else "", rerank_candidates=rerank_candidates)
+             adapter=str(Path(adapter).resolve()) if adapter else "", rerank_candidates=rerank_candidates,
+             sequential_epochs=sequential_epochs)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
+from models.config import SequentialSourceConfig
 from streams.harness.process import WorkerProcess, wait_until
 from streams.kafka.admin import create_topics
 from streams.kafka.client import latest_by_user
@@ -35,13 +36,17 @@ def fresh_demo_dir(data_dir: Path) -> Path:
 
 
 def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print,
-             adapter: str = "", rerank_candidates: int = 20) -> dict[str, dict]:
+             adapter: str = "", rerank_candidates: int = 20,
+             sequential_epochs: int = SequentialSourceConfig.epochs) -> dict[str, dict]:
     """Two phases on one worker state. First the catalog and every other user's history, with the
-    LLM stages off (the item-keyed co-occurrence and trending counts fill up in a minute or two).
-    Then the worker restarts with SmolLM2-135M summarizing, and ``users`` users' first ``per_user``
-    interactions are replayed as a backfill: each gets recurrent summaries and, at the backfill's
-    end, one list from the blended candidate stage. With ``adapter`` the LoRA re-ranker re-ranks
-    the top ``rerank_candidates`` (item captions stay off: a CPU captions 1,682 items slowly)."""
+    LLM stages off (the item-keyed co-occurrence and trending counts fill up in a minute or two);
+    then the sequential source (SASRec) is trained on those histories, as ``mmsr train-retrieval``
+    would (``sequential_epochs`` 0: none, and the lists blend the other sources only). Then the
+    worker restarts with SmolLM2-135M summarizing and the sequential model loaded, and ``users``
+    users' first ``per_user`` interactions are replayed as a backfill: each gets recurrent
+    summaries and, at the backfill's end, one list from the blended candidate stage, the blend
+    ``mmsr eval-stream`` measures. With ``adapter`` the LoRA re-ranker re-ranks the top
+    ``rerank_candidates`` (item captions stay off: a CPU captions 1,682 items slowly)."""
     from models.data import movielens
     from streams import replay as rp
 
@@ -74,8 +79,9 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
         wait_until(lambda: worker.metric("pair_entries_applied_total") >= worker.metric("pair_entries_total"),
                    timeout=900, interval=1.0, message="item-keyed counts folded")
         worker.stop()
+        retrieval_model = train_sequential(others, data_dir / "sequential", sequential_epochs, echo)
 
-        settings = Settings(**common, summary_max_new_tokens=48,
+        settings = Settings(**common, summary_max_new_tokens=48, retrieval_model=retrieval_model,
                             recommender_model="smollm2-135m-instruct" if adapter else "none",
                             recommender_adapter=adapter, rerank_candidates=rerank_candidates)
         echo(f"phase 2: the worker restarts with {settings.summary_model} summarizing every "
@@ -112,6 +118,19 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
             worker.stop()
         broker.stop()
         echo("stopped the worker and the broker")
+
+
+def train_sequential(events: list[dict], out: Path, epochs: int, echo) -> str:
+    """The sequential source trained on ``events`` into ``out``: the worker's ``retrieval_model``
+    ("none" with no epochs). A few minutes on a 2-core CPU; the worker is stopped meanwhile."""
+    if epochs <= 0:
+        return "none"
+    from models.sequential import train_into
+
+    echo(f"training the sequential source (SASRec, {epochs} epochs) on phase 1's interactions ...")
+    train_into(out, events, SequentialSourceConfig(epochs=epochs),
+               until=events[-1]["event_time"] if events else None, echo=lambda line: echo(f"  {line}"))
+    return str(out)
 
 
 def progress(echo, what: str, value, total: int, timeout: float) -> None:

@@ -302,17 +302,10 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
 
 
 def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:
-    from models.evaluation import sequences_of
-    from models.sequential import SequentialRetriever
+    from models.sequential import train_into
 
-    started = time.time()
-    retriever = SequentialRetriever.train(sequences_of(events), SequentialSourceConfig(epochs=config.sasrec_epochs),
-                                          progress=True, data={"events": len(events),
-                                                               "until": events[-1]["event_time"] if events else None})
-    retriever.save_pretrained(out)
-    seconds = time.time() - started
-    log(f"sequential model {retriever.version}: {len(retriever.vocabulary)} items, {seconds:.0f}s")
-    return seconds
+    return train_into(out, events, SequentialSourceConfig(epochs=config.sasrec_epochs),
+                      until=events[-1]["event_time"] if events else None, echo=log)
 
 
 def reranker_settings(adapter: str, llm: str) -> dict:

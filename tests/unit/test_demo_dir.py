@@ -30,3 +30,26 @@ def test_the_default_directory_of_a_demo_before_the_mark_is_emptied(tmp_path):
     old = tmp_path / ".mmsr-demo"
     (old / "state").mkdir(parents=True)
     assert sorted(p.name for p in fresh_demo_dir(old).iterdir()) == [DEMO_MARK]
+
+
+def test_the_demo_trains_the_sequential_source_the_worker_loads(tmp_path):
+    """The demo's lists blend the sequential source as eval-stream measures it: the directory it
+    trains is what the worker's retrieval_model loads; no epochs, no model."""
+    import json
+
+    from models.sequential import SequentialRetriever, read_version
+    from streams.harness.demo import train_sequential
+
+    events = [{"user_id": f"u{u}", "item_id": f"i{(u + t) % 7}", "event_time": f"2021-03-0{t + 1}T00:00:00Z"}
+              for u in range(4) for t in range(6)]
+    lines: list[str] = []
+    path = train_sequential(events, tmp_path / "sequential", 1, lines.append)
+    assert path == str(tmp_path / "sequential") and read_version(path)
+    saved = json.loads((tmp_path / "sequential" / "config.json").read_text())
+    assert (saved["loss"], saved["whole_sequences"], saved["epochs"]) == ("ce", True, 1)
+    retriever = SequentialRetriever.from_pretrained(path)
+    assert retriever.metadata["data"] == {"events": 24, "until": "2021-03-06T00:00:00Z"}
+    assert sorted(retriever.vocabulary) == [f"i{n}" for n in range(7)]
+    assert any("sequential model" in line for line in lines)
+    assert train_sequential(events, tmp_path / "none", 0, lines.append) == "none"
+    assert not (tmp_path / "none").exists()
