@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python -m bench.validation
 	$(BIN)/python -m bench.cpu_generation
 	$(BIN)/python -m bench.warm_up
+	$(BIN)/python -m bench.blend_grid
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo

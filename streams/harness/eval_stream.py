@@ -358,22 +358,33 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
                       cooccurrence, log) -> dict:
     """Weights fitted on the last ``validation_fraction`` of the backfill, by an offline replay of
     the same sources; the sequential model used there is trained on the events before that window."""
-    from models.embeddings import TextEmbedder
-    from models.prequential import content_source, fit_weights, replay as offline_replay
-    from models.sequential import SequentialRetriever
+    from models.prequential import fit_weights
 
     start = time_split(backfill, config.validation_fraction)
-    extra = {}
-    embedder = TextEmbedder("minilm", device="cpu")
-    extra["content"] = content_source(lambda texts: embedder.embed(texts), {i["item_id"]: i for i in items})
+    sequential = None
     if config.sequential:
         train_sequential(backfill[:start], out_dir / "sequential-validation", config, log)
-        model = SequentialRetriever.from_pretrained(out_dir / "sequential-validation")
-        extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
-    lists, targets = offline_replay(backfill, start, len(backfill), cooccurrence, extra, progress=True)
+        sequential = out_dir / "sequential-validation"
+    lists, targets = offline_lists(items, backfill, start, len(backfill), cooccurrence, sequential)
     weights, result = fit_weights(lists, targets)
     log(f"fitted weights on {len(targets)} validation events: {weights} (HR@10 {result['HR@10']:.4f})")
     return {"weights": weights, "validation": result, "validation_events": len(targets)}
+
+
+def offline_lists(items: list[dict], events: list[dict], start: int, end: int, cooccurrence,
+                  sequential: Path | None) -> tuple[dict, list]:
+    """Every source's ranked lists before each of ``events[start:end]`` (``models.prequential``),
+    the sequential source served from the model directory ``sequential`` (None: left out)."""
+    from models.embeddings import TextEmbedder
+    from models.prequential import content_source, replay as offline_replay
+    from models.sequential import SequentialRetriever
+
+    embedder = TextEmbedder("minilm", device="cpu")
+    extra = {"content": content_source(lambda texts: embedder.embed(texts), {i["item_id"]: i for i in items})}
+    if sequential is not None:
+        model = SequentialRetriever.from_pretrained(sequential)
+        extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
+    return offline_replay(events, start, end, cooccurrence, extra, progress=True)
 
 
 def guard_line(counters: dict) -> list[str]:

@@ -85,3 +85,33 @@ def test_train_command_with_collaborative_tokens_and_the_fused_score(tmp_path):
     assert fused.fitted_on["adapter_version"] == metadata["version"]
     refused = CliRunner().invoke(main, ["train", "--preset", "smoke", "--out", str(tmp_path / "x"), "--fused"])
     assert refused.exit_code != 0 and "sequential model" in refused.output
+
+
+def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window(tmp_path):
+    """eval-stream --fit-weights (and bench/blend_grid.py): the offline lists of all four sources on
+    the last share of the backfill, SASRec trained on the events before that window only."""
+    from models.cooccurrence import CooccurrenceConfig
+    from models.sequential import read_version
+    from streams.harness.eval_stream import StreamEvalConfig, fit_blend_weights, offline_lists
+
+    items = [{"item_id": f"i{n}", "title": f"Film number {n}", "categories": ["Drama" if n % 2 else "Comedy"]}
+             for n in range(12)]
+    events = [{"user_id": f"u{u}", "item_id": f"i{(5 * u + 7 * t) % 12}",
+               "event_time": f"2021-03-01T{t:02d}:{u:02d}:00Z"} for t in range(8) for u in range(10)]
+    config = StreamEvalConfig(sasrec_epochs=1, validation_fraction=0.25)
+    fitted = fit_blend_weights(items, events, config, tmp_path, CooccurrenceConfig(), log=lambda *_: None)
+    assert fitted["validation_events"] == 20
+    assert set(fitted["weights"]) == {"cooccurrence", "sequential", "content", "trending"}
+    assert 0.0 <= fitted["validation"]["HR@10"] <= 1.0
+    model_dir = tmp_path / "sequential-validation"
+    assert read_version(model_dir)
+    assert json.loads((model_dir / "mmsr-retrieval.json").read_text())["data"] == {
+        "events": 60, "until": events[59]["event_time"]}
+    lists, targets = offline_lists(items, events, 60, 80, CooccurrenceConfig(), model_dir)
+    assert [target for _, target in targets] == [e["item_id"] for e in events[60:]]
+    for source in ("cooccurrence", "sequential", "content", "trending"):
+        assert len(lists[source]) == 20 and any(lists[source]), source
+        assert all(not set(ranked) & {e["item_id"] for e in events[:60 + n] if e["user_id"] == targets[n][0]}
+                   for n, ranked in enumerate(lists[source])), f"{source} proposed an item of the user's history"
+    without = offline_lists(items, events, 60, 80, CooccurrenceConfig(), None)[0]
+    assert not any(without["sequential"])
