@@ -40,7 +40,7 @@ class Worker:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.app = app = faust.App(
             s.group_id, broker=[f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(",")], store="rocksdb://",
-            datadir=str(s.state_dir), web_bind=s.web_host, web_host=s.web_host, web_port=s.web_port,
+            datadir=str(s.state_dir), web_bind=s.web_host, web_host=s.advertised_web_host, web_port=s.web_port,
             topic_partitions=s.user_partitions, topic_replication_factor=s.replication_factor,
             processing_guarantee="at_least_once", producer_max_request_size=32 * 1024 * 1024,
             producer_linger=s.producer_linger, producer_max_batch_size=s.producer_batch_bytes,

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.pipeline import TEXT
 
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}  # binds every interface: no address another worker can reach
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMSR_", extra="ignore")
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     )
     web_host: str = Field("127.0.0.1", description="interface the worker's web server binds")
     web_port: int = Field(6066, description="port of the worker's web server")
+    web_advertised_host: str = Field(
+        "", description="host other workers reach this one's web server by (GET /users/{id} is forwarded to the "
+                        "partition's owner); empty: MMSR_WEB_HOST, or this machine's address where that binds every "
+                        "interface")
 
     topic_items: str = Field("items", description="catalog events, keyed by item_id")
     topic_interactions: str = Field("interactions", description="interaction events, keyed by user_id")
@@ -271,6 +277,25 @@ class Settings(BaseSettings):
                 continue
             env[f"MMSR_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         return env
+
+    @property
+    def advertised_web_host(self) -> str:
+        """The web address the group learns for this worker. A wildcard bind (0.0.0.0, as in a
+        container) advertised as is made every worker take every user's request as its own: the
+        owner's address in the group equalled each worker's own, so none forwarded."""
+        if self.web_advertised_host:
+            return self.web_advertised_host
+        if self.web_host in WILDCARD_HOSTS:
+            import ipaddress
+            import socket
+
+            name = socket.gethostname()
+            try:
+                address = socket.gethostbyname(name)  # a container's address on its network
+            except OSError:
+                return name
+            return name if ipaddress.ip_address(address).is_loopback else address  # 127.0.1.1: a host's own alias
+        return self.web_host
 
     @property
     def state_dir(self) -> Path:
