@@ -57,3 +57,16 @@ def test_each_role_scales_to_several_replicas_on_one_host():
     assert "/data" in compose["services"]["state"]["volumes"]  # the state role's tables: one volume per replica
     assert compose["services"]["state"]["environment"]["MMSR_RETRIEVAL_MODEL"] == "${MMSR_RETRIEVAL_MODEL:-none}"
     assert "./models-trained:/models-trained:ro" in compose["services"]["state"]["volumes"]
+
+
+def test_the_image_is_built_without_the_hosts_virtualenv_state_or_compiled_fold():
+    """`COPY . .` would otherwise copy .venv (gigabytes, built for the host), the demo's broker
+    and RocksDB data, trained models (mounted instead) and the host's build of models/_cooccurrence."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    dockerfile = compose["services"]["state"]["build"]["dockerfile_inline"]
+    assert "COPY . ." in dockerfile
+    assert dockerfile.index("gcc") < dockerfile.index("pip install")  # the image builds its own fold
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".git", ".mmsr", ".mmsr-demo", "models/*.so", "models-trained", "adapters"} <= ignored
+    assert not ignored & {"streams", "models", "schemas", "pyproject.toml", "setup.py"}
