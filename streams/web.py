@@ -16,6 +16,15 @@ def retry_later(web, reason: str):
     return web.json({"error": reason, "retry": True}, status=503, headers={"Retry-After": "1"})
 
 
+def shared_address(web, owner):
+    """The owner advertises this worker's own address: another worker on another host with the
+    same one (each on 127.0.0.1, or each bound to 0.0.0.0 with an address set alike). Answering
+    from here would show a user this worker does not hold as unknown; it is a setting to fix."""
+    return web.json({"error": f"this key's partition belongs to another worker that advertises this worker's own "
+                              f"address ({owner.host}:{owner.port}); give each worker an address the others reach "
+                              "(MMSR_WEB_ADVERTISED_HOST)", "retry": False}, status=502)
+
+
 def owner_route(app, services: Services, match_info: str):
     """Faust's ``table_route`` on the key's raw bytes, answering 503 (retry) where it would fail or mislead.
 
@@ -42,6 +51,8 @@ def owner_route(app, services: Services, match_info: str):
             if (owner.host, owner.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
                 if app.rebalancing or not services.restored.is_set():
                     return retry_later(self.web, "this worker is restoring its partitions after a rebalance")
+                if not app.assignor.is_active(app.producer.key_partition(changelog, key.encode())):
+                    return shared_address(self.web, owner)
                 return await view(self, request, *args, **kwargs)
             try:
                 async with app.http_client.get(request.url.with_host(owner.host).with_port(owner.port)) as response:
