@@ -5,7 +5,7 @@ from pathlib import Path
 
 from typing import Iterable, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.pipeline import TEXT
@@ -221,6 +221,13 @@ class Settings(BaseSettings):
     kafka_home: Path = Field(
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"
     )
+
+    @field_validator("ssl_cafile", mode="before")
+    @classmethod
+    def _no_cafile_when_empty(cls, value):
+        """MMSR_SSL_CAFILE set but empty (as a compose file's ``${MMSR_SSL_CAFILE:-}`` writes it)
+        means the system's store, not Path("."), which librdkafka would fail to read as a CA file."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _credentials_with_sasl(self):

@@ -50,3 +50,10 @@ def test_a_worker_bound_to_every_interface_advertises_an_address_others_can_reac
     worker = Worker(Settings(data_dir=tmp_path, web_host="0.0.0.0", web_advertised_host="10.0.0.7", web_port=6099,
                              caption_model="none", summary_model="none"), embedder=object())
     assert (worker.app.conf.web_bind, str(worker.app.conf.canonical_url)) == ("0.0.0.0", "http://10.0.0.7:6099")
+
+
+def test_an_empty_ca_file_setting_means_the_systems_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMSR_SSL_CAFILE", "")
+    assert Settings().ssl_cafile is None
+    monkeypatch.setenv("MMSR_SSL_CAFILE", str(tmp_path / "ca.pem"))
+    assert Settings().ssl_cafile == tmp_path / "ca.pem"
