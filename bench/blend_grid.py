@@ -50,7 +50,7 @@ def main() -> None:
             train_sequential(training, model_dir, config, print)
         lists[name] = offline_lists(items, stream, first, end, settings.cooccurrence_config(), model_dir)
 
-    def hr(name: str, weights: dict, k0: float) -> dict:
+    def scores(name: str, weights: dict, k0: float) -> dict:
         result = score_blend(*lists[name], weights, 10, k0)
         return {key: round(result[key], 4) for key in ("HR@10", "NDCG@10", "MRR@10")}
 
@@ -60,19 +60,19 @@ def main() -> None:
         best = None
         for sequential, trending, content in itertools.product(SEQUENTIAL_GRID, TRENDING_GRID, CONTENT_GRID):
             weights = {"cooccurrence": 1.0, "sequential": sequential, "trending": trending, "content": content}
-            validation = hr("validation", weights, k0)
+            validation = scores("validation", weights, k0)
             if best is None or (validation["HR@10"], validation["NDCG@10"]) > (best[1]["HR@10"], best[1]["NDCG@10"]):
                 best = (weights, validation)
-        rows.append({"rrf_k": k0, "chosen_weights": best[0], "validation": best[1], "test": hr("test", best[0], k0),
-                     "shipped_weights_validation": hr("validation", shipped, k0),
-                     "shipped_weights_test": hr("test", shipped, k0)})
+        rows.append({"rrf_k": k0, "chosen_weights": best[0], "validation": best[1], "test": scores("test", best[0], k0),
+                     "shipped_weights_validation": scores("validation", shipped, k0),
+                     "shipped_weights_test": scores("test", shipped, k0)})
         print(rows[-1], flush=True)
     chosen = max(rows, key=lambda r: (r["validation"]["HR@10"], r["validation"]["NDCG@10"]))
-    shipped_row = next(r for r in rows if r["rrf_k"] == settings.rrf_k)
     write_result(args.out, {
         "benchmark": "blend_grid", "events": {"validation": len(lists["validation"][1]), "test": len(lists["test"][1])},
-        "shipped": {"rrf_k": settings.rrf_k, "weights": shipped, "validation": shipped_row["shipped_weights_validation"],
-                    "test": shipped_row["shipped_weights_test"]},
+        "shipped": {"rrf_k": settings.rrf_k, "weights": shipped,
+                    "validation": scores("validation", shipped, settings.rrf_k),
+                    "test": scores("test", shipped, settings.rrf_k)},
         "chosen_on_validation": {key: chosen[key] for key in ("rrf_k", "chosen_weights", "validation", "test")},
         "rows": rows,
         "grid": {"rrf_k": K0_GRID, "sequential": SEQUENTIAL_GRID, "trending": TRENDING_GRID, "content": CONTENT_GRID,

@@ -40,18 +40,18 @@ def owner_route(app, services: Services, match_info: str):
     def decorate(view):
         @functools.wraps(view)
         async def routed(self, request, *args, **kwargs):
-            key = request.match_info[match_info]
+            key = request.match_info[match_info].encode()  # raw bytes, as producers key the events
             try:
                 # the partition of the key's raw bytes, as producers key interactions and the state is
                 # stored; Faust's route hashes the JSON-serialized key, another partition for most
                 # users, and so sent half of the requests to a worker without the user
-                owner = app.assignor.key_store(changelog, key.encode())
+                owner = app.assignor.key_store(changelog, key)
             except KeyError:
                 return retry_later(self.web, "no worker owns this key's partition yet (rebalancing)")
             if (owner.host, owner.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
                 if app.rebalancing or not services.restored.is_set():
                     return retry_later(self.web, "this worker is restoring its partitions after a rebalance")
-                if not app.assignor.is_active(app.producer.key_partition(changelog, key.encode())):
+                if not app.assignor.is_active(app.producer.key_partition(changelog, key)):
                     return shared_address(self.web, owner)
                 return await view(self, request, *args, **kwargs)
             try:
