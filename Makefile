@@ -49,6 +49,7 @@ bench: setup
 	$(BIN)/python -m bench.cpu_generation
 	$(BIN)/python -m bench.warm_up
 	$(BIN)/python -m bench.blend_grid
+	$(BIN)/python -m bench.ease
 
 clean:
 	rm -rf $(VENV) .mmsr .mmsr-demo

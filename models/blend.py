@@ -2,8 +2,8 @@
 
 Each source ranks its own top N; an item's fused score is sum over sources of
 w_s / (k0 + rank_s), rank 1-based. RRF needs no calibration between the sources' scores
-(cosine co-occurrence, SASRec logits, embedding similarity and decayed counts live on different
-scales) and an item proposed by several sources rises. Ties break by item id, so a list is a
+(cosine co-occurrence, SASRec logits, EASE sums, embedding similarity and decayed counts live on
+different scales) and an item proposed by several sources rises. Ties break by item id, so a list is a
 pure function of its inputs.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-SOURCES = ("cooccurrence", "sequential", "content", "trending")
+SOURCES = ("cooccurrence", "sequential", "ease", "content", "trending")
 
 
 @dataclass(frozen=True)

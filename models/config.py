@@ -58,6 +58,16 @@ class SequentialSourceConfig(SASRecConfig):
     epochs: int = field(default=100, metadata={"help": "training epochs"})
 
 
+@dataclass(frozen=True)
+class EaseConfig:
+    l2: float = field(default=100.0, metadata={
+        "help": "EASE's ridge penalty on the item-item weights (chosen on ML-100K's validation window; "
+                "100 and 300 within 0.0001 HR@10 of each other there)"})
+    max_items: int = field(default=10000, metadata={
+        "help": "EASE is fitted on at most this many items, the most interacted (its weights are dense: "
+                "10,000 items take 400 MB, and fitting inverts a matrix that size); 0: no EASE"})
+
+
 KS = (3, 5, 10)
 TEXT_VARIANTS = ("mllm-msr", "tallrec-style", "direct-summary", "no-captions")
 # collaborative tokens on top of a text variant's LoRA (CoLLM's stage 1), and the fused score

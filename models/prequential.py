@@ -19,7 +19,7 @@ import numpy as np
 
 import schemas
 from models.blend import SOURCES, fuse
-from models.config import SequentialSourceConfig
+from models.config import EaseConfig, SequentialSourceConfig
 from models.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
 
 
@@ -194,6 +194,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     """
     import time
 
+    from models.ease import Ease
     from models.sequential import SequentialRetriever
 
     last: dict[str, int] = {}
@@ -214,6 +215,9 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     started = time.time()
     model = SequentialRetriever.train(sequences, SequentialSourceConfig(epochs=sasrec_epochs), progress=progress)
     timings["sasrec"] = time.time() - started
+    started = time.time()
+    ease = Ease.fit(sequences, EaseConfig())
+    timings["ease"] = time.time() - started
     content = content_source(embed, items) if embed is not None else None
     depth = max(recall_at, 100)
     lists: dict[str, list[list[str]]] = {name: [] for name in (*SOURCES, "popularity")}
@@ -223,6 +227,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
         lists["trending"].append(state.trending(user, depth))
         lists["popularity"].append(state.popularity(user, depth))
         lists["sequential"].append([i for i, _ in model.top_k([history], depth, [set(history)])[0]])
+        lists["ease"].append([i for i, _ in ease.top_k([history], depth, [set(history)])[0]])
         lists["content"].append(content(user, history, depth) if content is not None and history else [])
     targets = [(e["user_id"], e["item_id"]) for e in tests]
     weights = dict(weights or {"cooccurrence": 1.0})

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from models.baselines import SASRec, SASRecScorer
-from models.config import SASRecConfig
+from models.config import EaseConfig, SASRecConfig
+from models.ease import Ease
 from models.serving import publish_directory
 
 METADATA = "mmsr-retrieval.json"
@@ -31,25 +32,33 @@ def read_version(directory: Path | str) -> str | None:
 
 
 def train_into(out_dir: Path | str, events: list[dict], config: SASRecConfig, until: str | None = None,
-               echo: Callable[[str], object] = print) -> float:
-    """SASRec trained on interaction events in time order and published to ``out_dir``, the
-    directory a worker's ``MMSR_RETRIEVAL_MODEL`` watches; the seconds it took. One path for
-    ``mmsr train-retrieval``, eval-stream and the demo, so that what is measured is what ships."""
+               echo: Callable[[str], object] = print, ease: EaseConfig = EaseConfig()) -> float:
+    """SASRec (and EASE, unless ``ease.max_items`` is 0) trained on interaction events in time
+    order and published to ``out_dir``, the directory a worker's ``MMSR_RETRIEVAL_MODEL`` watches;
+    the seconds it took. One path for ``mmsr train-retrieval``, eval-stream and the demo, so that
+    what is measured is what ships."""
     from models.evaluation import sequences_of
 
     started = time.time()
-    retriever = SequentialRetriever.train(sequences_of(events), config, progress=True,
+    sequences = sequences_of(events)
+    retriever = SequentialRetriever.train(sequences, config, progress=True,
                                           data={"events": len(events), "until": until})
+    if ease.max_items > 0:
+        retriever.ease = Ease.fit(sequences, ease)
+        retriever.metadata["ease"] = {"config": asdict(ease), **retriever.ease.metadata}
     retriever.save_pretrained(out_dir)
     seconds = time.time() - started
-    echo(f"sequential model {retriever.version} in {out_dir}: {len(retriever.vocabulary)} items, "
+    with_ease = f", EASE on {len(retriever.ease.vocabulary)} items" if retriever.ease is not None else ""
+    echo(f"sequential model {retriever.version} in {out_dir}: {len(retriever.vocabulary)} items{with_ease}, "
          f"{len(events)} events, {seconds:.0f} s")
     return seconds
 
 
 class SequentialRetriever:
-    def __init__(self, model: SASRec, vocabulary: list[str], metadata: dict):
-        self.model, self.vocabulary, self.metadata = model.eval(), vocabulary, metadata
+    """SASRec, and the EASE source trained beside it (``ease``: None where the directory has none)."""
+
+    def __init__(self, model: SASRec, vocabulary: list[str], metadata: dict, ease: Ease | None = None):
+        self.model, self.vocabulary, self.metadata, self.ease = model.eval(), vocabulary, metadata, ease
         self.index = {item: n + 1 for n, item in enumerate(vocabulary)}
         self.config: SASRecConfig = model.config
 
@@ -76,6 +85,8 @@ class SequentialRetriever:
             (tmp / "vocab.json").write_text(json.dumps(self.vocabulary))
             save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp / "model.safetensors"))
             (tmp / METADATA).write_text(json.dumps(self.metadata, indent=2))
+            if self.ease is not None:
+                self.ease.save_pretrained(tmp)
 
         return publish_directory(out_dir, write)
 
@@ -88,7 +99,7 @@ class SequentialRetriever:
         vocabulary = json.loads((directory / "vocab.json").read_text())
         model = SASRec(len(vocabulary), config)
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return cls(model, vocabulary, json.loads((directory / METADATA).read_text()))
+        return cls(model, vocabulary, json.loads((directory / METADATA).read_text()), Ease.from_pretrained(directory))
 
     @torch.no_grad()
     def user_states(self, histories: list[list[str]] | list[tuple[str, ...]]) -> tuple[torch.Tensor, list[int]]:

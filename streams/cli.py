@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from models.config import LLM_VARIANTS, PRESETS, EvalConfig, LoraSettings, SequentialSourceConfig
+from models.config import LLM_VARIANTS, PRESETS, EaseConfig, EvalConfig, LoraSettings, SequentialSourceConfig
 from streams.harness.demo import DEFAULT_DIR as DEMO_DIR
 from streams.harness.eval_stream import StreamEvalConfig
 from streams.settings import Settings, load
@@ -513,13 +513,15 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
 @log_options
 @click.option("--until", default=None, help="RFC 3339: train on events before this time only")
 @field_options(SequentialSourceConfig)
+@field_options(EaseConfig, prefix="ease-")
 @one_line_errors
-def train_retrieval(out, items, interactions, until, **sasrec):
-    """Train the sequential candidate source (SASRec) on a log and save it with a new version."""
+def train_retrieval(out, items, interactions, until, ease_l2, ease_max_items, **sasrec):
+    """Train the sequential candidate source (SASRec) and EASE on a log and save them with a new version."""
     from models.sequential import train_into
 
     _, events = load_log(items, interactions, until)
-    train_into(out, events, SequentialSourceConfig(**sasrec), until=until, echo=click.echo)
+    train_into(out, events, SequentialSourceConfig(**sasrec), until=until, echo=click.echo,
+               ease=EaseConfig(l2=ease_l2, max_items=ease_max_items))
 
 
 @main.command("eval-stream")

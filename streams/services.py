@@ -136,7 +136,8 @@ class Models:
             return False
         self.sequential = loaded  # one assignment: a list in progress keeps the model it started with
         self.metrics.inc("retrieval_model_swaps_total")
-        log.info("sequential model version %s in use (%d items)", loaded.version, len(loaded.vocabulary))
+        log.info("sequential model version %s in use (%d items; EASE: %s)", loaded.version, len(loaded.vocabulary),
+                 "none" if loaded.ease is None else f"{len(loaded.ease.vocabulary)} items")
         return True
 
     def check_adapter(self) -> bool:

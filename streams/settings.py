@@ -118,16 +118,19 @@ class Settings(BaseSettings):
     )
     trending_half_life_days: float = Field(14.0, gt=0, description="half-life of trending counts, days of event time")
     retrieval_model: str = Field(
-        "none", description="sequential model directory from `mmsr train-retrieval` (watched for new versions); 'none': off"
+        "none", description="sequential model directory from `mmsr train-retrieval`: SASRec and EASE (watched for new "
+        "versions); 'none': off"
     )
     retrieval_poll_seconds: float = Field(5.0, gt=0, description="how often the sequential model directory is checked")
     source_candidates: int = Field(100, gt=0, description="candidates each source proposes before blending")
     # fitted on ML-100K's validation window (the last 10% of the pre-split events, offline replay of the
-    # same sources, a grid of sequential 0-1.5 x trending 0-0.2, with the full-softmax SASRec of
-    # models.config.SequentialSourceConfig); content kept at 0.02, not the fitted 0, so items too new for
-    # the other sources can still be proposed
+    # same sources: bench/blend_grid.py, with the full-softmax SASRec of models.config.SequentialSourceConfig
+    # and EASE at models.config.EaseConfig); content kept at 0.02, so items too new for the other sources
+    # can still be proposed
     weight_cooccurrence: float = Field(1.0, ge=0, description="blend weight of item co-occurrence")
-    weight_sequential: float = Field(0.6, ge=0, description="blend weight of the sequential model")
+    weight_sequential: float = Field(1.0, ge=0, description="blend weight of the sequential model")
+    weight_ease: float = Field(0.6, ge=0, description="blend weight of EASE, trained beside the sequential model "
+                               "(its directory, MMSR_RETRIEVAL_MODEL)")
     weight_content: float = Field(0.02, ge=0, description="blend weight of content similarity (item-text embeddings)")
     weight_trending: float = Field(0.05, ge=0, description="blend weight of trending items")
     rrf_k: float = Field(60.0, gt=0, description="reciprocal-rank fusion constant k0 in w / (k0 + rank)")
@@ -272,7 +275,7 @@ class Settings(BaseSettings):
 
     def blend_weights(self) -> dict[str, float]:
         return {"cooccurrence": self.weight_cooccurrence, "sequential": self.weight_sequential,
-                "content": self.weight_content, "trending": self.weight_trending}
+                "ease": self.weight_ease, "content": self.weight_content, "trending": self.weight_trending}
 
     def to_env(self, only: Iterable[str] | None = None) -> dict[str, str]:
         """These settings as MMSR_ variables, so a child process (a worker) gets exactly them;

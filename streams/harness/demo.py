@@ -40,7 +40,7 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
              sequential_epochs: int = SequentialSourceConfig.epochs) -> dict[str, dict]:
     """Two phases on one worker state. First the catalog and every other user's history, with the
     LLM stages off (the item-keyed co-occurrence and trending counts fill up in a minute or two);
-    then the sequential source (SASRec) is trained on those histories, as ``mmsr train-retrieval``
+    then the sequential source (SASRec) and EASE are trained on those histories, as ``mmsr train-retrieval``
     would (``sequential_epochs`` 0: none, and the lists blend the other sources only). Then the
     worker restarts with SmolLM2-135M summarizing and the sequential model loaded, and ``users``
     users' first ``per_user`` interactions are replayed as a backfill: each gets recurrent
@@ -121,13 +121,13 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
 
 
 def train_sequential(events: list[dict], out: Path, epochs: int, echo) -> str:
-    """The sequential source trained on ``events`` into ``out``: the worker's ``retrieval_model``
+    """The sequential source and EASE trained on ``events`` into ``out``: the worker's ``retrieval_model``
     ("none" with no epochs). A few minutes on a 2-core CPU; the worker is stopped meanwhile."""
     if epochs <= 0:
         return "none"
     from models.sequential import train_into
 
-    echo(f"training the sequential source (SASRec, {epochs} epochs) on phase 1's interactions ...")
+    echo(f"training the sequential source (SASRec, {epochs} epochs) and EASE on phase 1's interactions ...")
     train_into(out, events, SequentialSourceConfig(epochs=epochs),
                until=events[-1]["event_time"] if events else None, echo=lambda line: echo(f"  {line}"))
     return str(out)

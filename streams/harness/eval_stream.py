@@ -384,6 +384,8 @@ def offline_lists(items: list[dict], events: list[dict], start: int, end: int, c
     if sequential is not None:
         model = SequentialRetriever.from_pretrained(sequential)
         extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
+        if model.ease is not None:
+            extra["ease"] = lambda user, history, n: [i for i, _ in model.ease.top_k([history], n, [set(history)])[0]]
     return offline_replay(events, start, end, cooccurrence, extra, progress=True)
 
 

@@ -91,10 +91,12 @@ class RecommendationsStage:
         n, weights = s.source_candidates, s.blend_weights()
         excluded = [set(st.seen) for st in states]
         sequential = self.s.models.sequential
-        proposed_by_model = None
+        proposed_by_model = proposed_by_ease = None
         if sequential is not None and weights["sequential"] > 0:
             proposed_by_model = sequential.top_k([st.recent_items(sequential.config.max_len) for st in states], n,
                                                  excluded)
+        if sequential is not None and sequential.ease is not None and weights["ease"] > 0:
+            proposed_by_ease = sequential.ease.top_k([st.seen for st in states], n, excluded)
         out = []
         for u, state in enumerate(states):
             ranked: dict[str, list[str]] = {}
@@ -105,8 +107,9 @@ class RecommendationsStage:
                 scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u],
                                           s.cooc_query_half_life)
                 ranked["cooccurrence"] = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if i in index][:n]
-            if proposed_by_model is not None:
-                ranked["sequential"] = [i for i, _ in proposed_by_model[u] if i in index]
+            for name, proposed in (("sequential", proposed_by_model), ("ease", proposed_by_ease)):
+                if proposed is not None:
+                    ranked[name] = [i for i, _ in proposed[u] if i in index]
             query = user_vector(index, state.recent_items(s.recent_for_vector), s.recency_half_life)
             if weights["content"] > 0 and query is not None:
                 ranked["content"] = [h.item_id for h in index.top_k(query, n, exclude=excluded[u])]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.config import SASRecConfig
-from models.sequential import SequentialRetriever
+from models.config import EaseConfig, SASRecConfig
+from models.sequential import SequentialRetriever, read_version, train_into
 from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until
 from tests.integration import helpers
@@ -56,3 +56,31 @@ def test_the_worker_serves_the_sequential_model_and_picks_up_a_new_version(topic
     wait_until(lambda: worker.metric("pair_entries_applied_total") == worker.metric("pair_entries_total") > 0,
                timeout=30, message="every item-pairs increment folded")
     assert worker.metric("stalled_catch_ups_total") == 0
+
+
+def test_the_worker_serves_ease_from_the_retrieval_directory(topic_factory, worker_factory, tmp_path):
+    """EASE, trained beside SASRec in the directory MMSR_RETRIEVAL_MODEL names, ranks the user's
+    list by its own scores over everything the user has seen."""
+    sequences = {f"u{n}": [f"i{(n + j) % 24}" for j in range(8)] for n in range(30)}
+    events = [{"user_id": u, "item_id": i, "event_time": f"2021-03-01T00:{n:02d}:00Z"}
+              for u, items in sequences.items() for n, i in enumerate(items)]
+    train_into(tmp_path / "retrieval", events, SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=1),
+               echo=lambda _: None, ease=EaseConfig(l2=1.0))
+    ease = SequentialRetriever.from_pretrained(tmp_path / "retrieval").ease
+    env = topic_factory(retrieval_model=str(tmp_path / "retrieval"), weight_cooccurrence=0.0, weight_sequential=0.0,
+                        weight_content=0.0, weight_trending=0.0, weight_ease=1.0)
+    worker = worker_factory(env).start()
+    with ItemProducer(env.bootstrap_servers, env.topic_items) as producer:
+        for item in helpers.catalog(24):
+            producer.send(item)
+    wait_until(lambda: worker.metric("catalog_items") >= 24, timeout=120, message="catalog")
+    history = ["i0", "i5", "i1", "i9"]
+    with InteractionProducer(env.bootstrap_servers, env.topic_interactions) as producer:
+        for item in history:
+            producer.interaction("u0", item, "click", helpers.now())
+    rec = wait_until(lambda: next((r for r in lists_for(env, "u0") if r["interaction_count"] == 4), None),
+                     timeout=60, message="a list after four interactions")
+    expected = [item for item, _ in ease.top_k([history], 10, [set()])[0]]
+    assert [i["item_id"] for i in rec["items"]] == expected
+    assert all(i["sources"] == ["ease"] for i in rec["items"]) and rec["strategy"] == "blend"
+    assert rec["versions"]["sequential"] == read_version(tmp_path / "retrieval")

@@ -90,3 +90,14 @@ def test_warm_up_script_times_each_start_in_a_process_of_its_own(tmp_path):
     assert all(len(r["request_latency_s"]) == 3 and r["all_answered_s"] >= r["first_answered_s"] >= r["ready_s"]
                for r in rows.values())
     assert result["first_request_latency_cold_over_warm"] > 0
+
+
+def test_ease_bench_runs_at_tiny_sizes(tmp_path):
+    out = tmp_path / "ease.json"
+    subprocess.run([sys.executable, "-m", "bench.ease", "--items", "50,80", "--users", "200", "--per-user", "10",
+                    "--batch", "8", "--out", str(out)], check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["items"], r["weights_mb"]) for r in rows] == [(50, round(50 * 50 * 4 / 2 ** 20, 1)),
+                                                             (80, round(80 * 80 * 4 / 2 ** 20, 1))]
+    assert all(r["pairs"] == 200 * 10 ** 2 for r in rows)  # timings are figures, not asserted
+    assert all(set(r["serve_ms_per_user"]) == {"ease", "sasrec"} and "serve_ratio_ease_over_sasrec" in r for r in rows)

@@ -88,8 +88,8 @@ def test_train_command_with_collaborative_tokens_and_the_fused_score(tmp_path):
 
 
 def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window(tmp_path):
-    """eval-stream --fit-weights (and bench/blend_grid.py): the offline lists of all four sources on
-    the last share of the backfill, SASRec trained on the events before that window only."""
+    """eval-stream --fit-weights (and bench/blend_grid.py): the offline lists of all five sources on
+    the last share of the backfill, SASRec and EASE trained on the events before that window only."""
     from models.cooccurrence import CooccurrenceConfig
     from models.sequential import read_version
     from streams.harness.eval_stream import StreamEvalConfig, fit_blend_weights, offline_lists
@@ -101,7 +101,7 @@ def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window
     config = StreamEvalConfig(sasrec_epochs=1, validation_fraction=0.25)
     fitted = fit_blend_weights(items, events, config, tmp_path, CooccurrenceConfig(), log=lambda *_: None)
     assert fitted["validation_events"] == 20
-    assert set(fitted["weights"]) == {"cooccurrence", "sequential", "content", "trending"}
+    assert set(fitted["weights"]) == {"cooccurrence", "sequential", "ease", "content", "trending"}
     assert 0.0 <= fitted["validation"]["HR@10"] <= 1.0
     model_dir = tmp_path / "sequential-validation"
     assert read_version(model_dir)
@@ -109,9 +109,9 @@ def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window
         "events": 60, "until": events[59]["event_time"]}
     lists, targets = offline_lists(items, events, 60, 80, CooccurrenceConfig(), model_dir)
     assert [target for _, target in targets] == [e["item_id"] for e in events[60:]]
-    for source in ("cooccurrence", "sequential", "content", "trending"):
+    for source in ("cooccurrence", "sequential", "ease", "content", "trending"):
         assert len(lists[source]) == 20 and any(lists[source]), source
         assert all(not set(ranked) & {e["item_id"] for e in events[:60 + n] if e["user_id"] == targets[n][0]}
                    for n, ranked in enumerate(lists[source])), f"{source} proposed an item of the user's history"
     without = offline_lists(items, events, 60, 80, CooccurrenceConfig(), None)[0]
-    assert not any(without["sequential"])
+    assert not any(without["sequential"]) and not any(without["ease"])

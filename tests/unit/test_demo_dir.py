@@ -50,6 +50,7 @@ def test_the_demo_trains_the_sequential_source_the_worker_loads(tmp_path):
     retriever = SequentialRetriever.from_pretrained(path)
     assert retriever.metadata["data"] == {"events": 24, "until": "2021-03-06T00:00:00Z"}
     assert sorted(retriever.vocabulary) == [f"i{n}" for n in range(7)]
+    assert retriever.ease is not None and sorted(retriever.ease.vocabulary) == sorted(retriever.vocabulary)
     assert any("sequential model" in line for line in lines)
     assert train_sequential(events, tmp_path / "none", 0, lines.append) == "none"
     assert not (tmp_path / "none").exists()
