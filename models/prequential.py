@@ -31,6 +31,11 @@ def rank_within(ranked: list[str], target: str, k: int) -> int:
         return 0
 
 
+def proposed(model, history: list[str], n: int) -> list[str]:
+    """A trained source's (SASRec's, EASE's) top ``n`` item ids after ``history``, the history excluded."""
+    return [i for i, _ in model.top_k([history], n, [set(history)])[0]]
+
+
 def hit_metrics(ranked: list[str], target: str, k: int) -> tuple[float, float, float]:
     """(HR@k, NDCG@k, MRR@k) of one event against one list."""
     rank = rank_within(ranked, target, k)
@@ -226,8 +231,8 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
         lists["cooccurrence"].append(state.cooccurrence(user, depth))
         lists["trending"].append(state.trending(user, depth))
         lists["popularity"].append(state.popularity(user, depth))
-        lists["sequential"].append([i for i, _ in model.top_k([history], depth, [set(history)])[0]])
-        lists["ease"].append([i for i, _ in ease.top_k([history], depth, [set(history)])[0]])
+        lists["sequential"].append(proposed(model, history, depth))
+        lists["ease"].append(proposed(ease, history, depth))
         lists["content"].append(content(user, history, depth) if content is not None and history else [])
     targets = [(e["user_id"], e["item_id"]) for e in tests]
     weights = dict(weights or {"cooccurrence": 1.0})

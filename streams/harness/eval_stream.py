@@ -376,16 +376,16 @@ def offline_lists(items: list[dict], events: list[dict], start: int, end: int, c
     """Every source's ranked lists before each of ``events[start:end]`` (``models.prequential``),
     the sequential source served from the model directory ``sequential`` (None: left out)."""
     from models.embeddings import TextEmbedder
-    from models.prequential import content_source, replay as offline_replay
+    from models.prequential import content_source, proposed, replay as offline_replay
     from models.sequential import SequentialRetriever
 
     embedder = TextEmbedder("minilm", device="cpu")
     extra = {"content": content_source(lambda texts: embedder.embed(texts), {i["item_id"]: i for i in items})}
     if sequential is not None:
         model = SequentialRetriever.from_pretrained(sequential)
-        extra["sequential"] = lambda user, history, n: [i for i, _ in model.top_k([history], n, [set(history)])[0]]
+        extra["sequential"] = lambda user, history, n: proposed(model, history, n)
         if model.ease is not None:
-            extra["ease"] = lambda user, history, n: [i for i, _ in model.ease.top_k([history], n, [set(history)])[0]]
+            extra["ease"] = lambda user, history, n: proposed(model.ease, history, n)
     return offline_replay(events, start, end, cooccurrence, extra, progress=True)
 
 
