@@ -107,8 +107,9 @@ class Ease:
         flat = torch.tensor([j for u in known for j in rows[u]], dtype=torch.long)
         offsets = torch.tensor([0, *itertools.accumulate(len(rows[u]) for u in known[:-1])], dtype=torch.long)
         scores = torch.nn.functional.embedding_bag(flat, self.weights, offsets, mode="sum")
-        banned = [(n, j) for n, u in enumerate(known) for j in rows[u]]
-        banned += [(n, self.index[i]) for n, u in enumerate(known) for i in exclude[u] if i in self.index]
+        # the stream's exclude is the history itself: each item banned once
+        banned = [(n, j) for n, u in enumerate(known)
+                  for j in set(rows[u]).union(self.index[i] for i in exclude[u] if i in self.index)]
         scores[[n for n, _ in banned], [j for _, j in banned]] = -torch.inf
         values, indices = scores.topk(min(k, len(self.vocabulary)), dim=1)
         for n, u in enumerate(known):
