@@ -78,7 +78,9 @@ LLM_VARIANTS = TEXT_VARIANTS + COLLAB_VARIANTS
 
 @dataclass(frozen=True)
 class EvalConfig:
-    model: str = field(default="smollm2-135m-instruct", metadata={"help": "LLM for captions, summaries and scoring"})
+    model: str = field(default="smollm2-135m-instruct", metadata={"help": "LLM for captions and scoring (the LoRA base)"})
+    summary_model: str = field(default="", metadata={
+        "help": "LLM for the recurrent summaries, as MMSR_SUMMARY_MODEL is in the stream ('': the same as model)"})
     users: int = field(default=16, metadata={"help": "users evaluated (a seeded sample; 0: every eligible user)"})
     window: int = field(default=9, metadata={"help": "most recent history items summarized"})
     block: int = field(default=TEXT.block_size, metadata={"help": "items per recurrent block (B)"})

@@ -211,14 +211,14 @@ class TextCache:
 class Texts:
     """Captions and summaries for the protocol, batched and cached."""
 
-    def __init__(self, lm, data: Dataset, config: EvalConfig, cache: TextCache, log):
+    def __init__(self, lm, data: Dataset, config: EvalConfig, cache: TextCache, log, summary_lm=None):
         from models.captioner import CaptionConfig, Captioner
         from models.user_summarizer import SummarizerConfig, UserSummarizer
 
         self.lm, self.data, self.config, self.cache, self.log = lm, data, config, cache, log
         self.captioner = Captioner(lm, CaptionConfig(max_new_tokens=config.caption_tokens,
                                                           batch_size=config.generation_batch))
-        self.summarizer = UserSummarizer(lm, SummarizerConfig(block_size=config.block,
+        self.summarizer = UserSummarizer(summary_lm or lm, SummarizerConfig(block_size=config.block,
                                                               max_new_tokens=config.summary_tokens,
                                                               batch_size=config.generation_batch))
         self.captions: dict[str, str] = {}
@@ -251,7 +251,9 @@ class Texts:
     def summaries(self, cases: list[UserCase], mode: str, captions: bool) -> dict[str, list[str]]:
         """S_1..S_T per user: recurrent (one batched step per block) or direct (each prefix of blocks at once)."""
         histories = [[self.item_text(i, captions) for i in c.window] for c in cases]
-        key = self.cache.key(self.lm.name, "summaries", mode, self.config.summary_tokens, self.config.block, histories)
+        # the prompt is part of the key: a summary written under another prompt is another text
+        key = self.cache.key(self.summarizer.lm.name, "summaries", mode, self.config.summary_tokens, self.config.block,
+                             self.summarizer.config.prompt.label, histories)
         if key not in self.cache.data:
             started = time.perf_counter()
             if mode == "recurrent":
@@ -421,7 +423,9 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         write_report()
 
     lm = registry.load(config.model, device=config.device)
-    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
+    summary_lm = (registry.load(config.summary_model, device=config.device)
+                  if config.summary_model and config.summary_model != config.model else lm)
+    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log, summary_lm)
     needed = {i for c in cases for i in c.window + c.candidates() + [p for _, p, n in c.train_pairs]
               + [n for _, p, n in c.train_pairs] + ([c.validation[1], *c.validation[2]] if c.validation else [])}
     clock("captions", texts.caption_all, needed)
@@ -584,7 +588,9 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     sources = candidate_stage(data)
     cases = build_cases(data, config, sources)
     lm = registry.load(config.model, device=config.device)
-    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log)
+    summary_lm = (registry.load(config.summary_model, device=config.device)
+                  if config.summary_model and config.summary_model != config.model else lm)
+    texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log, summary_lm)
     texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]
                        + [n for _, _, n in c.train_pairs] + ([c.validation[1], *c.validation[2]] if c.validation else [])})
     summaries = texts.summaries(cases, "recurrent", True)

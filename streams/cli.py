@@ -412,7 +412,7 @@ def event_data(items, interactions):
     return Dataset.from_events(items, interactions)
 
 
-EVAL_FIELDS = ("model", "users", "window", "block", "next_items", "seeds", "caption_tokens", "summary_tokens", "epochs",
+EVAL_FIELDS = ("model", "summary_model", "users", "window", "block", "next_items", "seeds", "caption_tokens", "summary_tokens", "epochs",
                "train_batch", "grad_accum", "lr", "hard_negatives", "hard_pool", "seed", "device")
 
 

@@ -96,11 +96,20 @@ def test_stream_and_evaluation_prompts_are_equal_token_for_token(smollm2, tmp_pa
         with_tokens = [full_inputs(smollm2, r.user_part, c, 600, collab=True)[0]
                        for r, c in ((stream_request, candidate), (eval_request, by_id[candidate.item_id]))]
         assert torch.equal(*with_tokens) and with_tokens[0].shape[1] > stream_ids.shape[1]
-    # the summarizer's prompt for the block, rendered, is one token sequence on both paths
+    # the summarizer's prompts for the block (first block and update), rendered by each path's own
+    # summarizer, are one token sequence: the same template, the same texts
     from models.generation import render
+    from models.user_summarizer import BlockRequest, UserSummarizer
+    from streams.settings import Settings
 
-    rendered = {path: render(smollm2, prompts.first_block_messages(block), prompts.SUMMARY_PREFIX)
-                for path, block in (("stream", stream_block), ("eval", eval_block))}
-    tokens = {p: smollm2.tokenizer(r, add_special_tokens=False)["input_ids"] for p, r in rendered.items()}
-    assert tokens["stream"] == tokens["eval"]
+    stream_summarizer = UserSummarizer(smollm2, Settings().summarizer_config())
+    for previous in (None, SUMMARY):
+        rendered = {path: render(smollm2, summarizer.messages(BlockRequest(previous, block)), prompts.SUMMARY_PREFIX)
+                    for path, summarizer, block in (("stream", stream_summarizer, stream_block),
+                                                    ("eval", texts.summarizer, eval_block))}
+        tokens = {p: smollm2.tokenizer(r, add_special_tokens=False)["input_ids"] for p, r in rendered.items()}
+        assert tokens["stream"] == tokens["eval"]
+        assert stream_summarizer.config.prompt == texts.summarizer.config.prompt == prompts.SUMMARY_PROMPT
+        # the template is the benchmark's choice: every item a plain line inside one data block
+        assert "<data>\n" + "\n".join(prompts.clean(t) for t in stream_block) + "\n</data>" in rendered["stream"]
     assert pipeline.TEXT.block_size == EvalConfig().block
