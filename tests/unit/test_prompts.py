@@ -17,7 +17,7 @@ def test_first_block_lists_items_in_order_as_plain_lines_in_one_data_block():
 
 
 def test_numbered_layout_puts_each_item_in_its_own_numbered_data_line():
-    style = prompts.SummaryPrompt(layout="numbered", cues=False, sentences=0)
+    style = prompts.SummaryPrompt(layout="numbered", cues="none", sentences=0)
     text = content(prompts.first_block_messages(["Title: A", "Title: B"], style))
     assert "1. <data>Title: A</data>\n2. <data>Title: B</data>" in text
     assert "in one paragraph: the user's preferences" in text
@@ -40,6 +40,8 @@ def test_summary_prompt_rejects_an_unknown_layout():
 
     with pytest.raises(ValueError, match="layout"):
         prompts.SummaryPrompt(layout="bullets")
+    with pytest.raises(ValueError, match="cues"):
+        prompts.SummaryPrompt(cues=True)
 
 
 def test_untrusted_text_cannot_close_its_data_block():

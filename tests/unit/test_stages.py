@@ -262,6 +262,11 @@ def test_an_adapter_trained_on_other_text_lengths_is_reported():
     served = Settings(caption_max_new_tokens=24, summary_max_new_tokens=256)
     assert text_mismatches(metadata, served) == ["summary_tokens: trained 64, served 256"]
     assert text_mismatches({}, served) == []
+    # summaries written by another model than the adapter's base are part of what it was trained on
+    other = {"data": {"protocol": {"block": 3, "summary_model": "qwen2.5-coder-0.5b-instruct"}}}
+    assert text_mismatches(other, Settings(summary_model="smollm2-135m-instruct")) == [
+        "summary_model: trained qwen2.5-coder-0.5b-instruct, served smollm2-135m-instruct"]
+    assert text_mismatches({"data": {"protocol": {"summary_model": ""}}}, served) == []  # the base model wrote them
 
 
 @pytest.mark.parametrize("pairs_format", ["binary", "json"])
