@@ -135,7 +135,8 @@ def summarize(lm, options: Options, style: prompts.SummaryPrompt, histories: lis
     """S_1..S_T for every user (recurrent, batched across users), cached with the timing measured."""
     from models.user_summarizer import SummarizerConfig, UserSummarizer
 
-    key = cache.key(lm.name, "summaries", style.label, options.max_new_tokens, options.batch_size, histories)
+    key = cache.key(lm.name, str(lm.dtype), "summaries", style.label, options.max_new_tokens, options.batch_size,
+                    histories)
     if key not in cache.data:
         summarizer = UserSummarizer(lm, SummarizerConfig(block_size=BLOCK, max_new_tokens=options.max_new_tokens,
                                                          batch_size=options.batch_size, prompt=style))
@@ -210,7 +211,8 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
         from models.embeddings import TextEmbedder
 
         embedder = TextEmbedder("minilm", device="cpu")
-    load = load or (lambda name: registry.load(name, device="cpu", dtype=options.dtype))
+    # 'auto' loads as the worker loads a summarizer: bf16 where the CPU multiplies it natively
+    load = load or (lambda name: registry.load(name, device="cpu", dtype=options.dtype, generates=True))
     pools = user_pools(data.sequences, (options.blocks + 1) * BLOCK, options.seed)
     users = pools[options.split][:options.users]
     cases = windows(data.sequences, users, options.blocks)
@@ -246,8 +248,8 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
                 per_user = [scorer.user(c, s) for c, s in zip(cases, made["summaries"])]
                 n = sum(map(len, made["summaries"]))
                 result["rows"].append(row(
-                    f"{model} / {variant}{' + captions' if captioned else ''}", per_user, base_rows, options.bootstrap,
-                    kind="llm", model=model, prompt=variant, prompt_settings=style.__dict__, captions=captioned,
+                    f"{model} ({str(lm.dtype).removeprefix('torch.')}) / {variant}{' + captions' if captioned else ''}", per_user, base_rows, options.bootstrap,
+                    kind="llm", model=model, dtype=str(lm.dtype).removeprefix("torch."), prompt=variant, prompt_settings=style.__dict__, captions=captioned,
                     caption_model=(options.caption_model or model) if captioned else None,
                     seconds_per_summary=round(made["seconds"] / n, 3),
                     generated_tokens_per_s=round(made["tokens"] / made["seconds"], 1),

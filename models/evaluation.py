@@ -423,7 +423,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         write_report()
 
     lm = registry.load(config.model, device=config.device)
-    summary_lm = (registry.load(config.summary_model, device=config.device)
+    summary_lm = (registry.load(config.summary_model, device=config.device, generates=True)  # as the worker loads it
                   if config.summary_model and config.summary_model != config.model else lm)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log, summary_lm)
     needed = {i for c in cases for i in c.window + c.candidates() + [p for _, p, n in c.train_pairs]
@@ -588,7 +588,7 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     sources = candidate_stage(data)
     cases = build_cases(data, config, sources)
     lm = registry.load(config.model, device=config.device)
-    summary_lm = (registry.load(config.summary_model, device=config.device)
+    summary_lm = (registry.load(config.summary_model, device=config.device, generates=True)  # as the worker loads it
                   if config.summary_model and config.summary_model != config.model else lm)
     texts = Texts(lm, data, config, TextCache((cache_dir or out_dir) / "texts-cache.json"), log, summary_lm)
     texts.caption_all({i for c in cases for i in c.window + [p for _, p, _ in c.train_pairs]

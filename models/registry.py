@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from models import attention
-from models.device import pick_device, pick_dtype
+from models.device import pick_device, pick_dtype, pick_generation_dtype
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_LLAVA = "tiny-random-llava"
@@ -355,13 +355,16 @@ class LoadedModel:
         return self.processor is not None
 
 
-def load(name: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Causal LM or vision-language model by registry name, hub id or path, in eval mode."""
+def load(name: str, device: str = "auto", dtype: str = "auto", generates: bool = False) -> LoadedModel:
+    """Causal LM or vision-language model by registry name, hub id or path, in eval mode.
+
+    ``generates``: the model writes text (captions, summaries), so ``dtype`` 'auto' is bf16 where
+    the CPU multiplies bf16 natively (``pick_generation_dtype``); a scorer keeps fp32 on the CPU."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     path = resolve(name)
     dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
+    dt = pick_generation_dtype(dev, dtype) if generates else pick_dtype(dev, dtype)
     # on the CPU, grouped K/V stay grouped under padding masks (models/attention.py)
     options = {"dtype": dt, "attn_implementation": attention.register()} if dev.type == "cpu" else {"dtype": dt}
     try:

@@ -46,7 +46,10 @@ class Models:
     def generator(self, name: str):
         """One loaded instance per model name for the stages that generate (never carries an adapter)."""
         if name not in self._generators:
-            self._generators[name] = self._load(name)
+            from models import registry
+
+            self._generators[name] = registry.load(name, self.settings.device, self.settings.generation_dtype,
+                                                   generates=True)
         return self._generators[name]
 
     @property

@@ -175,10 +175,15 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the worker's event loop: uvloop (libuv; Faust's per-message overhead is mostly loop "
         "scheduling, and an empty agent reads 18,000 messages/s on it against 14,700 on asyncio's) or asyncio's own")
-    model_dtype: str = Field("auto", description="torch dtype of the LLMs: auto (bf16 on CUDA, else fp32), float32, bfloat16")
+    model_dtype: str = Field("auto", description="torch dtype of the re-ranker: auto (bf16 on CUDA, else fp32), float32, bfloat16")
+    generation_dtype: str = Field(
+        "auto", description="torch dtype of the captioner and summarizer: auto (bf16 on CUDA and on CPUs that multiply "
+        "bf16 natively, AMX or AVX512-BF16: about 3x the fp32 decoding speed there, bench/results/cpu_precision.json; "
+        "else fp32), float32, bfloat16")
 
     summary_model: str = Field(
-        "smollm2-135m-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries off"
+        "qwen2.5-coder-0.5b-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries "
+        "off (the default was chosen by bench/summary_quality.py within the demo's time budget)"
     )
     summary_batch: int = Field(16, gt=0, description="users per summarizer call")
     summary_max_new_tokens: int = Field(TEXT.summary_tokens, gt=0, description="generated tokens per summary")

@@ -42,7 +42,7 @@ def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3,
     LLM stages off (the item-keyed co-occurrence and trending counts fill up in a minute or two);
     then the sequential source (SASRec) and EASE are trained on those histories, as ``mmsr train-retrieval``
     would (``sequential_epochs`` 0: none, and the lists blend the other sources only). Then the
-    worker restarts with SmolLM2-135M summarizing and the sequential model loaded, and ``users``
+    worker restarts with the default summarizer (``MMSR_SUMMARY_MODEL``) and the sequential model loaded, and ``users``
     users' first ``per_user`` interactions are replayed as a backfill: each gets recurrent
     summaries and, at the backfill's end, one list from the blended candidate stage, the blend
     ``mmsr eval-stream`` measures. With ``adapter`` the LoRA re-ranker re-ranks the top
