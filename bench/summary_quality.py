@@ -192,6 +192,20 @@ def row(name: str, per_user: list[dict], baselines: dict[str, list[dict]], sampl
     return out
 
 
+def paired(rows: dict[str, list[dict]], samples: int) -> list[dict]:
+    """Each later summarizer row against each earlier one, paired by user (HR@k and NDCG@k)."""
+    names = list(rows)
+    out = []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            entry = {"row": second, "minus": first}
+            for metric in ("hr", "ndcg"):
+                diff = np.array([b[metric] - a[metric] for a, b in zip(rows[first], rows[second])])
+                entry[f"{metric}_diff"], entry[f"{metric}_diff_ci"] = round(float(diff.mean()), 4), interval(diff, samples)
+            out.append(entry)
+    return out
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -229,6 +243,7 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
               "blocks_per_user": options.blocks, "k": options.k, "options": {**options.__dict__},
               "machine": machine(), "commit": commit(), "command": " ".join(["python -m bench.summary_quality", *sys.argv[1:]]),
               "rows": [row(name, rows, base_rows, options.bootstrap, kind="baseline") for name, rows in base_rows.items()]}
+    llm_rows: dict[str, list[dict]] = {}
     for model in options.models:
         lm = load(model)
         for captioned in options.captions:
@@ -247,8 +262,10 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
                 made = summarize(lm, options, style, histories, cache)
                 per_user = [scorer.user(c, s) for c, s in zip(cases, made["summaries"])]
                 n = sum(map(len, made["summaries"]))
+                name = f"{model} ({str(lm.dtype).removeprefix('torch.')}) / {variant}{' + captions' if captioned else ''}"
+                llm_rows[name] = per_user
                 result["rows"].append(row(
-                    f"{model} ({str(lm.dtype).removeprefix('torch.')}) / {variant}{' + captions' if captioned else ''}", per_user, base_rows, options.bootstrap,
+                    name, per_user, base_rows, options.bootstrap,
                     kind="llm", model=model, dtype=str(lm.dtype).removeprefix("torch."), prompt=variant, prompt_settings=style.__dict__, captions=captioned,
                     caption_model=(options.caption_model or model) if captioned else None,
                     seconds_per_summary=round(made["seconds"] / n, 3),
@@ -258,6 +275,7 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
                 if out:
                     write_result(out, result, show=False)
         del lm
+    result["paired"] = paired(llm_rows, options.bootstrap)
     if out:
         write_result(out, result, show=False)
     return result

@@ -15,7 +15,7 @@ def summarizer_lm():
     from models import registry
     from streams.settings import Settings
 
-    return registry.load(Settings().summary_model, device="cpu")
+    return registry.load(Settings().summary_model, device="cpu", generates=True)  # as the worker loads it
 
 HISTORY = [
     "Title: Toy Story (1995); Categories: Animation, Children's, Comedy",
