@@ -182,7 +182,7 @@ class Settings(BaseSettings):
         "else fp32), float32, bfloat16")
 
     summary_model: str = Field(
-        "qwen2.5-coder-1.5b-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries "
+        "qwen2.5-coder-0.5b-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries "
         "off (the default was chosen by bench/summary_quality.py within the demo's time budget)"
     )
     summary_batch: int = Field(16, gt=0, description="users per summarizer call")
