@@ -70,7 +70,7 @@ class SummaryPrompt:
 
     def items(self, items: list[str]) -> str:
         if self.layout == "numbered":
-            return "\n".join(f"{n}. {data(text)}" for n, text in enumerate(items, 1))
+            return numbered_lines(items)
         return "<data>\n" + "\n".join(clean(text) for text in items) + "\n</data>"
 
     @property
@@ -82,7 +82,7 @@ class SummaryPrompt:
 
 LAYOUTS = ("plain", "numbered")
 CUES = ("genres", "detailed", "none")
-# chosen by bench/summary_quality.py on its validation users (bench/results/summary_quality.json)
+# chosen by bench/summary_quality.py on its validation users (bench/results/summary_quality_validation*.json)
 SUMMARY_PROMPT = SummaryPrompt()
 
 
@@ -95,13 +95,22 @@ def first_block_messages(items: list[str], style: SummaryPrompt = SUMMARY_PROMPT
 def update_messages(previous_summary: str, items: list[str], style: SummaryPrompt = SUMMARY_PROMPT) -> list[dict]:
     """The previous summary goes in without its fixed opening: small models shown the same opening
     they are asked to continue copy the old summary verbatim instead of updating it."""
-    earlier = previous_summary
-    if earlier.lower().startswith(SUMMARY_PREFIX.lower()):
-        earlier = earlier[len(SUMMARY_PREFIX):].strip()
-    content = (f"Here is what a user liked so far: {data(earlier, 2000)}\n\n"
+    content = (f"Here is what a user liked so far: {data(summary_body(previous_summary), 2000)}\n\n"
                f"Next, the items the user interacted with, oldest first, {style.framing}.\n{style.items(items)}\n\n"
                f"{style.ask(update=True)}")
     return [{"role": "user", "content": content}]
+
+
+def numbered_lines(items: list[str]) -> str:
+    return "\n".join(f"{n}. {data(text)}" for n, text in enumerate(items, 1))
+
+
+def summary_body(summary: str) -> str:
+    """What a summary says after its fixed opening."""
+    text = summary.strip()
+    if text.lower().startswith(SUMMARY_PREFIX.lower()):
+        text = text[len(SUMMARY_PREFIX):]
+    return text.strip()
 
 
 def direct_messages(items: list[str], style: SummaryPrompt = SUMMARY_PROMPT) -> list[dict]:
@@ -189,8 +198,7 @@ def user_preferences(summary: str) -> str:
 
 def user_recent_items(items: list[str]) -> str:
     """The user part of the TALLRec-style prompt: recent items, oldest first, no summary."""
-    lines = "\n".join(f"{n}. {data(text)}" for n, text in enumerate(items, 1))
-    return f"Items the user interacted with recently, oldest first:\n{lines}"
+    return f"Items the user interacted with recently, oldest first:\n{numbered_lines(items)}"
 
 
 def recommend_messages(user_part: str, candidate: str, with_image: bool, collab: bool = False) -> list[dict]:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from models.captioner import degenerate_reason
-from models.prompts import SUMMARY_PREFIX
+from models.prompts import SUMMARY_PREFIX, summary_body
 
 # MovieLens' genres and the words a summary uses for them (lower case, whole words)
 GENRE_WORDS: dict[str, tuple[str, ...]] = {
@@ -55,12 +55,7 @@ _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 _ARTICLE = re.compile(r"^(.*), (The|A|An|Les|La|Le|Il|Das|Der|Die|El)$")
 
 
-def body(summary: str) -> str:
-    """What a summary says after its fixed opening."""
-    text = summary.strip()
-    if text.lower().startswith(SUMMARY_PREFIX.lower()):
-        text = text[len(SUMMARY_PREFIX):]
-    return text.strip()
+body = summary_body
 
 
 def degenerate(summary: str) -> str | None:
