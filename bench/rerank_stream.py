@@ -108,10 +108,16 @@ def main() -> None:
     parser.add_argument("--backfill-per-user", type=int, default=30)
     parser.add_argument("--test-per-user", type=int, default=10)
     parser.add_argument("--rerank-candidates", type=int, default=20)
-    parser.add_argument("--llm", default="smollm2-135m-instruct")
+    parser.add_argument("--llm", default="smollm2-135m-instruct", help="captions, scores and carries the LoRA")
+    parser.add_argument("--summary-model", default=None,
+                        help="writes the recurrent summaries (the adapter's protocol records it and the worker "
+                             "serves it) [default: the worker's MMSR_SUMMARY_MODEL default]")
     parser.add_argument("--sasrec-epochs", type=int, default=100)
     args = parser.parse_args()
     from streams.harness.eval_stream import StreamEvalConfig, run
+    from streams.settings import Settings
+
+    summary_model = args.summary_model or Settings().summary_model
 
     out = args.out.resolve()
     work = out / "work"  # scratch: SASRec, adapter run, data files, the broker and worker
@@ -133,7 +139,8 @@ def main() -> None:
     adapter_run = work / "adapter-run"
     if not (adapter_run / "adapter").exists():
         mmsr("train", "--out", str(adapter_run), "--sequential-model", str(sequential), "--fused", "--until",
-             split_time, "--model", args.llm, log=log)
+             split_time, "--model", args.llm,
+             "--summary-model", summary_model, log=log)
     timings["train_adapter"] = time.time() - t0
     worker = {"rerank_candidates": args.rerank_candidates, "torch_threads": 2}
     t0 = time.time()
@@ -150,7 +157,8 @@ def main() -> None:
         "subset": {"users": args.users, "seed": args.seed, "backfill_per_user": args.backfill_per_user,
                    "test_per_user": args.test_per_user, "events": len(events), "test_events": n_test,
                    "split_time": split_time},
-        "rerank_candidates": args.rerank_candidates, "llm": args.llm, "worker_settings": worker,
+        "rerank_candidates": args.rerank_candidates, "llm": args.llm, "summary_model": summary_model,
+        "worker_settings": worker,
         "adapter_version": (read("mmsr-adapter.json") or {}).get("version"), "fusion": read("mmsr-fusion.json"),
         "eval_stream": {k: result[k] for k in ("stream", "candidate_stage", "popularity", "events_scored",
                                                "events_without_list", "list_timeouts", "strategies",

@@ -211,6 +211,13 @@ class Settings(BaseSettings):
     image_timeout: float = Field(10.0, description="seconds to fetch an item image over http(s)")
     image_max_bytes: int = Field(20_000_000, description="largest encoded image accepted")
     image_max_pixels: int = Field(40_000_000, description="largest decoded image (width x height) accepted")
+    image_sources: str = Field("https,data", description="kinds of item image reference a producer may name "
+                                                         "(comma-separated, of https, http, data, file): a path or URL "
+                                                         "in an event reaches nothing else")
+    image_root: str = Field("", description="with 'file' in MMSR_IMAGE_SOURCES: the one folder item images are read "
+                                            "from (paths resolved, symlinks out of it refused)")
+    image_private_networks: bool = Field(False, description="let image URLs reach loopback, private and link-local "
+                                                            "addresses (an intranet image server)")
 
     recommender_model: str = Field(
         "none", description="re-ranker (MLLM-MSR stage 3): registry name, hub id or path; 'none' emits the retrieval "
@@ -243,6 +250,11 @@ class Settings(BaseSettings):
             raise ValueError(f"security_protocol {self.security_protocol} needs MMSR_SASL_USERNAME and MMSR_SASL_PASSWORD")
         return self
 
+    @model_validator(mode="after")
+    def _image_sources_known(self):
+        self.image_limits()  # an unknown source, or files without a root, fails at start rather than per item
+        return self
+
     # -- the model configs, built here so every option of theirs is a setting ---------------------
     def decoding(self):
         from models.generation import Decoding
@@ -259,11 +271,18 @@ class Settings(BaseSettings):
 
     def caption_config(self):
         from models.captioner import CaptionConfig
-        from models.images import ImageLimits
 
         return CaptionConfig(max_new_tokens=self.caption_max_new_tokens, batch_size=self.caption_batch,
                              decoding=self.decoding(),
-                             limits=ImageLimits(self.image_timeout, self.image_max_bytes, self.image_max_pixels))
+                             limits=self.image_limits())
+
+    def image_limits(self):
+        from models.images import ImageLimits
+
+        return ImageLimits(timeout_seconds=self.image_timeout, max_bytes=self.image_max_bytes,
+                           max_pixels=self.image_max_pixels, root=self.image_root,
+                           sources=frozenset(s.strip() for s in self.image_sources.split(",") if s.strip()),
+                           private_networks=self.image_private_networks)
 
     def scorer_config(self):
         from models.recommender import ScorerConfig

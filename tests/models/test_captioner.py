@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from models.captioner import CaptionConfig, ItemInput, Captioner
+from models.images import ImageLimits
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +39,13 @@ def image_files(tmp_path_factory):
     return paths
 
 
+def files(paths: dict) -> ImageLimits:
+    """The image files are allowed, read from the folder they were written to."""
+    return ImageLimits(sources=frozenset({"file"}), root=str(next(iter(paths.values())).parent))
+
+
 def test_tiny_llava_captions_every_image_or_records_why_not(tiny_llava, image_files):
-    summarizer = Captioner(tiny_llava, CaptionConfig(max_new_tokens=8, batch_size=4))
+    summarizer = Captioner(tiny_llava, CaptionConfig(max_new_tokens=8, batch_size=4, limits=files(image_files)))
     items = [ItemInput(name, f"Item {name}", ["Test"], None, str(path)) for name, path in image_files.items()]
     captions = dict(zip(image_files, summarizer.caption(items)))
     for name in ("png", "jpeg", "cmyk_jpeg", "png_alpha", "gif"):
@@ -54,7 +60,7 @@ def test_tiny_llava_captions_every_image_or_records_why_not(tiny_llava, image_fi
 def test_vision_model_without_image_and_text_model_with_one(tiny_llava, smollm2, image_files):
     no_image = Captioner(tiny_llava, CaptionConfig(max_new_tokens=6)).caption([ItemInput("1", "Plain")])[0]
     assert no_image.source == "text" and no_image.text
-    text_model = Captioner(smollm2, CaptionConfig(max_new_tokens=24))
+    text_model = Captioner(smollm2, CaptionConfig(max_new_tokens=24, limits=files(image_files)))
     caption = text_model.caption([ItemInput("2", "Toy Story (1995)", ["Animation", "Comedy"], None,
                                             str(image_files["png"]))])[0]
     assert caption.source == "text" and "reads no images" in caption.image_error
@@ -62,7 +68,7 @@ def test_vision_model_without_image_and_text_model_with_one(tiny_llava, smollm2,
 
 
 def test_captions_are_deterministic_and_batching_keeps_order(tiny_llava, image_files):
-    summarizer = Captioner(tiny_llava, CaptionConfig(max_new_tokens=6, batch_size=2))
+    summarizer = Captioner(tiny_llava, CaptionConfig(max_new_tokens=6, batch_size=2, limits=files(image_files)))
     items = [ItemInput(str(i), f"Item {i}", None, None, str(image_files["png" if i % 2 else "jpeg"]))
              for i in range(5)]
     one_by_one = [summarizer.caption([item])[0].text for item in items]
