@@ -73,6 +73,8 @@ class Worker:
         self.rerank_requests = RerankRequestsStage(self.services)
         self.assigned: set[int] = set()
         self.guards: list[OffsetGuard] = []
+        self.generation = 0  # of the assignment: a restore begun for an older one is discarded
+        self.restoring: asyncio.Task | None = None
         if s.role != "llm":
             self._register_state()
         if s.role != "state":
@@ -105,8 +107,28 @@ class Worker:
         self.guards.append(guard)
         return guard
 
-    async def restore(self) -> None:
-        """After a start or a rebalance: the catalog index and what user state owes, rebuilt off the loop."""
+    def start_restore(self) -> None:
+        """A restore for the current assignment, replacing any still running for an older one. The
+        task is kept and watched: a failure stops the worker (non-zero exit) with the error logged,
+        where it used to leave every agent waiting on ``restored`` while /health said "starting"."""
+        self.generation += 1
+        if self.restoring is not None and not self.restoring.done():
+            self.restoring.cancel()
+        self.restoring = asyncio.ensure_future(self.restore(self.generation))
+        self.restoring.add_done_callback(self.restore_finished)
+
+    def restore_finished(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.critical("restoring partitions %s failed; stopping the worker: %r", sorted(self.assigned), exc,
+                     exc_info=exc)
+        asyncio.ensure_future(self.app.crash(exc))
+
+    async def restore(self, generation: int | None = None) -> None:
+        """After a start or a rebalance: the catalog index and what user state owes, rebuilt off the loop.
+        ``generation``: the assignment it is for; if the partitions changed meanwhile, its result is
+        stale (another restore is under way) and is dropped rather than overwrite the newer one."""
         services = self.services
         if not services.catalog.ready:
             await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
@@ -115,6 +137,9 @@ class Worker:
                 services.item_stats.apply(key_text(key), record)
             await services.off_loop(services.item_stats.trending.rank)
         owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
+        if generation is not None and generation != self.generation:
+            log.info("a restore for an earlier assignment finished after a rebalance; its result is dropped")
+            return
         services.backfill_pending = backfill
         for user_id in owed:
             services.due.schedule(user_id, 0.0)
@@ -207,6 +232,7 @@ class Worker:
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender, revoked, **kwargs):
+            self.generation += 1  # a restore still running is for partitions this worker may no longer have
             for guard in self.guards:
                 guard.reset()
             self.neighbours.forget()
@@ -217,7 +243,7 @@ class Worker:
         @app.on_rebalance_complete.connect
         async def on_assigned(sender, **kwargs):
             self.assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == s.topic_interactions}
-            asyncio.ensure_future(self.restore())
+            self.start_restore()
 
         @app.timer(interval=s.emit_interval)
         async def emitter():

@@ -363,6 +363,23 @@ class DueLists:
         return len(self._due)
 
 
+class Readiness(asyncio.Event):
+    """Set once the schedule and the backfill sets have been derived from state; remembers since
+    when it has not been, so /health can say how long a worker has been starting."""
+
+    def __init__(self):
+        super().__init__()
+        self.unready_since = time.monotonic()
+
+    def clear(self) -> None:
+        if self.is_set():
+            self.unready_since = time.monotonic()
+        super().clear()
+
+    def starting_seconds(self) -> float | None:
+        return None if self.is_set() else time.monotonic() - self.unready_since
+
+
 class Services:
     """The worker's shared parts; tables are any mutable mappings (Faust tables in the worker)."""
 
@@ -375,7 +392,7 @@ class Services:
         self.neighbours: MutableMapping = {}  # item -> co-occurrence record (the worker's GlobalTable)
         self.due = DueLists()
         self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
-        self.restored = asyncio.Event()  # the schedule and the backfill sets have been derived from state
+        self.restored = Readiness()  # the schedule and the backfill sets have been derived from state
 
     async def off_loop(self, fn, *args):
         """Run blocking work (models, scans, matrix products) in a thread so heartbeats keep going."""

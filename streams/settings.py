@@ -39,6 +39,9 @@ class Settings(BaseSettings):
                         "partition's owner); empty: MMSR_WEB_HOST, or this machine's address where that binds every "
                         "interface")
 
+    web_forward_timeout: float = Field(5.0, gt=0, description="longest wait for another worker's answer to a "
+                                                              "forwarded GET /users/{id} (then 503, retry)")
+
     topic_items: str = Field("items", description="catalog events, keyed by item_id")
     topic_interactions: str = Field("interactions", description="interaction events, keyed by user_id")
     topic_user_summaries: str = Field("user-summaries", description="summary events, keyed by user_id")

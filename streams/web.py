@@ -25,6 +25,9 @@ def shared_address(web, owner):
                               "(MMSR_WEB_ADVERTISED_HOST)", "retry": False}, status=502)
 
 
+FORWARDED = "X-Mmsr-Forwarded"  # set on a request one worker forwards to another: it is never forwarded again
+
+
 def owner_route(app, services: Services, match_info: str):
     """Faust's ``table_route`` on the key's raw bytes, answering 503 (retry) where it would fail or mislead.
 
@@ -32,8 +35,12 @@ def owner_route(app, services: Services, match_info: str):
     (Faust's route raised a 500 on the refused connection), and just after the rebalance the new
     owner may still be restoring the partition from its changelog (it would answer 404 or a
     partial state). Both are "ask again shortly", and say so.
+
+    A request is forwarded at most once, with its own timeout (``MMSR_WEB_FORWARD_TIMEOUT``): two
+    workers whose routing maps are stale and crossed would otherwise send it back and forth, each
+    hop waiting on Faust's session, which has no timeout of its own.
     """
-    from aiohttp import ClientError
+    from aiohttp import ClientError, ClientTimeout
 
     changelog = services.user_state.changelog_topic.get_topic_name()
 
@@ -54,11 +61,17 @@ def owner_route(app, services: Services, match_info: str):
                 if not app.assignor.is_active(app.producer.key_partition(changelog, key)):
                     return shared_address(self.web, owner)
                 return await view(self, request, *args, **kwargs)
+            if request.headers.get(FORWARDED):
+                return retry_later(self.web, "forwarded here by a worker that routes this key to this one, which "
+                                             "routes it elsewhere: the routing maps disagree until the rebalance ends")
             try:
-                async with app.http_client.get(request.url.with_host(owner.host).with_port(owner.port)) as response:
+                async with app.http_client.get(request.url.with_host(owner.host).with_port(owner.port),
+                                               headers={FORWARDED: "1"},
+                                               timeout=ClientTimeout(total=services.settings.web_forward_timeout)
+                                               ) as response:
                     return self.web.text(await response.text(), content_type=response.content_type,
                                          status=response.status)
-            except (ClientError, OSError) as exc:
+            except (ClientError, OSError, TimeoutError) as exc:
                 return retry_later(self.web, f"the owner of this key's partition does not answer ({exc}); "
                                              "the group will move it")
 
@@ -79,6 +92,9 @@ def register_views(app, services: Services, consumer_lag: Callable[[], Awaitable
         ok = not app.rebalancing and bool(assigned) and services.restored.is_set()
         body = {"status": "ok" if ok else "starting", "rebalancing": bool(app.rebalancing),
                 "restored": services.restored.is_set(), "assigned": assigned, "pending_lists": len(services.due)}
+        starting = services.restored.starting_seconds()
+        if starting is not None:
+            body["starting_seconds"] = round(starting, 1)  # a restore that never ends shows here, growing
         return web.json(body, status=200 if ok else 503)
 
     @app.page("/debug/flow")

@@ -80,3 +80,28 @@ def assignments(log: str) -> list[str]:
     """The partition tables of the worker's "Setting newly assigned partitions" lines, in order."""
     chunks = log.split("Setting newly assigned partitions")[1:]
     return [chunk.split("\n[20", 1)[0] for chunk in chunks]
+
+
+def test_a_restore_that_fails_stops_the_worker_with_the_error_logged(topic_factory, worker_factory):
+    """A user-state record that is not an object (written by hand, or by a worker of another
+    version) makes the restore's scan raise. The restore ran as a task nobody awaited: its error
+    went unobserved, ``restored`` was never set, and the worker waited forever while /health said
+    "starting". Now the worker exits non-zero with the error in its log."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.kafka.security import client_config
+
+    env = topic_factory(top_k=5)
+    changelog = f"{env.settings.group_id}-user-state-changelog"
+    admin = AdminClient(client_config(env.settings))
+    admin.create_topics([NewTopic(changelog, env.settings.user_partitions, 1,
+                                  config={"cleanup.policy": "compact"})])[changelog].result()
+    producer = Producer(client_config(env.settings))
+    producer.produce(changelog, key=b'"u1"', value=b'"not a state object"', partition=0)
+    assert producer.flush(30) == 0
+    worker = worker_factory(env).spawn()
+    assert worker.proc.wait(timeout=150) != 0
+    log = worker.log.read_text()
+    assert "restoring partitions" in log and "failed; stopping the worker" in log
+    assert "AttributeError" in log.split("failed; stopping the worker", 1)[1]
