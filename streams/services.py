@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import json
 import logging
 import time
@@ -340,24 +341,47 @@ class Publisher:
 
 class DueLists:
     """When each owed list is due, in memory; what is owed lives in user state (``UserState.owed``),
-    and this schedule is rebuilt from it after a restart or a rebalance."""
+    and this schedule is rebuilt from it after a restart or a rebalance.
 
-    def __init__(self):
+    Each event pushes its user's deadline back by the debounce, but never past ``max_wait`` after
+    the first event the list is owed for: a user active more often than the debounce still gets a
+    list. Deadlines sit in a heap (stale entries are skipped), so a turn costs the lists it emits,
+    not the users waiting; ``per_turn`` bounds a turn so one burst cannot hold the loop.
+    """
+
+    def __init__(self, max_wait: float = float("inf"), per_turn: int | None = None):
+        self.max_wait, self.per_turn = max_wait, per_turn
         self._due: dict[str, float] = {}
+        self._first: dict[str, float] = {}  # when the list now owed was first scheduled
+        self._heap: list[tuple[float, str]] = []
 
-    def schedule(self, user_id: str, delay: float) -> None:
-        due = time.monotonic() + delay
-        self._due[user_id] = min(due, self._due.get(user_id, due)) if delay == 0 else due
+    def schedule(self, user_id: str, delay: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        first = self._first.setdefault(user_id, now)
+        due = min(now + delay, first + self.max_wait)
+        if delay == 0:
+            due = min(due, self._due.get(user_id, due))
+        if self._due.get(user_id) != due:
+            self._due[user_id] = due
+            heapq.heappush(self._heap, (due, user_id))
+            if len(self._heap) > 2 * len(self._due) + 64:  # mostly superseded entries: rebuild
+                self._heap = [(d, u) for u, d in self._due.items()]
+                heapq.heapify(self._heap)
 
     def pop_due(self, now: float | None = None) -> list[str]:
         now = time.monotonic() if now is None else now
-        due = [u for u, d in self._due.items() if d <= now]
-        for user_id in due:
-            del self._due[user_id]
+        due: list[str] = []
+        while self._heap and self._heap[0][0] <= now and (self.per_turn is None or len(due) < self.per_turn):
+            deadline, user_id = heapq.heappop(self._heap)
+            if self._due.get(user_id) == deadline:  # else superseded by a later schedule
+                del self._due[user_id], self._first[user_id]
+                due.append(user_id)
         return due
 
     def clear(self) -> None:
         self._due.clear()
+        self._first.clear()
+        self._heap.clear()
 
     def __len__(self) -> int:
         return len(self._due)
@@ -390,7 +414,7 @@ class Services:
         self.catalog = Catalog(metrics)
         self.item_stats = ItemStats(settings.cooccurrence_config().trending_half_life)
         self.neighbours: MutableMapping = {}  # item -> co-occurrence record (the worker's GlobalTable)
-        self.due = DueLists()
+        self.due = DueLists(settings.debounce_max_seconds, settings.emit_max_lists)
         self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
         self.restored = Readiness()  # the schedule and the backfill sets have been derived from state
 

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     recency_half_life: float = Field(10.0, description="half-life, in interactions, of the user vector's recency weights")
     recent_for_vector: int = Field(20, gt=0, description="recent items averaged into the user vector")
     debounce_seconds: float = Field(0.5, ge=0, description="quiet time per user before a list is emitted")
+    debounce_max_seconds: float = Field(5.0, ge=0, description="longest a list waits for a user's events to "
+                                                                "pause: a user active more often than the debounce "
+                                                                "still gets one this long after the first event")
+    emit_max_lists: int = Field(2000, ge=1, description="most lists built in one emit turn (the rest wait for the next)")
     emit_interval: float = Field(0.05, gt=0, description="seconds between checks for lists that are due")
 
     # -- the candidate stage -------------------------------------------------------------------

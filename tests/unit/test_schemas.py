@@ -73,3 +73,46 @@ def test_a_trigger_survives_the_round_trip_through_state():
     assert Trigger.from_state(t.to_state()) == t
     assert t.to_dict() == {"topic": "interactions", "partition": 3, "offset": 41,
                            "event_time": "2026-03-01T10:00:00Z", "kind": "interaction"}
+
+
+def test_a_user_busier_than_the_debounce_still_gets_a_list_within_the_maximum_wait():
+    """An event every 0.2 s against a 0.5 s debounce: each pushed the deadline back, so the list
+    was never due while the user stayed active."""
+    d = DueLists(max_wait=2.0)
+    emitted_at = []
+    for step in range(100):  # 20 s of activity
+        now = step * 0.2
+        d.schedule("busy", 0.5, now=now)
+        if d.pop_due(now=now):
+            emitted_at.append(now)
+    assert emitted_at and emitted_at[0] <= 2.0
+    gaps = [b - a for a, b in zip(emitted_at, emitted_at[1:])]
+    assert len(emitted_at) >= 8 and max(gaps) <= 2.0 + 2 * 0.2 + 1e-9  # every max_wait (+ the event spacing)
+
+
+def test_due_lists_pop_in_deadline_order_a_bounded_number_per_turn():
+    d = DueLists(per_turn=3)
+    for i in range(10):
+        d.schedule(f"u{i}", 1.0 + (9 - i) * 0.1, now=0.0)  # u9 is due first
+    d.schedule("u0", 5.0, now=0.5)  # pushed back: its old heap entry is stale
+    assert d.pop_due(now=3.0) == ["u9", "u8", "u7"]
+    assert d.pop_due(now=3.0) == ["u6", "u5", "u4"]
+    assert d.pop_due(now=3.0) == ["u3", "u2", "u1"]
+    assert d.pop_due(now=3.0) == [] and len(d) == 1
+    assert d.pop_due(now=6.0) == ["u0"] and len(d) == 0
+
+
+def test_the_schedule_heap_stays_bounded_under_repeated_rescheduling():
+    d = DueLists()
+    for step in range(10_000):
+        d.schedule(f"u{step % 5}", 1.0, now=step * 0.001)
+    assert len(d) == 5 and len(d._heap) <= 2 * 5 + 64 + 1
+
+
+def test_the_worker_schedule_takes_its_limits_from_the_settings():
+    from streams.metrics import Metrics
+    from streams.services import Services
+    from streams.settings import Settings
+
+    services = Services(Settings(debounce_max_seconds=3.5, emit_max_lists=7), {}, {}, None, Metrics(), None)
+    assert (services.due.max_wait, services.due.per_turn) == (3.5, 7)
