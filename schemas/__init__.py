@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 
-KINDS = ("item", "interaction", "recommendation", "user_summary", "dead_letter")
+KINDS = ("item", "interaction", "recommendation", "user_summary", "dead_letter",
+         "summary_request", "rerank_request", "caption_request", "caption")  # the last four: between roles
 MAX_EVENT_BYTES = 1_000_000
 # the replay's end-of-backfill marker: an interactions-topic message with this header and value
 CONTROL_HEADER = "mmsr-control"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 import numpy as np
@@ -35,7 +35,8 @@ class Trigger:
 
     @classmethod
     def from_state(cls, data: dict) -> "Trigger":
-        return cls(**data)
+        """Fields this version does not know (written by a newer one) are left out, not an error."""
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def utcnow() -> str:

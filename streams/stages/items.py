@@ -7,7 +7,6 @@ degenerate (empty, or looping) is not used: the item keeps its text-only profile
 """
 from __future__ import annotations
 
-import json
 
 import schemas
 from models.embeddings import item_text as embedding_text
@@ -107,9 +106,9 @@ class CaptionsStage:
         requests = []
         for event in events:
             try:
-                requests.append((event, json.loads(event.message.value)))
-            except ValueError as exc:
-                await s.publisher.dead_letter(event.message, "MalformedJSON", str(exc))
+                requests.append((event, schemas.parse("caption_request", event.message.value)))
+            except schemas.InvalidEvent as error:
+                await s.publisher.dead_letter(event.message, error.kind, str(error))
         captions, failures = await isolate(s, self.caption, [r for _, r in requests])
         metrics.inc("captions_total", len(requests) - len(failures))
         done = []
@@ -176,10 +175,11 @@ class CaptionResultsStage:
         usable = []
         for event in events:
             try:
-                record = json.loads(event.message.value)
-                caption = Caption(record["caption"], record["caption_source"], record.get("image_error"),
-                                  record.get("caption_rejected"))
-                usable.append((event, record["request"], caption))
-            except (ValueError, KeyError, TypeError) as exc:
-                await self.s.publisher.dead_letter(event.message, "MalformedCaption", f"{type(exc).__name__}: {exc}")
+                record = schemas.parse("caption", event.message.value)
+            except schemas.InvalidEvent as error:
+                await self.s.publisher.dead_letter(event.message, error.kind, str(error))
+                continue
+            caption = Caption(record["caption"], record["caption_source"], record.get("image_error"),
+                              record.get("caption_rejected"))
+            usable.append((event, record["request"], caption))
         await self.captions.embed_and_apply(usable)

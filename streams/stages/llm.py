@@ -8,9 +8,9 @@ nothing: the state role asks again after its timeout, and users keep their candi
 """
 from __future__ import annotations
 
-import json
 import logging
 
+import schemas
 from models import pipeline
 from streams.events import Trigger
 from streams.services import MODEL_ERRORS, Services
@@ -21,17 +21,16 @@ from streams.state import UserState
 log = logging.getLogger("mmsr.worker")
 
 
-async def requests_of(services: Services, events) -> list[dict]:
-    """The JSON requests of a batch; a malformed one is dead-lettered."""
+async def requests_of(services: Services, events, kind: str) -> list[dict]:
+    """The requests of a batch, each validated against its schema (``schemas/{kind}.schema.json``):
+    a request from a state worker of another version, or written by hand, is dead-lettered with the
+    field named, instead of raising out of the agent."""
     out = []
     for event in events:
         try:
-            request = json.loads(event.message.value)
-            if not isinstance(request, dict) or "user_id" not in request:
-                raise ValueError("not a request object with a user_id")
-            out.append(request)
-        except ValueError as exc:
-            await services.publisher.dead_letter(event.message, "MalformedRequest", str(exc))
+            out.append(schemas.parse(kind, event.message.value))
+        except schemas.InvalidEvent as error:
+            await services.publisher.dead_letter(event.message, error.kind, str(error))
     return out
 
 
@@ -42,7 +41,7 @@ class SummaryRequestsStage:
     async def process(self, events) -> None:
         """Every request's blocks, recurrently, batched across users; one summary event per block."""
         s, metrics = self.s.settings, self.s.metrics
-        requests = await requests_of(self.s, events)
+        requests = await requests_of(self.s, events, "summary_request")
         if not requests:
             return
         inputs = [([t for block in r["blocks"] for t in block["texts"]], r["summary"]) for r in requests]
@@ -67,7 +66,7 @@ class RerankRequestsStage:
     async def process(self, events) -> None:
         """Score each request's candidates in one batched call and publish the re-ranked lists."""
         s, metrics = self.s.settings, self.s.metrics
-        jobs = await requests_of(self.s, events)
+        jobs = await requests_of(self.s, events, "rerank_request")
         if not jobs:
             return
         requests = [pipeline.preference_request(job["summary"], [pipeline.candidate(c, c["item_id"])

@@ -132,4 +132,48 @@ def test_captions_written_by_the_llm_role_are_applied_by_the_state_role_like_rol
     assert not (services.catalog.index.vector("i0") == text_vector).all()  # re-embedded with the caption
     assert second["caption_rejected"].startswith("a word repeated") and "noir" not in second["text"]
     run(CaptionResultsStage(CaptionsStage(services)).process(events("captions", [{"item_id": "i0"}], "item_id")))
-    assert services.publisher.dead[-1][1] == "MalformedCaption"  # a bad record is dead-lettered, not fatal
+    _, error_class, message = services.publisher.dead[-1]  # a bad record is dead-lettered, not fatal
+    assert error_class == "SchemaError" and "'request' is a required property" in message
+
+
+def test_malformed_requests_to_the_llm_role_are_dead_lettered_with_the_field_named():
+    """A state worker of another version (or a hand-written request) used to raise out of the
+    llm agent: only user_id was checked, then KeyError on blocks, partition or a candidate's item_id,
+    and TypeError from Trigger.from_state on a key it did not know."""
+    import copy
+
+    services = state_role(recommender_model="smollm2-135m-instruct", rerank_candidates=5, top_k=3)
+    interactions = InteractionsStage(services)
+    run(interactions.process(events("interactions", [interaction("u1", f"i{i}") for i in range(4)], "user_id")))
+    [good] = sent(services, "summary_requests")
+    no_blocks = {k: v for k, v in good.items() if k != "blocks"}
+    no_partition = {k: v for k, v in good.items() if k != "partition"}
+    bad_entry = copy.deepcopy(good)
+    del bad_entry["blocks"][0]["entries"][0]["offset"]
+    llm = make_services(FakeModels(summarizer=FakeSummarizer()), summary_block=3)
+    run(SummaryRequestsStage(llm).process(events("summary-requests", [no_blocks, good, no_partition, bad_entry],
+                                                 "user_id")))
+    assert [a["summary_version"] for a in sent(llm, "user_summaries")] == [1]  # the good one was answered
+    assert [(cls, message) for _, cls, message in llm.publisher.dead] == [
+        ("SchemaError", "summary_request (root): 'blocks' is a required property"),
+        ("SchemaError", "summary_request (root): 'partition' is a required property"),
+        ("SchemaError", "summary_request blocks/0/entries/0: 'offset' is a required property")]
+
+    from streams.events import Trigger
+    from streams.stages.recommendations import RecommendationsStage
+    from streams.state import UserState
+
+    state = UserState("u1", interaction_count=4, summary="Likes drama.", summary_version=1, seen=["i0"],
+                      history=[{"item_id": "i0", "type": "click", "event_time": NOW_EVENT}])
+    _, hits, features = RecommendationsStage(services).candidates([state], 5)[0]
+    request = RecommendationsStage(services).rerank_request(
+        state, Trigger("interactions", 0, 3, NOW_EVENT, "interaction", None), hits, features)
+    no_item_id = copy.deepcopy(request)
+    del no_item_id["candidates"][2]["item_id"]
+    newer_trigger = copy.deepcopy(request)  # a newer state worker's trigger with a field this one lacks
+    newer_trigger["trigger"]["broker_partition_leader"] = 7
+    llm = make_services(FakeModels(reranker=FakeReranker()), top_k=3)
+    run(RerankRequestsStage(llm).process(events("rerank-requests", [no_item_id, newer_trigger], "user_id")))
+    assert [rec["user_id"] for rec in llm.publisher.lists] == ["u1"]  # the newer trigger is served
+    assert [(cls, message) for _, cls, message in llm.publisher.dead] == [
+        ("SchemaError", "rerank_request candidates/2: 'item_id' is a required property")]

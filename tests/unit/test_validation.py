@@ -37,7 +37,36 @@ def valid_events() -> dict[str, dict]:
         "user_summary": summary_event(Settings(), "u1", 0, 1, "Likes heists.",
                                       [{"item_id": "i1", "event_time": T, "offset": 7}], 3, 1_700_000_000.0),
         "dead_letter": dead_letter_record(Message(), "MalformedJSON", "Expecting value"),
+        **between_roles(trigger),
     }
+
+
+def between_roles(trigger: Trigger) -> dict[str, dict]:
+    """The four messages the state and llm roles exchange, built by the stages that send them."""
+    from models.blend import Fused
+    from models.captioner import Caption
+    from streams.stages.interactions import InteractionsStage
+    from streams.stages.recommendations import RecommendationsStage
+    from streams.state import content_hash
+    from tests.unit.test_stages import make_services
+
+    services = make_services()
+    services.item_profiles["i1"] = {"item_id": "i1", "title": "Heat", "categories": ["Crime"], "caption": None}
+    entries = [{"item_id": f"i{n}", "type": "rating", "value": 4.0, "event_time": T, "offset": n} for n in (1, 2, 3)]
+    state = UserState("u1", interaction_count=3, pending_block=entries, partition=0)
+    summary_request = InteractionsStage(services).summary_request(state)
+    state.summary, state.summary_version = "Likes heists.", 1
+    rerank_request = RecommendationsStage(services).rerank_request(
+        state, trigger, [Fused("i1", 0.5, ("cooccurrence",)), Fused("i2", 0.25, ())],
+        [{"cooccurrence": 0.5, "log_popularity": 1.0}, {}])
+    item = {"item_id": "i1", "op": "upsert", "title": "Heat", "categories": ["Crime"],
+            "image": "https://example.org/heat.jpg", "event_time": T}
+    caption_request = {**item, "content_hash": content_hash(item)}  # as ItemsStage sends it
+    caption = {"item_id": "i1", "request": caption_request,  # as CaptionsStage.publish sends it
+               **Caption("A heist thriller in Los Angeles.", "text", "https image references are not allowed",
+                         None).to_dict()}
+    return {"summary_request": summary_request, "rerank_request": rerank_request,
+            "caption_request": caption_request, "caption": caption}
 
 
 BAD_VALUES = [None, 0, -1, 1.5, True, "", "x" * 300, "x" * 300_000, [], ["x"], [1], {}, {"a": 1},
