@@ -153,6 +153,12 @@ def optimizer_steps(n: int, config: TrainConfig) -> list[list[list[int]]]:
     return plan[:config.max_steps] if config.max_steps else plan
 
 
+def load_optimizer_state(checkpoint: Path) -> dict:
+    """The optimizer, schedule and RNG state of a checkpoint. ``weights_only``: tensors and plain
+    containers only, so a file dropped into the output directory cannot run code when a run resumes."""
+    return torch.load(checkpoint / "optimizer.pt", weights_only=True)
+
+
 def _latest_checkpoint(out_dir: Path) -> Path | None:
     found = sorted((p for p in (out_dir / "checkpoints").glob("step-*") if (p / "trainer.json").is_file()),
                    key=lambda p: int(p.name.split("-")[1]))
@@ -212,7 +218,7 @@ def train(lm: LoadedModel, examples: list[Example], out_dir: Path, lora: LoraSet
         set_peft_model_state_dict(model, load_file(resumed / "adapter.safetensors"))
         if collab is not None:
             collab.projector.load_state_dict(load_file(resumed / "projector.safetensors"))
-        saved = torch.load(resumed / "optimizer.pt", weights_only=False)
+        saved = load_optimizer_state(resumed)
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
         torch.set_rng_state(saved["rng"])  # LoRA dropout continues as if never interrupted

@@ -236,6 +236,7 @@ class Worker:
             for guard in self.guards:
                 guard.reset()
             self.neighbours.forget()
+            services.publisher.forget_partitions({tp.partition for tp in revoked if tp.topic == s.topic_interactions})
             services.restored.clear()  # in-memory schedules are dropped and derived again on assignment
             services.due.clear()
             services.backfill_pending = {}

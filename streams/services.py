@@ -335,8 +335,14 @@ class Publisher:
             self.metrics.inc("recommendations_emitted_total", strategy=rec["strategy"])
             if rec["latency_ms"] is not None and rec["trigger"]["kind"] in ("interaction", "summary"):
                 self.metrics.observe_latency(rec["latency_ms"] / 1000)
-        while len(self.last_recommendations) > 100_000:
+        while len(self.last_recommendations) > self.settings.last_lists_kept:
             self.last_recommendations.popitem(last=False)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Revoked partitions' users are answered by their new owner: their last lists here go stale."""
+        stale = [user for user, rec in self.last_recommendations.items() if rec["trigger"]["partition"] in partitions]
+        for user in stale:
+            del self.last_recommendations[user]
 
 
 class DueLists:

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
                                                                 "pause: a user active more often than the debounce "
                                                                 "still gets one this long after the first event")
     emit_max_lists: int = Field(2000, ge=1, description="most lists built in one emit turn (the rest wait for the next)")
+    last_lists_kept: int = Field(100_000, ge=0, description="newest lists kept in memory for GET /users/{id} (the "
+                                                         "least recently emitted go first)")
     emit_interval: float = Field(0.05, gt=0, description="seconds between checks for lists that are due")
 
     # -- the candidate stage -------------------------------------------------------------------

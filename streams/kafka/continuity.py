@@ -225,9 +225,9 @@ class OffsetGuard:
                 try:
                     committed = await self.off_loop(self.reader.committed, partition)
                     end = await self.off_loop(self.reader.end, partition) if committed is None else None
-                except (KafkaException, TimeoutError) as exc:  # the broker unreachable or recovering: next tick
-                    self._unreachable(partition, "the catch-up check", exc)
-                    return
+                except (KafkaException, TimeoutError) as exc:  # unreachable or recovering: this one at the next
+                    self._unreachable(partition, "the catch-up check", exc)  # tick; the others are still checked
+                    continue
                 if committed is None:
                     start = due or 0
                     if self.idle_ends.get(partition) != end:  # new records meanwhile, or the first check

@@ -165,7 +165,7 @@ class LocalKafka:
         props.write_text(text)
         props.chmod(0o600)  # with SASL it holds the broker's secrets
         if not (logs / "meta.properties").exists():
-            self._format(props, scram_users=sasl_users or {})
+            self._format(props)
         log4j = self._log4j_config()
         cmd = self.java("kafka.Kafka", str(props), heap="768m")
         cmd[1:1] = [f"-Dkafka.logs.dir={self.data_dir}", f"-Dlog4j2.configurationFile={log4j}",
@@ -182,6 +182,8 @@ class LocalKafka:
             client = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": name,
                       "sasl.password": password, "ssl.ca.location": str(tls.ca_file)}
         self._wait_ready(info, proc, timeout, client)
+        if sasl_users:
+            self._add_scram_users(info, client, sasl_users, timeout)
         return info
 
     def stop(self, timeout: float = 30.0) -> bool:
@@ -202,17 +204,41 @@ class LocalKafka:
         return True
 
     # -- helpers ----------------------------------------------------------------------------
-    def _format(self, props: Path, scram_users: dict[str, str]) -> None:
+    def _format(self, props: Path) -> None:
         cluster_id = _cluster_id()
         cmd = self.java(TOOLS["kafka-storage"], "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted")
-        for name, password in scram_users.items():  # KRaft stores SCRAM credentials from the first metadata on
-            for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-                cmd += ["--add-scram", f"{mechanism}=[name={name},password={password}]"]
         cmd.insert(1, f"-Dlog4j2.configurationFile={self._log4j_config()}")
         cmd.insert(1, f"-Dkafka.logs.dir={self.data_dir}")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise LauncherError(f"kafka-storage format failed: {(proc.stdout + proc.stderr).strip()[-400:]}")
+
+    @staticmethod
+    def _add_scram_users(info: BrokerInfo, client: dict, users: dict[str, str], timeout: float) -> None:
+        """SCRAM credentials through the Admin API, once the broker answers over PLAIN. They used to
+        go on kafka-storage's command line (``--add-scram ...password=...``), where ``ps`` shows
+        them to every user of the machine; the API keeps them in the connection."""
+        from confluent_kafka import KafkaException
+        from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                           UserScramCredentialUpsertion)
+
+        admin = AdminClient({"bootstrap.servers": info.bootstrap, "log_level": 0, **client})
+        mechanisms = (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512)
+        for mechanism in mechanisms:  # one credential per user and request: the broker refuses two
+            upserts = [UserScramCredentialUpsertion(name, ScramCredentialInfo(mechanism, 8192), password.encode())
+                       for name, password in users.items()]
+            for future in admin.alter_user_scram_credentials(upserts, request_timeout=timeout).values():
+                future.result()
+        deadline = time.monotonic() + timeout  # applied through the metadata log: wait until they are listed
+        while time.monotonic() < deadline:
+            futures = admin.describe_user_scram_credentials(list(users), request_timeout=timeout)
+            try:
+                if all(len(future.result().scram_credential_infos) == len(mechanisms) for future in futures.values()):
+                    return
+            except KafkaException:  # a user not listed yet
+                pass
+            time.sleep(0.2)
+        raise LauncherError(f"the broker did not list the SCRAM users {sorted(users)} within {timeout:.0f}s")
 
     def _log4j_config(self) -> Path:
         target = self.data_dir / "log4j2.properties"
@@ -260,10 +286,13 @@ class LocalKafka:
         tls_dir.mkdir(parents=True, mode=0o700)
         password = secrets.token_urlsafe(18)
         ca, broker, ca_pem, broker_pem = (tls_dir / n for n in ("ca.p12", "broker.p12", "ca.pem", "broker.pem"))
-        common = ["-storetype", "PKCS12", "-storepass", password, "-keypass", password, "-noprompt"]
+        # keytool reads the store password from its environment (":env"), not its command line, which ps shows
+        common = ["-storetype", "PKCS12", "-storepass:env", KEYTOOL_PASSWORD, "-keypass:env", KEYTOOL_PASSWORD,
+                  "-noprompt"]
+        environment = {**os.environ, KEYTOOL_PASSWORD: password}
 
         def run(*args: str, stdin: bytes | None = None) -> bytes:
-            proc = subprocess.run([keytool, *args], input=stdin, capture_output=True)
+            proc = subprocess.run([keytool, *args], input=stdin, capture_output=True, env=environment)
             if proc.returncode != 0:
                 raise LauncherError(f"keytool {args[0]} failed: {(proc.stdout + proc.stderr).decode(errors='replace').strip()[-300:]}")
             return proc.stdout
@@ -312,6 +341,9 @@ class LocalKafka:
             return False
 
 
+KEYTOOL_PASSWORD = "MMSR_KEYTOOL_STOREPASS"
+
+
 @dataclass(frozen=True)
 class BrokerTLS:
     keystore: Path
@@ -323,7 +355,7 @@ def sasl_ssl_properties(plain: str, port: int, controller_port: int, tls: Broker
     """The plaintext broker's properties with its client listener turned into SASL_SSL.
 
     The broker talks to itself over the same listener as a generated ``broker`` PLAIN user; the
-    given users get PLAIN passwords here and SCRAM credentials at format time (``_format``).
+    given users get PLAIN passwords here and SCRAM credentials once it answers (``_add_scram_users``).
     """
     def quoted(value: str) -> str:
         if '"' in value or "\\" in value:

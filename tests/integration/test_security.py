@@ -89,3 +89,44 @@ def test_wrong_credentials_are_one_clear_line_for_every_client(secured_broker, t
         assert out.returncode != 0 and len(lines) == 1, (args, out.stderr[-1500:])
         assert "Traceback" not in out.stderr and "authentication" in lines[0].lower(), (args, lines)
         assert out.seconds < 60, (args, out.seconds)  # no hang on librdkafka's endless retries
+
+
+def test_no_secret_of_the_local_broker_goes_on_a_command_line(tmp_path, monkeypatch):
+    """``ps`` shows every process's arguments to every user of the machine. The SCRAM passwords
+    went on kafka-storage's (``--add-scram ...password=...``) and the key-store password on
+    keytool's (``-storepass``). Every command the launcher runs is recorded here, for real."""
+    import streams.kafka.launcher as launcher
+
+    commands = []
+    run, popen = subprocess.run, subprocess.Popen
+
+    def recorded_run(cmd, *args, **kwargs):
+        commands.append(list(map(str, cmd)))
+        return run(cmd, *args, **kwargs)
+
+    class RecordedPopen(popen):
+        def __init__(self, cmd, *args, **kwargs):
+            commands.append(list(map(str, cmd)))
+            super().__init__(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(launcher.subprocess, "run", recorded_run)
+    monkeypatch.setattr(launcher.subprocess, "Popen", RecordedPopen)
+    password = secrets.token_urlsafe(16)
+    broker = LocalKafka(tmp_path / "kafka")
+    info = broker.start(port=0, timeout=120, sasl_users={USER: password})
+    try:
+        store_password = (tmp_path / "kafka" / "server.properties").read_text().split(
+            "ssl.keystore.password=", 1)[1].split("\n", 1)[0]
+        assert any("keytool" in c[0] for c in commands) and any("StorageTool" in " ".join(c) for c in commands)
+        for secret in (password, store_password):
+            assert not [c for c in commands if any(secret in arg for arg in c)]
+        # and the SCRAM users still authenticate, with both mechanisms
+        from confluent_kafka.admin import AdminClient
+
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            admin = AdminClient({"bootstrap.servers": info.bootstrap, "security.protocol": "SASL_SSL",
+                                 "sasl.mechanism": mechanism, "sasl.username": USER, "sasl.password": password,
+                                 "ssl.ca.location": info.ca_file, "log_level": 0})
+            assert admin.list_topics(timeout=30).brokers
+    finally:
+        broker.stop()

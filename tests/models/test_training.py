@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 from PIL import Image
@@ -105,6 +107,33 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     a, b = straight["metrics"]["loss_curve"], resumed["metrics"]["loss_curve"]
     assert len(a) == len(b) == 4 and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
     assert not (tmp_path / "b" / "checkpoints").exists()
+
+
+class Planted:
+    """What a hostile optimizer.pt would hold: unpickling it runs code (here, touches a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resuming_never_unpickles_code_from_the_output_directory(tmp_path):
+    import pickle
+
+    from models.training import load_optimizer_state
+
+    checkpoint, marker = tmp_path / "step-1", tmp_path / "ran"
+    checkpoint.mkdir()
+    torch.save({"optimizer": {"state": {}}, "schedule": {}, "rng": torch.get_rng_state(), "x": Planted(marker)},
+               checkpoint / "optimizer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_optimizer_state(checkpoint)
+    assert not marker.exists()
+    torch.save({"optimizer": {"state": {}}, "schedule": {"last_epoch": 3}, "rng": torch.get_rng_state()},
+               checkpoint / "optimizer.pt")
+    assert load_optimizer_state(checkpoint)["schedule"] == {"last_epoch": 3}  # what train() saves still loads
 
 
 def test_lora_targets_the_language_model_only(tiny_llava):

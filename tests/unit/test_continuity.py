@@ -235,6 +235,30 @@ def test_a_catch_up_check_the_broker_cannot_answer_is_retried_at_the_next_tick_n
     assert offsets(applied) == [(0, 6), (0, 7), (0, 8), (0, 9)]
 
 
+def test_a_partition_the_broker_cannot_answer_for_does_not_hold_back_the_others():
+    """The catch-up returned at the first partition whose check failed, skipping every partition
+    after it for that tick (a partition led by a recovering broker held back the rest)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    class OneLeaderDown(Broker):
+        def committed(self, partition):
+            if partition == 0:
+                raise KafkaException(KafkaError(KafkaError.NOT_COORDINATOR, "Not coordinator"))
+            return super().committed(partition)
+
+    broker = OneLeaderDown({0: list(range(10)), 1: list(range(10)), 2: list(range(10))}, committed={1: 10, 2: 10})
+    table = {checkpoint_key(TOPIC, p): {"offset": 5} for p in (0, 1, 2)}
+    guard, metrics = make_guard(broker, table, assigned={0, 1, 2})
+    applied: list = []
+
+    async def process(events):
+        applied.extend(events)
+
+    asyncio.run(guard.catch_up(process))
+    assert offsets(applied) == [(p, o) for p in (1, 2) for o in range(6, 10)]
+    assert metrics.get("catch_up_errors_total") == 1 and 0 not in guard.next_offset
+
+
 def test_the_reader_retries_a_retriable_broker_error_and_raises_any_other(monkeypatch):
     from confluent_kafka import KafkaError, KafkaException
 
