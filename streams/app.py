@@ -15,7 +15,9 @@ import time
 import faust
 
 from streams.events import key_text
-from streams.kafka import faust_tuning
+from streams.kafka import patches
+from streams.kafka.patches.batching import take_events_until_quiet
+from streams.kafka.patches.throughput import QuietMonitor, RawBytes
 from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowledger
 from streams.kafka.flow import label, partition_report
 from streams.kafka.security import client_config, faust_credentials
@@ -47,9 +49,9 @@ class Worker:
             consumer_max_fetch_size=8 * 1024 * 1024, broker_max_poll_records=s.poll_records, broker_commit_interval=1.0,
             broker_session_timeout=s.session_timeout, broker_heartbeat_interval=min(3.0, s.session_timeout / 3),
             table_standby_replicas=s.standby_replicas, autodiscover=False, broker_credentials=faust_credentials(s),
-            monitor=faust_tuning.QuietMonitor(),
+            monitor=QuietMonitor(),
         )
-        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), schema=faust_tuning.RawBytes())
+        self.topics = {name: app.topic(getattr(s, f"topic_{name}"), schema=RawBytes())
                        for name in TOPICS}
         if s.role == "llm":  # no tables: every request carries what its answer needs
             user_state, item_profiles, neighbours = {}, {}, {}
@@ -211,7 +213,7 @@ class Worker:
 
         @app.agent(self.topics["item_pairs"], name="neighbours")
         async def neighbours_agent(stream):
-            async for events in faust_tuning.take_events_until_quiet(
+            async for events in take_events_until_quiet(
                     stream, s.increments_batch, pairs_guard.holds_for, s.increments_quiet, upstream_busy=feeding):
                 await pairs_guard.feed(self.neighbours.process, events)
 
@@ -302,5 +304,5 @@ def changelog_entry(event) -> tuple[str, dict | None]:
 
 
 def build_worker(settings: Settings, embedder=None) -> Worker:
-    faust_tuning.apply(settings)
+    patches.apply(settings)
     return Worker(settings, embedder=embedder)

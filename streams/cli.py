@@ -180,9 +180,12 @@ def topics_create(bootstrap_servers, data_dir, user_partitions, item_partitions)
 def worker(bootstrap_servers, data_dir, web_port, loglevel, **options):
     """Run the Faust worker (RocksDB state under DATA_DIR/state)."""
     from streams.app import build_worker
+    from streams.kafka import compat
     from streams.kafka.admin import create_topics
 
-    s = connected(load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options))
+    s = load(bootstrap_servers=bootstrap_servers, data_dir=data_dir, web_port=web_port, **options)
+    compat.check(s.allow_untested_faust)  # before anything touches the broker: one line, exit 1
+    s = connected(s)
     create_topics(s)
     if s.event_loop == "uvloop":  # before the app exists: Faust and mode take the loop from the policy
         import uvloop

@@ -241,6 +241,10 @@ class Settings(BaseSettings):
     rerank_caption_chars: int = Field(TEXT.caption_chars, ge=0, description="longest caption in a candidate's part")
     adapter_poll_seconds: float = Field(2.0, description="how often the adapter directory is checked for a new version")
 
+    allow_untested_faust: bool = Field(False, description="start even where faust-streaming, mode-streaming or "
+                                                          "aiokafka differ from the versions the worker's patches were "
+                                                          "written for (streams/kafka/compat.py), with a warning each")
+
     kafka_version: str = Field("4.1.1", description="Apache Kafka version of the local broker")
     kafka_home: Path = Field(
         Path("~/.cache/mmsr/kafka").expanduser(), description="cache of resolved Kafka jars (outside the repo)"

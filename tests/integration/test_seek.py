@@ -11,7 +11,7 @@ from aiokafka.structs import OffsetAndMetadata
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.kafka.faust_tuning import seek_to_committed_or_reset
+from streams.kafka.patches.correctness import seek_to_committed_or_reset
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from mode import Service
 from mode.utils.locks import Event
 
-from streams.kafka.faust_tuning import deliver_each_message_without_four_tasks
+from streams.kafka.patches.throughput import deliver_each_message_without_four_tasks
 
 
 class Drainer(Service):

@@ -5,7 +5,7 @@ import asyncio
 
 from faust.transport.producer import ProducerBuffer
 
-from streams.kafka.faust_tuning import drain_producer_buffer_on_flush
+from streams.kafka.patches.correctness import drain_producer_buffer_on_flush
 
 
 class SlowBuffer:

@@ -1,4 +1,4 @@
-"""What the worker changes in Faust (``streams.kafka.faust_tuning``): the same behaviour, less work per message."""
+"""What the worker changes in Faust (``streams.kafka.patches``): the same behaviour, less work per message."""
 from __future__ import annotations
 
 import asyncio
@@ -12,9 +12,9 @@ import pytest
 from faust.sensors.monitor import Monitor
 from faust.types import TP, Message
 
-from streams.kafka.faust_tuning import (QuietMonitor, RawBytes, fetch_with_short_holds,
-                                        producer_buffer_size_without_settings_reads, streams_take_turns_every,
-                                        take_events_until_quiet, Turns)
+from streams.kafka.patches.batching import fetch_with_short_holds, take_events_until_quiet
+from streams.kafka.patches.throughput import (QuietMonitor, RawBytes, Turns, producer_buffer_size_without_settings_reads,
+                                              streams_take_turns_every)
 
 UNSTARTED_APPS: list = []
 
@@ -154,7 +154,7 @@ def test_the_worker_consumer_is_made_with_the_configured_fetch_wait():
 def test_events_are_made_with_the_app_s_event_class_read_once():
     from faust.app.base import App
 
-    from streams.kafka.faust_tuning import events_without_settings_reads
+    from streams.kafka.patches.throughput import events_without_settings_reads
 
     events_without_settings_reads()
     assert getattr(App.create_event, "cached_setting", False)
@@ -356,19 +356,19 @@ class Coordinator:
 
 @pytest.mark.parametrize("late,needed,refreshes", [(set(), 1, 0), ({"app-item-profiles-changelog"}, 3, 3)])
 def test_the_leader_refreshes_the_metadata_until_it_lists_every_topic(late, needed, refreshes):
-    from streams.kafka.faust_tuning import until_listed
+    from streams.kafka.patches.correctness import until_listed
 
     coordinator = Coordinator({"app-items"}, late, needed)
     assert asyncio.run(until_listed(coordinator)) == [] and coordinator.refreshes == refreshes
 
 
 def test_a_topic_that_never_appears_is_waited_for_a_bounded_time(monkeypatch):
-    from streams.kafka import faust_tuning
+    from streams.kafka.patches import correctness
 
-    monkeypatch.setattr(faust_tuning, "METADATA_WAIT_S", 0.2)
+    monkeypatch.setattr(correctness, "METADATA_WAIT_S", 0.2)
     coordinator = Coordinator({"app-items"}, {"app-gone"}, refreshes_needed=10**9)
     started = time.monotonic()
-    assert asyncio.run(faust_tuning.until_listed(coordinator)) == ["app-gone"]
+    assert asyncio.run(correctness.until_listed(coordinator)) == ["app-gone"]
     assert 0.2 <= time.monotonic() - started < 5 and coordinator.refreshes >= 2
 
 
@@ -381,7 +381,7 @@ def test_no_record_delivered_during_the_end_of_recovery_seek_is_cleared_unread(p
     documents Faust's behaviour, so that an upgrade that fixes it shows here."""
     from faust.tables.recovery import Recovery
 
-    from streams.kafka.faust_tuning import resume_stream_partitions_after_the_seek
+    from streams.kafka.patches.correctness import resume_stream_partitions_after_the_seek
 
     resume_stream_partitions_after_the_seek()
     method = Recovery.on_recovery_completed if patched else Recovery.on_recovery_completed.__wrapped__
