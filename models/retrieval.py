@@ -21,7 +21,15 @@ class Scored:
 
 
 class CatalogIndex:
-    """Item id -> row of a growable float32 matrix; deletions free rows for reuse."""
+    """Item id -> row of a growable float32 matrix; deletions free rows for reuse.
+
+    One writer (the event loop) and any number of readers in other threads (the candidate stage)
+    share it without a lock: the writer publishes in an order that leaves every reader a
+    consistent view (the matrix grown and the row's vector written before the row's id appears,
+    the id map updated last), and a reader takes the id list's length, then the matrix, then a
+    copy of the ids, and ranks only those. A reader may still return an item removed a moment
+    after its copy, as if it had asked a moment earlier.
+    """
 
     def __init__(self, dim: int, capacity: int = 1024):
         self.dim = dim
@@ -41,18 +49,22 @@ class CatalogIndex:
         return self._row.keys()
 
     def upsert(self, item_id: str, vector: Sequence[float]) -> None:
+        vector = np.asarray(vector, dtype=np.float32)
         row = self._row.get(item_id)
-        if row is None:
-            row = self._free.pop() if self._free else len(self._ids)
-            if row == len(self._ids):
-                self._ids.append(None)
-            if row >= len(self._matrix):
-                grown = np.zeros((len(self._matrix) * 2, self.dim), dtype=np.float32)
-                grown[: len(self._matrix)] = self._matrix
-                self._matrix = grown
-            self._row[item_id] = row
+        if row is not None:
+            self._matrix[row] = vector
+            return
+        row = self._free.pop() if self._free else len(self._ids)
+        if row >= len(self._matrix):
+            grown = np.zeros((len(self._matrix) * 2, self.dim), dtype=np.float32)
+            grown[: len(self._matrix)] = self._matrix
+            self._matrix = grown  # before any id of a row past the old matrix is published
+        self._matrix[row] = vector
+        if row == len(self._ids):
+            self._ids.append(item_id)
+        else:
             self._ids[row] = item_id
-        self._matrix[row] = np.asarray(vector, dtype=np.float32)
+        self._row[item_id] = row
 
     def remove(self, item_id: str) -> None:
         row = self._row.pop(item_id, None)
@@ -66,12 +78,14 @@ class CatalogIndex:
         return None if row is None else self._matrix[row]
 
     def top_k(self, query: np.ndarray, k: int, exclude: Iterable[str] = ()) -> list[Scored]:
-        n = len(self._ids)
+        n = len(self._ids)  # first the length, then the matrix: it has at least n rows
+        matrix = self._matrix
         if n == 0 or not self._row:
             return []
-        scores = self._matrix[:n] @ query.astype(np.float32)
-        invalid = [r for r, i in enumerate(self._ids) if i is None]
-        invalid += [self._row[i] for i in exclude if i in self._row]
+        ids = self._ids[:n]  # the ids ranked below, whatever the writer does meanwhile
+        scores = matrix[:n] @ query.astype(np.float32)
+        excluded = exclude if isinstance(exclude, (set, frozenset)) else set(exclude)
+        invalid = [r for r, i in enumerate(ids) if i is None or i in excluded]
         if invalid:
             scores[invalid] = -np.inf
         k = min(k, int(np.isfinite(scores).sum()))
@@ -79,7 +93,7 @@ class CatalogIndex:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [Scored(self._ids[r], float(scores[r])) for r in top]
+        return [Scored(ids[r], float(scores[r])) for r in top]
 
 
 def recency_weights(n: int, half_life: float) -> np.ndarray:

@@ -8,6 +8,7 @@ flushes the producer (changelogs, dead letters, lists) before it commits offsets
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -22,7 +23,7 @@ from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowl
 from streams.kafka.flow import label, partition_report
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
-from streams.services import Models, Publisher, Services, scan_user_state
+from streams.services import Models, Publisher, Services, read_concurrently, scan_user_state
 from streams.settings import TOPICS, Settings
 from streams.stages.interactions import InteractionsStage, SummaryResultsStage
 from streams.stages.items import CaptionResultsStage, CaptionsStage, ItemsStage
@@ -103,7 +104,7 @@ class Worker:
             return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
 
         guard = OffsetGuard(topic, table, PartitionReader(topic, self.settings.group_id, client_config(self.settings)),
-                            services.off_loop, services.metrics, assigned=assigned,
+                            functools.partial(services.off_loop, pool="broker"), services.metrics, assigned=assigned,
                             acknowledge=faust_acknowledger(app),
                             diagnose=lambda partition: partition_report(app, topic, partition), holds_for=holds_for)
         self.guards.append(guard)
@@ -117,12 +118,16 @@ class Worker:
         if self.restoring is not None and not self.restoring.done():
             self.restoring.cancel()
         self.restoring = asyncio.ensure_future(self.restore(self.generation))
-        self.restoring.add_done_callback(self.restore_finished)
+        self.restoring.add_done_callback(functools.partial(self.restore_finished, self.generation))
 
-    def restore_finished(self, task: asyncio.Task) -> None:
+    def restore_finished(self, generation: int, task: asyncio.Task) -> None:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
+        if generation != self.generation:  # its partitions changed under it: the newer restore decides
+            log.warning("a restore for an earlier assignment failed after a rebalance (%r); its result was not "
+                        "needed", exc)
+            return
         log.critical("restoring partitions %s failed; stopping the worker: %r", sorted(self.assigned), exc,
                      exc_info=exc)
         asyncio.ensure_future(self.app.crash(exc))
@@ -134,11 +139,13 @@ class Worker:
         services = self.services
         if not services.catalog.ready:
             await services.catalog.rebuild(services.models.embedder.dim, services.item_profiles.items)
-            records = await services.off_loop(lambda: list(services.neighbours.items()))
+            records = await services.off_loop(read_concurrently, lambda: list(services.neighbours.items()),
+                                              pool="scans")
             for key, record in records:
                 services.item_stats.apply(key_text(key), record)
-            await services.off_loop(services.item_stats.trending.rank)
-        owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned))
+            await services.off_loop(services.item_stats.trending.rank, pool="scans")
+        owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned),
+                                                 pool="scans")
         if generation is not None and generation != self.generation:
             log.info("a restore for an earlier assignment finished after a rebalance; its result is dropped")
             return
@@ -266,7 +273,7 @@ class Worker:
 
         @app.timer(interval=s.popularity_refresh_seconds)
         async def rank_trending():
-            await services.off_loop(services.item_stats.trending.rank)
+            await services.off_loop(services.item_stats.trending.rank, pool="scans")
 
         if s.retrieval_model != "none":
             @app.timer(interval=s.retrieval_poll_seconds)

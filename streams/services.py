@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Container, Iterable, MutableMapping
 
 import orjson
@@ -213,6 +214,7 @@ class Catalog:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.index: CatalogIndex | None = None
+        self.pool = None  # the executor rebuilds run in (Services gives its "scans" pool)
         # updates that arrive before the first build or while a rebuild runs, replayed on its result
         self._journal: list[tuple[str, object]] | None = []
 
@@ -268,7 +270,8 @@ class Catalog:
         if self._journal is None:
             self._journal = []
         journal = self._journal
-        index = await asyncio.get_running_loop().run_in_executor(None, lambda: self.build(dim, list(profiles())))
+        index = await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: self.build(dim, read_concurrently(lambda: list(profiles()))))
         for item_id, vector in journal:
             index.upsert(item_id, vector) if vector is not None else index.remove(item_id)
         self._journal = None
@@ -424,9 +427,40 @@ class Services:
         self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
         self.restored = Readiness()  # the schedule and the backfill sets have been derived from state
 
-    async def off_loop(self, fn, *args):
-        """Run blocking work (models, scans, matrix products) in a thread so heartbeats keep going."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self.pools = thread_pools(settings)
+        self.catalog.pool = self.pools["scans"]
+
+    async def off_loop(self, fn, *args, pool: str = "models"):
+        """Run blocking work in a thread of ``pool`` so heartbeats keep going (``thread_pools``)."""
+        return await asyncio.get_running_loop().run_in_executor(self.pools[pool], fn, *args)
+
+
+def thread_pools(settings: Settings) -> dict[str, ThreadPoolExecutor]:
+    """Bounded executors, one per kind of blocking work, so none waits behind another: a list is
+    not held up by a seconds-long generation, nor a model call by a 30 s broker read. (All of it
+    shared asyncio's default executor: 6 threads on 2 cores.)"""
+    return {
+        "models": ThreadPoolExecutor(settings.model_threads, "mmsr-models"),  # embed, caption, summarize, score, load
+        "lists": ThreadPoolExecutor(1, "mmsr-lists"),  # the candidate stage
+        "scans": ThreadPoolExecutor(1, "mmsr-scans"),  # table scans, index rebuilds, trending ranks
+        "broker": ThreadPoolExecutor(2, "mmsr-broker"),  # the offset guard's blocking reads
+    }
+
+
+CONCURRENT_CHANGE = ("changed size during iteration", "mutated during iteration")
+
+
+def read_concurrently(fn, *args, attempts: int = 5):
+    """``fn(*args)``, again if a dict it iterates changed meanwhile. Faust's RocksDB store walks
+    its dict of partition databases on every global-table read and scan, and the loop adds to
+    that dict when it opens a partition's database; a read from another thread that meets it
+    raises RuntimeError and is simply made again (the loop opens databases rarely)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args)
+        except RuntimeError as exc:
+            if attempt == attempts - 1 or not any(text in str(exc) for text in CONCURRENT_CHANGE):
+                raise
 
 
 async def isolate(services: "Services", fn, inputs: list) -> tuple[list, dict[int, Exception]]:
@@ -460,7 +494,7 @@ def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> 
     users owed a list, and users owed one at their partition's backfill end."""
     owed: list[str] = []
     backfill: dict[int, set[str]] = {}
-    for key, data in list(user_state.items()):
+    for key, data in read_concurrently(lambda: list(user_state.items())):
         if not data or (partitions is not None and data.get("partition") not in partitions):
             continue
         user_id = key_text(key)

@@ -176,6 +176,8 @@ class Settings(BaseSettings):
     embed_batch: int = Field(64, gt=0, description="items embedded per model call")
     embed_within: float = Field(0.5, description="seconds to wait while filling an embedding batch")
     device: str = Field("auto", description="torch device: auto, cpu, cuda")
+    model_threads: int = Field(2, ge=1, description="threads that run model calls at once (embedding, captions, "
+                                                     "summaries, scoring); lists, scans and broker reads have their own")
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads in the worker (0: torch's default); 1 suits a retrieval-only "
         "worker, whose small model calls (SASRec: 1.7 ms at 1 thread vs 8 ms at 2 on the 2-core machine) are slowed "

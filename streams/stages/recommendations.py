@@ -16,7 +16,7 @@ from models.blend import Fused, fuse
 from models.cooccurrence import neighbour_scores
 from models.retrieval import user_vector
 from streams.events import Trigger, in_no_partition, in_partition, utcnow
-from streams.services import MODEL_ERRORS, Services
+from streams.services import MODEL_ERRORS, Services, read_concurrently
 from streams.state import UserState
 
 log = logging.getLogger("mmsr.worker")
@@ -103,7 +103,7 @@ class RecommendationsStage:
             recent = state.recent_items(s.cooc_window)
             scores: dict[str, float] = {}
             if weights["cooccurrence"] > 0 and recent:
-                records = {r: self.s.neighbours.get(r) for r in recent}
+                records = read_concurrently(lambda: {r: self.s.neighbours.get(r) for r in recent})
                 scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u],
                                           s.cooc_query_half_life)
                 ranked["cooccurrence"] = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if i in index][:n]
@@ -163,7 +163,7 @@ class RecommendationsStage:
         if plain:
             asking = s.role == "state" and s.reranking_on  # the llm role re-ranks; these lists come first
             k = max(s.top_k, s.rerank_candidates) if asking else s.top_k
-            lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], k)
+            lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], k, pool="lists")
             records += [self.candidate_list(st, t, strategy, hits[:s.top_k])
                         for (st, t), (strategy, hits, _) in zip(plain, lists)]
             if asking:
@@ -211,7 +211,7 @@ class RecommendationsStage:
         batch gets candidate-stage lists.
         """
         s = self.s.settings
-        lists = await self.s.off_loop(self.candidates, [st for st, _ in jobs], s.rerank_candidates)
+        lists = await self.s.off_loop(self.candidates, [st for st, _ in jobs], s.rerank_candidates, pool="lists")
         profiles = self.s.item_profiles
         requests = [pipeline.preference_request(st.summary, [pipeline.candidate(profiles.get(h.item_id), h.item_id)
                                                              for h in hits], self.collab_history(st))

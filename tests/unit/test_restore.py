@@ -81,3 +81,23 @@ def test_readiness_counts_from_the_last_time_it_was_lost():
         assert 0 <= ready.starting_seconds() < 0.05
 
     asyncio.run(scenario())
+
+
+def test_a_restore_that_fails_after_its_partitions_changed_does_not_stop_the_worker(tmp_path):
+    async def scenario():
+        worker = worker_with_state(tmp_path, {"u1": "not a state object"})
+        crashes = []
+
+        async def crash(exc):
+            crashes.append(exc)
+
+        worker.app.crash = crash
+        worker.start_restore()
+        failing = worker.restoring
+        worker.generation += 1  # a revoke while it ran: what it read may be half gone
+        await asyncio.gather(failing, return_exceptions=True)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert crashes == []
+
+    asyncio.run(scenario())
