@@ -187,6 +187,11 @@ def _natural(key: str):
 
 
 # -- generation with a disk cache -----------------------------------------------------------------
+def model_dtype(lm) -> str:
+    """The precision a model generates in, as the text cache keys it (fp32 and bf16 texts differ)."""
+    return str(getattr(lm.model, "dtype", "unknown"))
+
+
 class TextCache:
     """Generated texts by a hash of (model, kind, settings, input); a rerun regenerates nothing."""
 
@@ -226,7 +231,8 @@ class Texts:
     def caption_all(self, item_ids: set[str]) -> None:
         from models.captioner import ItemInput
 
-        keys = {i: self.cache.key(self.lm.name, "caption", self.config.caption_tokens, self.data.items[i])
+        keys = {i: self.cache.key(self.lm.name, "caption", self.config.caption_tokens, self.data.items[i],
+                                  model_dtype(self.lm))
                 for i in item_ids}
         todo = sorted((i for i in item_ids if keys[i] not in self.cache.data), key=_natural)
         self.log(f"captions: {len(item_ids) - len(todo)} cached, {len(todo)} to write")
@@ -252,8 +258,9 @@ class Texts:
         """S_1..S_T per user: recurrent (one batched step per block) or direct (each prefix of blocks at once)."""
         histories = [[self.item_text(i, captions) for i in c.window] for c in cases]
         # the prompt is part of the key: a summary written under another prompt is another text
+        # and so is the precision: bf16 and fp32 greedy decoding write different texts (bench/cpu_precision.py)
         key = self.cache.key(self.summarizer.lm.name, "summaries", mode, self.config.summary_tokens, self.config.block,
-                             self.summarizer.config.prompt.label, histories)
+                             self.summarizer.config.prompt.label, histories, model_dtype(self.summarizer.lm))
         if key not in self.cache.data:
             started = time.perf_counter()
             if mode == "recurrent":
