@@ -426,6 +426,11 @@ class Services:
         self.due = DueLists(settings.debounce_max_seconds, settings.emit_max_lists)
         self.backfill_pending: dict[int, set[str]] = {}  # partition -> users owed a list at its end marker
         self.restored = Readiness()  # the schedule and the backfill sets have been derived from state
+        # held by a stage from its read of users' states to its write of them whenever an await lies
+        # between (a broker ack): another stage's write of the same user meanwhile would be overwritten
+        # by the stale copy (the soak test lost interactions that way: a summary result, applied while
+        # its request's ack was awaited, wrote back a state from before the interactions applied meanwhile)
+        self.user_writes = asyncio.Lock()
 
         self.pools = thread_pools(settings)
         self.catalog.pool = self.pools["scans"]

@@ -104,44 +104,45 @@ class InteractionsStage:
         if not by_user:
             return
         s = self.s.settings
-        pending_cap = 100 * s.summary_block if self.summarizing or self.requesting else s.summary_block
-        states: dict[str, UserState] = {}
-        triggers: dict[str, Trigger] = {}
-        pairs: list[list] = []
-        for user_id, group in by_user.items():
-            in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
-            state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
-            trigger = self.apply_group(state, group, pending_cap, pairs)
-            if trigger is not None:
-                triggers[user_id] = trigger
-            states[user_id] = state
-        arrivals = {(e.message.partition, e.message.offset): e.message.timestamp
-                    for group in by_user.values() for e, _ in group}
-        summary_events = await self.summarize(states, arrivals) if self.summarizing else []
-        # the summary events must be on the broker before the state that records them: if the
-        # changelog write landed first and the worker died, the redelivered interactions would be
-        # skipped as applied and the events never sent
-        # the same holds for the item-keyed increments: on the broker before the offsets they carry
-        # are recorded as applied, so a crash in between sends them again (and the items skip them)
-        requests = [r for r in map(self.summary_request, states.values()) if r] if self.requesting else []
-        pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
-        pending += [await self.s.publisher.send("summary_requests", r["user_id"], r) for r in requests]
-        pending += await self.send_pairs(pairs)
-        if pending:
-            await asyncio.gather(*pending)
-        # with the re-ranker on, a user whose summary moved gets a list at once, re-ranked with it
-        summarized = {e["user_id"] for e in summary_events} if self.s.models.reranker is not None else set()
-        for user_id, trigger in triggers.items():
-            if user_id in summarized:
-                trigger = Trigger(trigger.topic, trigger.partition, trigger.offset, trigger.event_time, "summary",
-                                  trigger.broker_timestamp)
-            states[user_id].owed = trigger.to_state()
-            self.s.metrics.inc("lists_owed_total", reason=trigger.kind)
-        for user_id, state in states.items():
-            in_partition_of(by_user[user_id][-1][0])
-            self.s.user_state[user_id] = state.to_dict()
-        for user_id in triggers:
-            self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
+        async with self.s.user_writes:  # read, awaits (summaries, acks), write: no other write between
+            pending_cap = 100 * s.summary_block if self.summarizing or self.requesting else s.summary_block
+            states: dict[str, UserState] = {}
+            triggers: dict[str, Trigger] = {}
+            pairs: list[list] = []
+            for user_id, group in by_user.items():
+                in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
+                state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
+                trigger = self.apply_group(state, group, pending_cap, pairs)
+                if trigger is not None:
+                    triggers[user_id] = trigger
+                states[user_id] = state
+            arrivals = {(e.message.partition, e.message.offset): e.message.timestamp
+                        for group in by_user.values() for e, _ in group}
+            summary_events = await self.summarize(states, arrivals) if self.summarizing else []
+            # the summary events must be on the broker before the state that records them: if the
+            # changelog write landed first and the worker died, the redelivered interactions would be
+            # skipped as applied and the events never sent
+            # the same holds for the item-keyed increments: on the broker before the offsets they carry
+            # are recorded as applied, so a crash in between sends them again (and the items skip them)
+            requests = [r for r in map(self.summary_request, states.values()) if r] if self.requesting else []
+            pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
+            pending += [await self.s.publisher.send("summary_requests", r["user_id"], r) for r in requests]
+            pending += await self.send_pairs(pairs)
+            if pending:
+                await asyncio.gather(*pending)
+            # with the re-ranker on, a user whose summary moved gets a list at once, re-ranked with it
+            summarized = {e["user_id"] for e in summary_events} if self.s.models.reranker is not None else set()
+            for user_id, trigger in triggers.items():
+                if user_id in summarized:
+                    trigger = Trigger(trigger.topic, trigger.partition, trigger.offset, trigger.event_time, "summary",
+                                      trigger.broker_timestamp)
+                states[user_id].owed = trigger.to_state()
+                self.s.metrics.inc("lists_owed_total", reason=trigger.kind)
+            for user_id, state in states.items():
+                in_partition_of(by_user[user_id][-1][0])
+                self.s.user_state[user_id] = state.to_dict()
+            for user_id in triggers:
+                self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
 
     def add_pairs(self, pairs: list[list], previous: list[str], ts: float, interaction: dict, message) -> None:
         """The interaction as the neighbours stage derives its increments from (``interaction_records``):
@@ -319,27 +320,28 @@ class SummaryResultsStage:
             except schemas.InvalidEvent as error:
                 await self.s.publisher.dead_letter(message, error.kind, str(error))
                 continue
-            in_partition_of(event)
-            user_id = summary["user_id"]
-            state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
-            oldest = state.full_blocks(s.summary_block)[:1]
-            if summary["summary_version"] <= state.summary_version:
-                metrics.inc("summaries_skipped_total", reason="not newer")
-                continue
-            if (summary["summary_version"] != state.summary_version + 1 or not oldest
-                    or [e["offset"] for e in oldest[0]] != [e["offset"] for e in summary["block"]]):
-                metrics.inc("summaries_skipped_total", reason="not the next block")
-                state.summary_requested = state.summary_version
-            else:
-                state.record_summary(summary["summary"], s.summary_block)
-                metrics.inc("summaries_total")
-                if s.reranking_on:  # the new summary re-ranks the user's list
-                    state.owed = Trigger(message.topic, message.partition, message.offset,
-                                         summary["block"][-1]["event_time"], "summary", message.timestamp).to_state()
-                    metrics.inc("lists_owed_total", reason="summary")
-            request = self.interactions.summary_request(state)
-            if request:  # on the broker before the state that records it was sent
-                await (await self.s.publisher.send("summary_requests", user_id, request))
-            self.s.user_state[user_id] = state.to_dict()
-            if state.owed and s.reranking_on:
-                self.s.due.schedule(user_id, 0.0)
+            async with self.s.user_writes:  # read, the request's ack, write: no interaction written between
+                in_partition_of(event)
+                user_id = summary["user_id"]
+                state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
+                oldest = state.full_blocks(s.summary_block)[:1]
+                if summary["summary_version"] <= state.summary_version:
+                    metrics.inc("summaries_skipped_total", reason="not newer")
+                    continue
+                if (summary["summary_version"] != state.summary_version + 1 or not oldest
+                        or [e["offset"] for e in oldest[0]] != [e["offset"] for e in summary["block"]]):
+                    metrics.inc("summaries_skipped_total", reason="not the next block")
+                    state.summary_requested = state.summary_version
+                else:
+                    state.record_summary(summary["summary"], s.summary_block)
+                    metrics.inc("summaries_total")
+                    if s.reranking_on:  # the new summary re-ranks the user's list
+                        state.owed = Trigger(message.topic, message.partition, message.offset,
+                                             summary["block"][-1]["event_time"], "summary", message.timestamp).to_state()
+                        metrics.inc("lists_owed_total", reason="summary")
+                request = self.interactions.summary_request(state)
+                if request:  # on the broker before the state that records it was sent
+                    await (await self.s.publisher.send("summary_requests", user_id, request))
+                self.s.user_state[user_id] = state.to_dict()
+                if state.owed and s.reranking_on:
+                    self.s.due.schedule(user_id, 0.0)

@@ -177,3 +177,52 @@ def test_malformed_requests_to_the_llm_role_are_dead_lettered_with_the_field_nam
     assert [rec["user_id"] for rec in llm.publisher.lists] == ["u1"]  # the newer trigger is served
     assert [(cls, message) for _, cls, message in llm.publisher.dead] == [
         ("SchemaError", "rerank_request candidates/2: 'item_id' is a required property")]
+
+
+def test_a_summary_applied_while_its_request_is_acknowledged_loses_no_interaction_applied_meanwhile():
+    """Found by the soak test (tests/integration/test_soak.py): the summary-results stage read a
+    user's state, awaited the broker's ack of the next summary request (slow after a broker
+    restart) and then wrote back the state it had read, over the interactions the interactions
+    stage had applied meanwhile. Two interactions of a user were lost that way."""
+    import asyncio
+
+    services = state_role()
+    interactions = InteractionsStage(services)
+    run(interactions.process(events("interactions", [interaction("u1", f"i{i}") for i in range(3)], "user_id")))
+    [first] = sent(services, "summary_requests")
+    run(interactions.process(events("interactions", [interaction("u1", f"i{i}") for i in range(3, 6)], "user_id",
+                                    start=3)))
+    llm = make_services(FakeModels(summarizer=FakeSummarizer()), summary_block=3)
+    run(SummaryRequestsStage(llm).process(events("summary-requests", [first], "user_id")))
+    [answer] = sent(llm, "user_summaries")
+
+    async def scenario():
+        gate = asyncio.Event()
+        send = services.publisher.send
+
+        async def slow_requests(topic, key, value, partition=None):
+            done = await send(topic, key, value, partition)
+            if topic != "summary_requests":
+                return done
+            acked = asyncio.get_running_loop().create_future()
+            gate_wait = asyncio.ensure_future(gate.wait())
+            gate_wait.add_done_callback(lambda _: acked.set_result(None))
+            return acked
+
+        services.publisher.send = slow_requests
+        results = asyncio.ensure_future(SummaryResultsStage(interactions).process(
+            events("user-summaries", [answer], "user_id")))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not results.done()  # waiting for the next request's ack
+        more = asyncio.ensure_future(interactions.process(
+            events("interactions", [interaction("u1", "i6")], "user_id", start=6)))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(results, more)
+
+    asyncio.run(scenario())
+    state = services.user_state["u1"]
+    assert state["interaction_count"] == 7 and state["summary_version"] == 1
+    assert [h["item_id"] for h in state["history"]][-1] == "i6"
