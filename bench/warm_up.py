@@ -22,7 +22,7 @@ SCENARIOS = {  # name: (kv_cache, compile, cache length, warm up)
     "eager": ("dynamic", "never", 0, False),
     "compiled": ("static", "always", 0, False),
     "compiled+warm-up": ("static", "always", 0, True),
-    # a cache length that fits these requests (prompts under 300 tokens, 64 new): what the README advises
+    # a cache length that fits these requests (prompts under 300 tokens, 64 new): what docs/benchmarks.md advises
     "compiled+warm-up+cache-512": ("static", "always", 512, True),
 }
 

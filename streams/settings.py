@@ -384,3 +384,31 @@ def prefixed_topics(prefix: str) -> dict[str, str]:
 def load(**overrides) -> Settings:
     """Settings from the environment, with explicitly given (non-None) CLI values on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+
+
+def configuration_markdown() -> str:
+    """The settings reference (docs/configuration.md), made from the fields' descriptions:
+    ``python -m streams.settings`` writes it, and a test fails when it is stale."""
+    lines = ["# Configuration", "",
+             "Every setting is an environment variable with the `MMSR_` prefix, and most are also flags of the",
+             "commands that use them (`mmsr worker --help`). Generated from `streams/settings.py` by",
+             "`python -m streams.settings`; do not edit by hand.", "",
+             "| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, SecretStr):
+            default = "(secret)" if default.get_secret_value() else ""
+        if isinstance(default, Path):  # the same text on every machine: ~ for the home folder
+            default = str(default).replace(str(Path.home()), "~", 1)
+        shown = "" if default in (None, "") else f"`{default}`"
+        text = " ".join((field.description or "").split()).replace("|", "\\|")
+        lines.append(f"| `MMSR_{name.upper()}` | {shown} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    CONFIGURATION_DOC.write_text(configuration_markdown())
+    print(f"wrote {CONFIGURATION_DOC}")

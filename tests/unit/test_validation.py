@@ -2,7 +2,7 @@
 
 The corpus: a valid event of every kind (built by the code that publishes it), then every
 mutation of every field at every depth (wrong types, null, empty and overlong strings, bad
-times, missing required fields, extra fields), plus the bad-input cases of the README's table.
+times, missing required fields, extra fields), plus the bad-input cases of the README's table (in full: docs/design/events.md).
 """
 from __future__ import annotations
 
