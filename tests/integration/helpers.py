@@ -31,6 +31,20 @@ def interactions(users: int = 5, per_user: int = 4, n_items: int = 36) -> list[d
     return out
 
 
+def aged_log(events: int, fresh: int, users: int, items: int, seed: int) -> list[dict]:
+    """``events`` interactions in time order, items drawn with a long tail; all but the last
+    ``fresh`` are older than the freshness cut (a backfill), the last ``fresh`` are recent."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for n in range(events):
+        age = 90_000 - n if n < events - fresh else 1_800 - (n - (events - fresh)) * 0.5
+        out.append({"user_id": f"u{rng.randrange(users)}", "item_id": f"i{min(int(rng.expovariate(0.08)), items - 1)}",
+                    "type": "click", "event_time": now(-age)})
+    return out
+
+
 def decode(messages) -> list[dict]:
     return [json.loads(m.value()) for m in messages]
 

@@ -1,8 +1,6 @@
 """Three workers in one group, one of them killed by -9 mid-replay: the survivors carry on exactly."""
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from models import registry
@@ -24,13 +22,7 @@ SETTINGS = {"user_partitions": 8, "cooc_window": 5, "cooc_neighbours": 1000, "co
 
 def log(seed: int = 11) -> list[dict]:
     """EVENTS interactions in time order; all but the last FRESH are older than the freshness cut."""
-    rng = random.Random(seed)
-    events = []
-    for n in range(EVENTS):
-        age = 90_000 - n if n < EVENTS - FRESH else 1_800 - (n - (EVENTS - FRESH)) * 0.5
-        events.append({"user_id": f"u{rng.randrange(USERS)}", "item_id": f"i{min(int(rng.expovariate(0.08)), ITEMS - 1)}",
-                       "type": "click", "event_time": helpers.now(-age)})
-    return events
+    return helpers.aged_log(EVENTS, FRESH, USERS, ITEMS, seed)
 
 
 def user_view(worker, user: str) -> dict | None:

@@ -38,13 +38,7 @@ RUNS = int(os.environ.get("MMSR_SOAK_RUNS", "1"))
 
 def log(seed: int) -> list[dict]:
     """EVENTS interactions in time order; all but the last FRESH are older than the freshness cut."""
-    rng = random.Random(seed)
-    events = []
-    for n in range(EVENTS):
-        age = 90_000 - n if n < EVENTS - FRESH else 1_800 - (n - (EVENTS - FRESH)) * 0.5
-        events.append({"user_id": f"u{rng.randrange(USERS)}", "item_id": f"i{min(int(rng.expovariate(0.08)), ITEMS - 1)}",
-                       "type": "click", "event_time": helpers.now(-age)})
-    return events
+    return helpers.aged_log(EVENTS, FRESH, USERS, ITEMS, seed)
 
 
 class Supervisor:

@@ -16,6 +16,17 @@ def worker_with_state(tmp_path, states: dict) -> Worker:
     return worker
 
 
+def recording_crashes(worker: Worker) -> list:
+    """The exceptions the worker's app is crashed with (instead of stopping the test's process)."""
+    crashes = []
+
+    async def crash(exc):
+        crashes.append(exc)
+
+    worker.app.crash = crash
+    return crashes
+
+
 OWED = {"u1": {"partition": 0, "owed": True}, "u2": {"partition": 0, "backfill_pending": True}}
 
 
@@ -52,12 +63,7 @@ def test_a_new_assignment_cancels_the_restore_still_running_for_the_old_one(tmp_
 def test_a_failed_restore_crashes_the_app_and_health_says_how_long_it_has_been_starting(tmp_path):
     async def scenario():
         worker = worker_with_state(tmp_path, {"u1": "not a state object"})
-        crashes = []
-
-        async def crash(exc):
-            crashes.append(exc)
-
-        worker.app.crash = crash
+        crashes = recording_crashes(worker)
         assert worker.services.restored.starting_seconds() >= 0
         worker.start_restore()
         await asyncio.gather(worker.restoring, return_exceptions=True)
@@ -86,12 +92,7 @@ def test_readiness_counts_from_the_last_time_it_was_lost():
 def test_a_restore_that_fails_after_its_partitions_changed_does_not_stop_the_worker(tmp_path):
     async def scenario():
         worker = worker_with_state(tmp_path, {"u1": "not a state object"})
-        crashes = []
-
-        async def crash(exc):
-            crashes.append(exc)
-
-        worker.app.crash = crash
+        crashes = recording_crashes(worker)
         worker.start_restore()
         failing = worker.restoring
         worker.generation += 1  # a revoke while it ran: what it read may be half gone

@@ -68,11 +68,16 @@ class AiohttpWeb:
 
 
 async def serve(view) -> tuple[object, int]:
-    """A local aiohttp server for GET /users/{user_id} answered by ``view``."""
-    from aiohttp import web
-
+    """A local aiohttp server for GET /users/{user_id} answered by the routed ``view``."""
     async def handler(request):
         return await view(SimpleNamespace(web=AiohttpWeb()), request, user_id=request.match_info["user_id"])
+
+    return await serve_handler(handler)
+
+
+async def serve_handler(handler) -> tuple[object, int]:
+    """A local aiohttp server for GET /users/{user_id} answered by a plain aiohttp ``handler``."""
+    from aiohttp import web
 
     app = web.Application()
     app.router.add_get("/users/{user_id}", handler)
@@ -130,13 +135,7 @@ def test_an_owner_that_does_not_answer_in_time_gives_503():
             await asyncio.sleep(3)  # ten times the forward timeout
             return web.Response(text="late")
 
-        app = web.Application()
-        app.router.add_get("/users/{user_id}", slow)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        owner = runner.addresses[0][1]
+        runner, owner = await serve_handler(slow)
         try:
             async with aiohttp.ClientSession() as session:
                 view = routed_view("http://127.0.0.1:1", f"http://127.0.0.1:{owner}", holds=False,
