@@ -23,7 +23,7 @@ def first_blocks(users: int, block: int) -> list[list[str]]:
     """The first ``block`` items each of MovieLens-100K's first ``users`` users rated (users in the
     order of their first rating), as the summarizer's item texts."""
     from models.data import movielens
-    from models.prompts import describe_item
+    from models.llm.prompts import describe_item
 
     catalog = {i["item_id"]: i for i in movielens.items()}
     blocks: dict[str, list[str]] = {}

@@ -1,7 +1,7 @@
 """Is the shipped blend at its optimum? RRF's k0 and the blend weights, chosen on validation, read on test;
 and what EASE adds: the best blend without it (EASE weight 0) is chosen on validation too.
 
-The lists are the offline prequential replay of the stream's own sources (``models.prequential``,
+The lists are the offline prequential replay of the stream's own sources (``models.evaluation.prequential``,
 the code ``mmsr eval-stream --fit-weights`` fits with): the validation window is the last 10% of
 the backfill (SASRec and EASE trained on the events before it), the test window the last 10% of all events
 (trained on the whole backfill), as in eval-stream. For each k0 of ``MMSR_RRF_K`` the
@@ -28,7 +28,7 @@ CONTENT_GRID = (0.02,)
 
 def main() -> None:
     from models.data import movielens
-    from models.prequential import score_blend, time_split
+    from models.evaluation.prequential import score_blend, time_split
     from streams.harness.eval_stream import StreamEvalConfig, offline_lists, train_sequential
     from streams.settings import Settings
 

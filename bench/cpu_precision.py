@@ -20,10 +20,10 @@ import time
 import torch
 
 from bench import first_blocks, write_result
-from models import prompts
-from models.generation import render
+from models.llm import prompts
+from models.llm.generation import render
 from models.registry import load
-from models.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
+from models.llm.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
 
 PRECISIONS = ("float32", "bfloat16", "int8-dynamic")
 

@@ -40,10 +40,10 @@ def serving_seconds(source, histories: list[list[str]], repeats: int) -> float:
 def main() -> None:
     import torch
 
-    from models.baselines import SASRec
+    from models.candidates.sasrec import SASRec
     from models.config import EaseConfig, SequentialSourceConfig
-    from models.ease import Ease
-    from models.sequential import SequentialRetriever
+    from models.candidates.ease import Ease
+    from models.candidates.sequential import SequentialRetriever
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", default="1682,5000,10000", help="catalog sizes, comma-separated")

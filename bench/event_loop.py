@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from models.retrieval import Popularity, user_vector
+from models.candidates.retrieval import Popularity, user_vector
 from streams.events import encode_vector
 from streams.metrics import Metrics
 from streams.services import Catalog, Services

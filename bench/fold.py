@@ -27,8 +27,8 @@ import time
 import orjson
 
 import schemas
-from models import cooccurrence
-from models.cooccurrence import (CooccurrenceConfig, decay_powers, decode_message, encode_pairs_message, fold_message,
+from models.candidates import cooccurrence
+from models.candidates.cooccurrence import (CooccurrenceConfig, decay_powers, decode_message, encode_pairs_message, fold_message,
                                  fold_pairs_python, interaction_records, interaction_records_python, pair_window,
                                  pairs_message, prune, prune_by_weight)
 from streams.replay import window

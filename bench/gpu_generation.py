@@ -16,7 +16,7 @@ import time
 
 import torch
 from bench import write_result
-from models.generation import Decoding
+from models.llm.generation import Decoding
 
 # the decodings a run can compare, by name: 'static' compiles where transformers does (CUDA)
 DECODINGS = {"dynamic": Decoding(), "static": Decoding(kv_cache="static"),

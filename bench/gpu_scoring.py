@@ -4,7 +4,7 @@ A LLaVA-1.5-7B architecture (CLIP ViT-L/14-336 + a Llama-2-7B-shaped language mo
 bf16 weights, built from configs (no download). The tokenizer is SmolLM2's plus ``<image>`` (no
 Llama tokenizer ships offline), so the vocabulary is 49,153 instead of 32,064. Each user has a
 preference paragraph and 50 candidates, each with its own 336x336 image (576 image tokens) and a
-text part; users are batched. The scoring code is the product's (``models.recommender``),
+text part; users are batched. The scoring code is the product's (``models.llm.recommender``),
 processor included.
 
 Model FLOPs per pass: 2 x (language-model parameters) per text token, plus 2 x (vision tower
@@ -25,8 +25,10 @@ from PIL import Image
 
 from bench.gpu_generation import llava_config
 from bench.scoring import PARAGRAPH
-from models import prompts, registry
-from models.recommender import Candidate, Recommender, ScoreRequest, ScorerConfig, split_prompt
+from models import registry
+from models.llm import prompts
+from models.llm.recommender import Recommender, ScorerConfig, split_prompt
+from models.llm.requests import Candidate, ScoreRequest
 from bench import write_result
 
 PEAK_BF16_DENSE = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}

@@ -31,7 +31,7 @@ STAGES = [
     ("table reads/writes (faust tables, rocksdb)", ("faust/tables/", "faust/stores/", "rocksdict")),
     ("state rules (streams/state.py)", ("streams/state.py",)),
     # py-spy names the stages' files without their folder ("neighbours.py:61"): matched with the "("
-    ("co-occurrence increments", ("models/cooccurrence.py", "stages/neighbours.py", "(neighbours.py:")),
+    ("co-occurrence increments", ("models/candidates/cooccurrence.py", "stages/neighbours.py", "(neighbours.py:")),
     ("publishing (faust topics, producer)", ("faust/topics.py", "faust/transport/producer", "aiokafka/producer",
                                             "faust/channels.py", "faust/transport/drivers/aiokafka.py:send")),
     ("metrics", ("streams/metrics.py", "prometheus_client")),

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 import schemas
-from models.prequential import time_split
+from models.evaluation.prequential import time_split
 
 
 def subset(users: int, seed: int, backfill_per_user: int, test_per_user: int, test_fraction: float = 0.1):

@@ -24,9 +24,11 @@ import time
 
 import torch
 
-from models import prompts, registry
+from models import registry
+from models.llm import prompts
 from models.data import movielens
-from models.recommender import Candidate, Recommender, ScoreRequest, ScorerConfig, split_prompt
+from models.llm.recommender import Recommender, ScorerConfig, split_prompt
+from models.llm.requests import Candidate, ScoreRequest
 from bench import write_result
 
 PARAGRAPH = (
@@ -44,8 +46,8 @@ PARAGRAPH = (
 
 def build_requests(lm, users: int, candidates: int, caption_tokens: int, seed: int = 0):
     """Two request sets over the same candidates: paragraph-length and SmolLM2-written user parts."""
-    from models.captioner import CaptionConfig, ItemInput, Captioner
-    from models.user_summarizer import SummarizerConfig, UserSummarizer
+    from models.llm.captioner import CaptionConfig, ItemInput, Captioner
+    from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 
     rng = random.Random(seed)
     catalog = list(movielens.items())
@@ -67,10 +69,10 @@ def build_requests(lm, users: int, candidates: int, caption_tokens: int, seed: i
 
 def random_collab(lm, item_ids, hidden: int = 64, seed: int = 0):
     """Collaborative tokens over an untrained SASRec of the served size and a fresh projector."""
-    from models.baselines import SASRec
-    from models.collab import CollabTokens, Projector
+    from models.candidates.sasrec import SASRec
+    from models.llm.collab import CollabTokens, Projector
     from models.config import SASRecConfig
-    from models.sequential import SequentialRetriever
+    from models.candidates.sequential import SequentialRetriever
 
     torch.manual_seed(seed)
     vocabulary = sorted(set(item_ids))

@@ -15,8 +15,8 @@ import torch
 
 from models import registry
 from models.data import movielens
-from models.captioner import CaptionConfig, ItemInput, Captioner
-from models.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
+from models.llm.captioner import CaptionConfig, ItemInput, Captioner
+from models.llm.user_summarizer import BlockRequest, SummarizerConfig, UserSummarizer
 from bench import first_blocks, write_result
 
 

@@ -2,7 +2,7 @@
 
 Users' histories (distinct items, in time order, as the stream's blocks hold them) are cut into
 the recurrent blocks the stream writes (B = 3). After block t the summary S_t is scored against
-block t+1 (``models.summary_quality``): degenerate rate, invented titles, genre grounding, and
+block t+1 (``models.evaluation.summary_quality``): degenerate rate, invented titles, genre grounding, and
 HR@k / NDCG@k of the next block when the summary, embedded with all-MiniLM-L6-v2, ranks the whole
 catalog (history excluded). Two no-LLM baselines are scored the same way on the same users: a
 template of the history's top genres and decade, and the recent titles as text (TALLRec-style).
@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from bench import write_result
-from models import pipeline, prompts
-from models import summary_quality as sq
-from models.ranking import bootstrap_interval
+from models.llm import pipeline, prompts
+from models.evaluation import summary_quality as sq
+from models.evaluation.ranking import bootstrap_interval
 
 BLOCK = pipeline.TEXT.block_size
-# the prompt variants tried, each one change from the default (models.prompts.SummaryPrompt)
+# the prompt variants tried, each one change from the default (models.llm.prompts.SummaryPrompt)
 VARIANTS = {
     "default": prompts.SUMMARY_PROMPT,
     "numbered": replace(prompts.SUMMARY_PROMPT, layout="numbered"),
@@ -133,7 +133,7 @@ def baseline_summaries(catalog, window: UserWindow, blocks: int) -> dict[str, li
 
 def summarize(lm, options: Options, style: prompts.SummaryPrompt, histories: list[list[str]], cache) -> dict:
     """S_1..S_T for every user (recurrent, batched across users), cached with the timing measured."""
-    from models.user_summarizer import SummarizerConfig, UserSummarizer
+    from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 
     key = cache.key(lm.name, str(lm.dtype), "summaries", style.label, options.max_new_tokens, options.batch_size,
                     histories)
@@ -150,8 +150,8 @@ def summarize(lm, options: Options, style: prompts.SummaryPrompt, histories: lis
 
 
 def caption_items(lm, options: Options, item_ids: list[str], catalog, cache) -> dict[str, dict]:
-    """Captions of the items (``models.captioner``), each with the degenerate check's verdict."""
-    from models.captioner import CaptionConfig, Captioner, ItemInput
+    """Captions of the items (``models.llm.captioner``), each with the degenerate check's verdict."""
+    from models.llm.captioner import CaptionConfig, Captioner, ItemInput
 
     captioner = Captioner(lm, CaptionConfig(max_new_tokens=options.caption_tokens, batch_size=options.batch_size))
     keys = {i: cache.key(lm.name, "caption", options.caption_tokens, catalog[i]) for i in item_ids}
@@ -218,7 +218,7 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
     """Every (model, prompt, captions) row and both baselines on one split's users; ``data`` (an
     ``evaluation.Dataset``), ``embedder`` and ``load`` default to MovieLens-100K, MiniLM and the registry."""
     from models import registry
-    from models.evaluation import Dataset, TextCache
+    from models.evaluation.paper import Dataset, TextCache
 
     data = data or Dataset.movielens()
     if embedder is None:
@@ -238,7 +238,7 @@ def measure(options: Options, data=None, embedder=None, load=None, log=print, ou
     for case in cases:
         for name, texts in baseline_summaries(catalog, case, options.blocks).items():
             base_rows.setdefault(name, []).append(scorer.user(case, texts))
-    result = {"benchmark": "summary quality (models.summary_quality)", "dataset": "MovieLens-100K",
+    result = {"benchmark": "summary quality (models.evaluation.summary_quality)", "dataset": "MovieLens-100K",
               "split": options.split, "users": len(users), "user_ids": users, "block": BLOCK,
               "blocks_per_user": options.blocks, "k": options.k, "options": {**options.__dict__},
               "machine": machine(), "commit": commit(), "command": " ".join(["python -m bench.summary_quality", *sys.argv[1:]]),

@@ -2,7 +2,7 @@
 
 Same model (SmolLM2-135M fp32 with a fresh r=16 adapter), same batch of examples, same process.
 The baseline is the usual causal-LM loss over prompt + answer with the labels masked to the answer
-token, which computes vocabulary-sized logits at every position; ``models.training`` computes
+token, which computes vocabulary-sized logits at every position; ``models.llm.training`` computes
 them at the answer position only. Both losses are the same number (recorded), so the figure that
 matters is the step-time ratio. The two are timed in alternation to share the machine's drift.
 """
@@ -17,10 +17,12 @@ import time
 import torch
 
 from bench.scoring import PARAGRAPH
-from models import prompts, registry
+from models import registry
+from models.llm import prompts
 from models.data import movielens
-from models.recommender import Candidate, yes_no_ids
-from models.training import Example, LoraSettings, answer_loss, attach_lora, collate, encode_example
+from models.llm.recommender import yes_no_ids
+from models.llm.requests import Candidate
+from models.llm.training import Example, LoraSettings, answer_loss, attach_lora, collate, encode_example
 from bench import write_result
 
 CAPTION = ("A character-driven film with a strong ensemble cast, sharp dialogue and a story that balances humour "

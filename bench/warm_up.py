@@ -32,8 +32,8 @@ def requests_of(users: int, block: int) -> list:
     user a previous summary to refine (a fixed sentence: its length, not its wording, is what the
     timing depends on)."""
     from bench import first_blocks
-    from models.prompts import SUMMARY_PREFIX
-    from models.user_summarizer import BlockRequest
+    from models.llm.prompts import SUMMARY_PREFIX
+    from models.llm.user_summarizer import BlockRequest
 
     previous = (f"{SUMMARY_PREFIX} crime and drama films of the mid-nineties with strong casts, and not for "
                 "long war epics.")
@@ -43,15 +43,15 @@ def requests_of(users: int, block: int) -> list:
 def scenario(name: str, args) -> dict:
     """One start of the llm role's summarizer (in this process)."""
     sizes = [int(n) for n in args.requests.split(",")]
-    from models.pipeline import TEXT  # no torch import: the clock below starts before it
+    from models.llm.pipeline import TEXT  # no torch import: the clock below starts before it
 
     pending = requests_of(sum(sizes), TEXT.block_size)  # these arrive from Kafka: built before the clock
     started = time.perf_counter()
     import torch
 
-    from models.generation import Decoding
+    from models.llm.generation import Decoding
     from models.registry import load
-    from models.user_summarizer import SummarizerConfig, UserSummarizer
+    from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 
     kv_cache, compile_mode, cache_len, warm = SCENARIOS[name]
     lm = load(args.model, device=args.device, dtype=args.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.pipeline import TEXT
+from models.llm.pipeline import TEXT
 
 LANGUAGE_LINEAR = "language-linear"
 

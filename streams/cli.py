@@ -410,7 +410,7 @@ def given_together(items, interactions) -> bool:
 def event_data(items, interactions):
     if not given_together(items, interactions):
         return None
-    from models.evaluation import Dataset
+    from models.evaluation.paper import Dataset
 
     return Dataset.from_events(items, interactions)
 
@@ -441,12 +441,12 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 
     Resumes from the run directory's last checkpoint when one is there.
     """
-    from models.evaluation import train_adapter
+    from models.evaluation.paper import train_adapter
 
     config = eval_config(preset, values)
     lora = LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
     if until:
-        from models.evaluation import dataset_of
+        from models.evaluation.paper import dataset_of
 
         data = dataset_of(*load_log(items, interactions, until))
     else:
@@ -477,7 +477,7 @@ def evaluate(out, preset, items, interactions, variants, protocol, **values):
     the full catalog (--protocol full-catalog)."""
     if protocol == "full-catalog":
         return full_catalog_eval(out, items, interactions, values.get("sasrec_epochs"))
-    from models.evaluation import run
+    from models.evaluation.paper import run
 
     values["variants"] = tuple(v for v in variants.split(",") if v)
     unknown = set(values["variants"]) - set(LLM_VARIANTS)
@@ -520,7 +520,7 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
 @one_line_errors
 def train_retrieval(out, items, interactions, until, ease_l2, ease_max_items, **sasrec):
     """Train the sequential candidate source (SASRec) and EASE on a log and save them with a new version."""
-    from models.sequential import train_into
+    from models.candidates.sequential import train_into
 
     _, events = load_log(items, interactions, until)
     train_into(out, events, SequentialSourceConfig(**sasrec), until=until, echo=click.echo,
@@ -555,7 +555,7 @@ def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
     import json
 
     from models.embeddings import TextEmbedder
-    from models.prequential import full_catalog
+    from models.evaluation.prequential import full_catalog
 
     catalog, events = load_log(items, interactions)
     settings = Settings()

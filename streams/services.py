@@ -17,7 +17,7 @@ from typing import Callable, Container, Iterable, MutableMapping
 
 import orjson
 
-from models.retrieval import CatalogIndex, Popularity
+from models.candidates.retrieval import CatalogIndex, Popularity
 from streams.events import decode_vector, dead_letter_record, key_text
 from streams.kafka.continuity import is_checkpoint_key
 from streams.metrics import Metrics
@@ -71,7 +71,7 @@ class Models:
         """The recurrent user summarizer, or None when MMSR_SUMMARY_MODEL is 'none'."""
         if self.settings.summary_model == "none" or not self.settings.generates_here:
             return None
-        from models.user_summarizer import UserSummarizer
+        from models.llm.user_summarizer import UserSummarizer
 
         return UserSummarizer(self.generator(self.settings.summary_model), self.settings.summarizer_config())
 
@@ -80,7 +80,7 @@ class Models:
         """The captioner, or None when MMSR_CAPTION_MODEL is 'none'."""
         if self.settings.caption_model == "none" or not self.settings.generates_here:
             return None
-        from models.captioner import Captioner
+        from models.llm.captioner import Captioner
 
         return Captioner(self.generator(self.settings.caption_model), self.settings.caption_config())
 
@@ -89,7 +89,7 @@ class Models:
         """The LoRA recommender's slot (hot-swappable adapter), or None when MMSR_RECOMMENDER_MODEL is 'none'."""
         if self.settings.recommender_model == "none" or not self.settings.generates_here:
             return None
-        from models.serving import AdapterSlot
+        from models.llm.serving import AdapterSlot
 
         return AdapterSlot(self._load(self.settings.recommender_model), self.settings.scorer_config())
 
@@ -105,7 +105,7 @@ class Models:
 
     def warm_up(self) -> dict[str, float]:
         """Compile the captioner's and summarizer's decoding now, where it compiles at all
-        (``models.generation.warm_up``); seconds per model warmed."""
+        (``models.llm.generation.warm_up``); seconds per model warmed."""
         spent = {}
         # the summarizer first: its longest prompt is the longer, and when both share one model the
         # cache never shrinks, so the captioner's calls then reuse its length (2 graphs, not 4,
@@ -128,7 +128,7 @@ class Models:
         path = self.settings.retrieval_model
         if path == "none":
             return False
-        from models.sequential import SequentialRetriever, read_version
+        from models.candidates.sequential import SequentialRetriever, read_version
 
         version = read_version(path)
         if not version or (self.sequential is not None and self.sequential.version == version):
@@ -153,7 +153,7 @@ class Models:
         path = self.settings.recommender_adapter
         if self.reranker is None or not path:
             return False
-        from models.serving import read_metadata
+        from models.llm.serving import read_metadata
 
         try:
             version = read_metadata(path).get("version")
@@ -293,7 +293,7 @@ class ItemStats:
     def apply(self, item_id: str, record: dict | None) -> None:
         """One entry of the item-neighbours table, from any path (a fold, the changelog, a
         restore scan); the table also holds the offset guard's checkpoints, which are not items."""
-        from models.cooccurrence import trend_key
+        from models.candidates.cooccurrence import trend_key
 
         if is_checkpoint_key(item_id):
             return

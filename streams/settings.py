@@ -8,7 +8,7 @@ from typing import Iterable, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.pipeline import TEXT
+from models.llm.pipeline import TEXT
 
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}  # binds every interface: no address another worker can reach
 
@@ -272,20 +272,20 @@ class Settings(BaseSettings):
 
     # -- the model configs, built here so every option of theirs is a setting ---------------------
     def decoding(self):
-        from models.generation import Decoding
+        from models.llm.generation import Decoding
 
         return Decoding(kv_cache=self.generation_kv_cache, compile=self.generation_compile,
                         cache_len=self.generation_cache_len)
 
     def summarizer_config(self):
-        from models.user_summarizer import SummarizerConfig
+        from models.llm.user_summarizer import SummarizerConfig
 
         return SummarizerConfig(block_size=self.summary_block, max_new_tokens=self.summary_max_new_tokens,
                                 batch_size=self.summary_batch, max_chars=self.summary_max_chars,
                                 decoding=self.decoding())
 
     def caption_config(self):
-        from models.captioner import CaptionConfig
+        from models.llm.captioner import CaptionConfig
 
         return CaptionConfig(max_new_tokens=self.caption_max_new_tokens, batch_size=self.caption_batch,
                              decoding=self.decoding(),
@@ -300,13 +300,13 @@ class Settings(BaseSettings):
                            private_networks=self.image_private_networks)
 
     def scorer_config(self):
-        from models.recommender import ScorerConfig
+        from models.llm.recommender import ScorerConfig
 
         return ScorerConfig(users_per_batch=self.rerank_users, rows_per_batch=self.rerank_rows,
                             caption_chars=self.rerank_caption_chars)
 
     def cooccurrence_config(self):
-        from models.cooccurrence import CooccurrenceConfig
+        from models.candidates.cooccurrence import CooccurrenceConfig
 
         return CooccurrenceConfig(window=self.cooc_window if self.cooccurrence else 0, neighbours=self.cooc_neighbours,
                                   decay=self.cooc_decay, trending_half_life=self.trending_half_life_days * 86400,

@@ -52,7 +52,7 @@ class UserState:
         The pending block keeps its entries (with their offsets) until the summarizer consumes
         full blocks; ``pending_cap`` bounds it (the block size when summaries are off). A repeat
         of an item the user has seen does not enter it: summaries describe distinct items, as the
-        training and evaluation histories do (``models.evaluation.sequences_of``).
+        training and evaluation histories do (``models.candidates.sequences.sequences_of``).
         """
         entry = {"item_id": event["item_id"], "type": event["type"], "value": event.get("value"),
                  "event_time": event["event_time"]}

@@ -5,7 +5,7 @@ import torch
 
 from models import registry
 from models.config import LoraSettings
-from models.training import attach_lora, save_adapter
+from models.llm.training import attach_lora, save_adapter
 
 
 def random_lora(base: str, seed: int, scale: float):
@@ -31,7 +31,7 @@ def make_collab_adapter(directory, version: str, seed: int, sequential, fusion=N
                         scale: float = 0.02) -> None:
     """A random adapter with a random projector paired with ``sequential`` (and a fused score), saved as
     `mmsr eval`'s collaborative stages save them."""
-    from models.collab import Projector
+    from models.llm.collab import Projector
 
     lm, model = random_lora(base, seed, scale)
     projector = Projector.for_models(lm, sequential, seed=seed)
@@ -43,7 +43,7 @@ def make_collab_adapter(directory, version: str, seed: int, sequential, fusion=N
 
 def fusion_of(llm_margin: float, sequential: float, sequential_mean: float = 0.0, sequential_scale: float = 1.0):
     """A fused score that reads only the LLM margin and the sequential score, with these weights."""
-    from models.fusion import FEATURES, FusedScorer
+    from models.llm.fusion import FEATURES, FusedScorer
 
     return FusedScorer(FEATURES, (0.0, sequential_mean, 0.0, 0.0), (1.0, sequential_scale, 1.0, 1.0),
                        (llm_margin, sequential, 0.0, 0.0), 0.0, ((0.0, 0.0),) * 4, {"by": "tests"})

@@ -125,7 +125,7 @@ def train_sequential(events: list[dict], out: Path, epochs: int, echo) -> str:
     ("none" with no epochs). A few minutes on a 2-core CPU; the worker is stopped meanwhile."""
     if epochs <= 0:
         return "none"
-    from models.sequential import train_into
+    from models.candidates.sequential import train_into
 
     echo(f"training the sequential source (SASRec, {epochs} epochs) and EASE on phase 1's interactions ...")
     train_into(out, events, SequentialSourceConfig(epochs=epochs),

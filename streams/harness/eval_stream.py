@@ -27,7 +27,7 @@ from pathlib import Path
 
 import schemas
 from models.config import SequentialSourceConfig
-from models.prequential import Scores, rank_within, time_split
+from models.evaluation.prequential import Scores, rank_within, time_split
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
 
 
 def train_sequential(events: list[dict], out: Path, config: StreamEvalConfig, log) -> float:
-    from models.sequential import train_into
+    from models.candidates.sequential import train_into
 
     return train_into(out, events, SequentialSourceConfig(epochs=config.sasrec_epochs),
                       until=events[-1]["event_time"] if events else None, echo=log)
@@ -312,7 +312,7 @@ def reranker_settings(adapter: str, llm: str) -> dict:
     """The worker settings that serve ``adapter`` as it was trained: ``llm`` captions, summarizes
     and scores, with the block and generation lengths of the adapter's protocol (a worker that
     writes other texts serves it out of its training distribution: ``text_mismatches``)."""
-    from models.serving import read_metadata
+    from models.llm.serving import read_metadata
     from streams.services import trained_text_settings
 
     return {"summary_model": llm, "caption_model": llm, "recommender_model": llm,
@@ -321,7 +321,7 @@ def reranker_settings(adapter: str, llm: str) -> dict:
 
 def check_trained_before(directory: str, first_test_time: str | None) -> None:
     """A given sequential model must not have seen the test window (its metadata says until when)."""
-    from models.sequential import METADATA
+    from models.candidates.sequential import METADATA
 
     metadata = json.loads((Path(directory) / METADATA).read_text())
     until = (metadata.get("data") or {}).get("until")
@@ -358,7 +358,7 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
                       cooccurrence, log) -> dict:
     """Weights fitted on the last ``validation_fraction`` of the backfill, by an offline replay of
     the same sources; the sequential model used there is trained on the events before that window."""
-    from models.prequential import fit_weights
+    from models.evaluation.prequential import fit_weights
 
     start = time_split(backfill, config.validation_fraction)
     sequential = None
@@ -373,11 +373,11 @@ def fit_blend_weights(items: list[dict], backfill: list[dict], config: StreamEva
 
 def offline_lists(items: list[dict], events: list[dict], start: int, end: int, cooccurrence,
                   sequential: Path | None) -> tuple[dict, list]:
-    """Every source's ranked lists before each of ``events[start:end]`` (``models.prequential``),
+    """Every source's ranked lists before each of ``events[start:end]`` (``models.evaluation.prequential``),
     the sequential source served from the model directory ``sequential`` (None: left out)."""
     from models.embeddings import TextEmbedder
-    from models.prequential import content_source, proposed, replay as offline_replay
-    from models.sequential import SequentialRetriever
+    from models.evaluation.prequential import content_source, proposed, replay as offline_replay
+    from models.candidates.sequential import SequentialRetriever
 
     embedder = TextEmbedder("minilm", device="cpu")
     extra = {"content": content_source(lambda texts: embedder.embed(texts), {i["item_id"]: i for i in items})}

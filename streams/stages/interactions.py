@@ -11,8 +11,8 @@ import logging
 import time
 
 import schemas
-from models import pipeline
-from models.cooccurrence import encode_pairs_message, interaction_records, pair_window, pairs_message
+from models.llm import pipeline
+from models.candidates.cooccurrence import encode_pairs_message, interaction_records, pair_window, pairs_message
 from schemas import BACKFILL_END, CONTROL_HEADER
 from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
 from streams.services import Services, isolate
@@ -182,7 +182,7 @@ class InteractionsStage:
         return futures
 
     def block_texts(self, block: list[dict]) -> list[str]:
-        """A block as the summarizer reads it (``models.pipeline``, as in training and evaluation)."""
+        """A block as the summarizer reads it (``models.llm.pipeline``, as in training and evaluation)."""
         records = []
         for entry in block:
             profile = self.s.item_profiles.get(entry["item_id"])

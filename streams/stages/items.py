@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import schemas
 from models.embeddings import item_text as embedding_text
-from models.pipeline import usable_caption
+from models.llm.pipeline import usable_caption
 from streams.events import accept, encode_vector, in_partition_of
 from streams.services import Services, isolate
 from streams.state import content_hash
@@ -94,7 +94,7 @@ class CaptionsStage:
         self.s = services
 
     def caption(self, requests: list[dict]):
-        from models.captioner import ItemInput
+        from models.llm.captioner import ItemInput
 
         return self.s.models.captioner.caption([
             ItemInput(r["item_id"], r["title"], r.get("categories"), r.get("description"), r.get("image"))
@@ -170,7 +170,7 @@ class CaptionResultsStage:
         self.captions, self.s = captions, captions.s
 
     async def process(self, events) -> None:
-        from models.captioner import Caption
+        from models.llm.captioner import Caption
 
         usable = []
         for event in events:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import schemas
-from models import pipeline
+from models.llm import pipeline
 from streams.events import Trigger
 from streams.services import MODEL_ERRORS, Services
 from streams.stages.interactions import summarize_isolated, summary_event

@@ -4,13 +4,13 @@ The interactions stage (user-keyed) sends each batch's interactions, with the it
 with, to the item-pairs partitions of the items they change; this stage owns the item partitions
 of that topic, derives the increments of its items and folds them into the item-neighbours
 GlobalTable, which every worker reads whole. Redelivered increments
-are skipped by their source partition and offset (``models.cooccurrence.apply_entries``).
+are skipped by their source partition and offset (``models.candidates.cooccurrence.apply_entries``).
 """
 from __future__ import annotations
 
 import logging
 
-from models.cooccurrence import decode_message, fold_entries, fold_message, key_partition, prune
+from models.candidates.cooccurrence import decode_message, fold_entries, fold_message, key_partition, prune
 from streams.events import in_partition_of
 from streams.services import Services
 
@@ -31,7 +31,7 @@ class NeighboursStage:
         self.config = services.settings.cooccurrence_config()
         # item -> the record this stage last stored: the next batch that changes the item reads it
         # here, not from the table (a RocksDB read and a JSON decode of some 10 KB per record and
-        # batch), with the ids the compiled fold interned (``models.cooccurrence.writable``). Only
+        # batch), with the ids the compiled fold interned (``models.candidates.cooccurrence.writable``). Only
         # this stage writes the records of its item partitions, so what it stored is what the
         # table holds until a rebalance, which calls ``forget``.
         self.written: dict[str, dict] = {}

@@ -11,10 +11,10 @@ import logging
 import math
 import time
 
-from models import pipeline
-from models.blend import Fused, fuse
-from models.cooccurrence import neighbour_scores
-from models.retrieval import user_vector
+from models.llm import pipeline
+from models.candidates.blend import Fused, fuse
+from models.candidates.cooccurrence import neighbour_scores
+from models.candidates.retrieval import user_vector
 from streams.events import Trigger, in_no_partition, in_partition, utcnow
 from streams.services import MODEL_ERRORS, Services, read_concurrently
 from streams.state import UserState

@@ -70,8 +70,8 @@ def expected_states(events, settings) -> dict[str, dict]:
 
 def expected_neighbours(events, settings) -> tuple[dict[str, dict], int]:
     """Each item's count and neighbours as one process computes them, and the increments sent."""
-    from models.cooccurrence import pair_entries
-    from models.prequential import SourceState
+    from models.candidates.cooccurrence import pair_entries
+    from models.evaluation.prequential import SourceState
 
     config = settings.cooccurrence_config()
     state = SourceState(config)

@@ -64,8 +64,8 @@ def test_the_reranker_in_the_loop_with_collab_tokens_and_a_checked_sequential_mo
     event are re-ranked ones, and the candidate stage's order of the same lists is scored beside them."""
     from models import registry
     from models.config import SASRecConfig
-    from models.evaluation import sequences_of
-    from models.sequential import SequentialRetriever
+    from models.candidates.sequences import sequences_of
+    from models.candidates.sequential import SequentialRetriever
     from tests.adapters import fusion_of, make_collab_adapter
 
     items, events, backfill = known_log()

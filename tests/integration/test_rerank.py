@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from models import prompts, registry
-from models.recommender import Candidate, Recommender, ScoreRequest
+from models import registry
+from models.llm import prompts
+from models.llm.recommender import Recommender
+from models.llm.requests import Candidate, ScoreRequest
 from models.config import SASRecConfig
-from models.sequential import SequentialRetriever
-from models.serving import load_adapter
+from models.candidates.sequential import SequentialRetriever
+from models.llm.serving import load_adapter
 from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.adapters import fusion_of, make_adapter, make_collab_adapter
 from tests.conftest import wait_until

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from models.config import EaseConfig, SASRecConfig
-from models.sequential import SequentialRetriever, read_version, train_into
+from models.candidates.sequential import SequentialRetriever, read_version, train_into
 from streams.kafka.client import InteractionProducer, ItemProducer
 from tests.conftest import wait_until
 from tests.integration import helpers

@@ -6,7 +6,7 @@ import io
 import pytest
 from PIL import Image
 
-from models.captioner import CaptionConfig, ItemInput, Captioner
+from models.llm.captioner import CaptionConfig, ItemInput, Captioner
 from models.images import ImageLimits
 
 pytestmark = pytest.mark.slow

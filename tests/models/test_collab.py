@@ -6,11 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from models import prompts
-from models.collab import CollabTokens, Projector, VersionMismatch, placeholder_id
+from models.llm import prompts
+from models.llm.collab import CollabTokens, Projector, VersionMismatch, placeholder_id
 from models.config import SASRecConfig
-from models.recommender import Candidate, Recommender, ScoreRequest, split_prompt
-from models.sequential import SequentialRetriever
+from models.llm.recommender import Recommender, split_prompt
+from models.llm.requests import Candidate, ScoreRequest
+from models.candidates.sequential import SequentialRetriever
 from tests.models.test_recommender import assert_close, requests
 
 pytestmark = pytest.mark.slow

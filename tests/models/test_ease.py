@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from models.config import EaseConfig, SequentialSourceConfig
-from models.ease import Ease
-from models.sequential import SequentialRetriever, train_into
+from models.candidates.ease import Ease
+from models.candidates.sequential import SequentialRetriever, train_into
 
 SEQUENCES = {"u0": ["a", "b", "c"], "u1": ["a", "b"], "u2": ["b", "c", "d"], "u3": ["a", "d", "a"],
              "u4": ["c", "d", "e"], "u5": ["a", "b", "e"]}

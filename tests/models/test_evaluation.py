@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from models.evaluation import ORDER
-from models.serving import ADAPTER_METADATA
+from models.evaluation.paper import ORDER
+from models.llm.serving import ADAPTER_METADATA
 from streams.cli import main
 
 pytestmark = pytest.mark.slow
@@ -30,8 +30,8 @@ def test_smoke_evaluation_writes_table_chart_and_json(tmp_path):
         assert saved["data"]["variant"] == variant and saved["base_model"] == "tiny-random-llava"
         assert report["training"][variant]["steps"] > 0
     # the collaborative variants: the projector stage on the text variant's frozen LoRA, saved inside one adapter
-    from models.collab import Projector
-    from models.fusion import FEATURES, FusedScorer
+    from models.llm.collab import Projector
+    from models.llm.fusion import FEATURES, FusedScorer
 
     for variant, base in (("collab", "mllm-msr"), ("tallrec-collab", "tallrec-style")):
         adapter = tmp_path / "adapters" / variant / "adapter"
@@ -65,8 +65,8 @@ def test_train_command_saves_an_adapter_with_metadata(tmp_path):
 def test_train_command_with_collaborative_tokens_and_the_fused_score(tmp_path):
     """The stages a stream adapter is made with: LoRA, then the projector against the served sequential
     model, then the fused score, all in the one adapter directory the worker watches."""
-    from models.collab import Projector
-    from models.fusion import FEATURES, FusedScorer
+    from models.llm.collab import Projector
+    from models.llm.fusion import FEATURES, FusedScorer
 
     retrieval = CliRunner().invoke(main, ["train-retrieval", "--out", str(tmp_path / "sasrec"), "--epochs", "2"])
     assert retrieval.exit_code == 0, retrieval.output
@@ -90,8 +90,8 @@ def test_train_command_with_collaborative_tokens_and_the_fused_score(tmp_path):
 def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window(tmp_path):
     """eval-stream --fit-weights (and bench/blend_grid.py): the offline lists of all five sources on
     the last share of the backfill, SASRec and EASE trained on the events before that window only."""
-    from models.cooccurrence import CooccurrenceConfig
-    from models.sequential import read_version
+    from models.candidates.cooccurrence import CooccurrenceConfig
+    from models.candidates.sequential import read_version
     from streams.harness.eval_stream import StreamEvalConfig, fit_blend_weights, offline_lists
 
     items = [{"item_id": f"i{n}", "title": f"Film number {n}", "categories": ["Drama" if n % 2 else "Comedy"]}
@@ -120,7 +120,7 @@ def test_fitted_weights_come_from_every_source_replayed_on_the_validation_window
 def test_full_catalog_holds_out_each_users_last_event_and_scores_every_source_and_the_blend():
     """`mmsr eval --protocol full-catalog`: every source ranks the whole catalog for each user's last
     event, from the other events only; a source that proposes every unseen item scores HR@10 1 here."""
-    from models.prequential import full_catalog
+    from models.evaluation.prequential import full_catalog
 
     items = {f"i{n}": {"item_id": f"i{n}", "title": f"Film {n}"} for n in range(10)}
     events = [{"user_id": f"u{u}", "item_id": f"i{(u + t) % 10}", "event_time": f"2021-03-01T{t:02d}:{u:02d}:00Z"}

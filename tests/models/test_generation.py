@@ -6,7 +6,7 @@ from torch._dynamo.utils import counters
 
 import torch
 
-from models.generation import Decoding, GenerationConfig, generate, render, warm_up
+from models.llm.generation import Decoding, GenerationConfig, generate, render, warm_up
 
 PROMPTS = ["Name one film about the sea.", "Say hello.", "List three colours, then stop talking about colours now.",
            "Describe, in some detail and at some length, a long film about a long journey across a very wide sea."]

@@ -6,11 +6,11 @@ import json
 
 import torch
 
-from models import pipeline, prompts
-from models.captioner import Caption
+from models.llm import pipeline, prompts
+from models.llm.captioner import Caption
 from models.config import EvalConfig
-from models.evaluation import Dataset, TextCache, Texts, UserCase, variant_prompts
-from models.recommender import full_inputs
+from models.evaluation.paper import Dataset, TextCache, Texts, UserCase, variant_prompts
+from models.llm.recommender import full_inputs
 from streams.stages.interactions import InteractionsStage
 from streams.stages.items import CaptionsStage, ItemsStage
 from streams.stages.recommendations import RecommendationsStage
@@ -98,8 +98,8 @@ def test_stream_and_evaluation_prompts_are_equal_token_for_token(smollm2, tmp_pa
         assert torch.equal(*with_tokens) and with_tokens[0].shape[1] > stream_ids.shape[1]
     # the summarizer's prompts for the block (first block and update), rendered by each path's own
     # summarizer, are one token sequence: the same template, the same texts
-    from models.generation import render
-    from models.user_summarizer import BlockRequest, UserSummarizer
+    from models.llm.generation import render
+    from models.llm.user_summarizer import BlockRequest, UserSummarizer
     from streams.settings import Settings
 
     stream_summarizer = UserSummarizer(smollm2, Settings().summarizer_config())

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import prompts
-from models.recommender import Candidate, Recommender, ScoreRequest, answer_token_id, split_prompt, yes_no_ids
+from models.llm import prompts
+from models.llm.recommender import Recommender, answer_token_id, split_prompt, yes_no_ids
+from models.llm.requests import Candidate, ScoreRequest
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,7 @@
 """SASRec's two objectives and its training windows, on tiny sequences whose next item is known."""
 import pytest
 
-from models.baselines import SASRecScorer, training_windows
+from models.candidates.sasrec import SASRecScorer, training_windows
 from models.config import SASRecConfig, SequentialSourceConfig
 
 

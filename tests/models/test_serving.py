@@ -8,10 +8,11 @@ import time
 import pytest
 
 from models import registry
-from models.pipeline import preference_request
-from models.recommender import Candidate, Recommender
-from models.serving import load_adapter
-from models.user_summarizer import SummarizerConfig, UserSummarizer
+from models.llm.pipeline import preference_request
+from models.llm.recommender import Recommender
+from models.llm.requests import Candidate
+from models.llm.serving import load_adapter
+from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 from streams.metrics import Metrics
 from streams.services import Models
 from streams.settings import Settings
@@ -49,7 +50,7 @@ def test_with_an_adapter_loaded_summaries_come_from_the_base_weights(tmp_path):
 def test_a_swap_waits_for_the_scoring_call_in_flight_and_lists_carry_the_version_that_scored(tmp_path):
     make_adapter(tmp_path / "v1", "v1", seed=1)
     make_adapter(tmp_path / "v2", "v2", seed=2)
-    from models.serving import AdapterSlot
+    from models.llm.serving import AdapterSlot
 
     slot = AdapterSlot(registry.load(registry.SMOLLM2, device="cpu"))
     slot.swap(tmp_path / "v1")
@@ -87,7 +88,7 @@ def test_a_swap_waits_for_the_scoring_call_in_flight_and_lists_carry_the_version
 
 def tiny_sasrec(tmp_path, seed: int):
     from models.config import SASRecConfig
-    from models.sequential import SequentialRetriever
+    from models.candidates.sequential import SequentialRetriever
 
     sequences = {f"u{n}": [f"i{(n + j) % 10}" for j in range(5)] for n in range(20)}
     model = SequentialRetriever.train(sequences, SASRecConfig(hidden=16, blocks=1, max_len=8, epochs=2, seed=seed))
@@ -99,7 +100,7 @@ def tiny_sasrec(tmp_path, seed: int):
 def test_a_collab_adapter_pairs_with_its_sequential_model_or_is_refused(tmp_path):
     import math
 
-    from models.sequential import SequentialRetriever
+    from models.candidates.sequential import SequentialRetriever
     from streams.stages.recommendations import score_batch
     from tests.adapters import fusion_of, make_collab_adapter
 

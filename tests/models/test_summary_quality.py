@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from models import summary_quality as sq
-from models.prompts import SUMMARY_PREFIX
+from models.evaluation import summary_quality as sq
+from models.llm.prompts import SUMMARY_PREFIX
 
 TITLES = {"1": "Usual Suspects, The (1995)", "2": "Heat (1995)", "3": "Star Wars (1977)",
           "4": "Sabrina (1954)", "5": "Sabrina (1995)", "6": "Sense and Sensibility (1995)"}

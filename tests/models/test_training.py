@@ -11,11 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models import prompts, registry
-from models.recommender import Candidate, Recommender, ScoreRequest, full_inputs, yes_no_ids
-from models.serving import ADAPTER_METADATA, load_adapter
+from models import registry
+from models.llm import prompts
+from models.llm.recommender import Recommender, full_inputs, yes_no_ids
+from models.llm.requests import Candidate, ScoreRequest
+from models.llm.serving import ADAPTER_METADATA, load_adapter
 from models.config import LoraSettings
-from models.training import (Example, TrainConfig, answer_loss, attach_lora, collate, encode_example,
+from models.llm.training import (Example, TrainConfig, answer_loss, attach_lora, collate, encode_example,
                              optimizer_steps, train)
 
 pytestmark = pytest.mark.slow
@@ -122,7 +124,7 @@ class Planted:
 def test_resuming_never_unpickles_code_from_the_output_directory(tmp_path):
     import pickle
 
-    from models.training import load_optimizer_state
+    from models.llm.training import load_optimizer_state
 
     checkpoint, marker = tmp_path / "step-1", tmp_path / "ran"
     checkpoint.mkdir()
@@ -157,7 +159,7 @@ def collab_examples():
 @pytest.fixture(scope="module")
 def sasrec():
     from models.config import SASRecConfig
-    from models.sequential import SequentialRetriever
+    from models.candidates.sequential import SequentialRetriever
 
     groups = {"a": [f"a{i}" for i in range(4)], "b": [f"b{i}" for i in range(4)]}
     sequences = {f"{g}{n}": [items[(n + j) % 4] for j in range(4)] for g, items in groups.items() for n in range(12)}
@@ -167,8 +169,8 @@ def sasrec():
 def test_the_projector_stage_learns_what_the_text_cannot_and_reloads_as_one_version(tmp_path, sasrec):
     from safetensors.torch import load_file
 
-    from models.collab import CollabTokens, Projector, VersionMismatch
-    from models.sequential import SequentialRetriever
+    from models.llm.collab import CollabTokens, Projector, VersionMismatch
+    from models.candidates.sequential import SequentialRetriever
 
     examples = collab_examples()
     stage1 = train(registry.load(registry.SMOLLM2, device="cpu"), examples, tmp_path / "lora", LoraSettings(),
@@ -206,7 +208,7 @@ def test_the_projector_stage_learns_what_the_text_cannot_and_reloads_as_one_vers
 def test_the_joint_stage_resumes_from_its_checkpoint(tmp_path, sasrec):
     from safetensors.torch import load_file
 
-    from models.collab import CollabTokens, Projector, has_projector
+    from models.llm.collab import CollabTokens, Projector, has_projector
 
     examples = collab_examples()
     train(registry.load(registry.SMOLLM2, device="cpu"), examples, tmp_path / "lora", LoraSettings(),

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from models import summary_quality
-from models.prompts import SUMMARY_PREFIX
-from models.user_summarizer import SummarizerConfig, UserSummarizer
+from models.evaluation import summary_quality
+from models.llm.prompts import SUMMARY_PREFIX
+from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 
 pytestmark = pytest.mark.slow
 

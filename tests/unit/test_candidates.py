@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from models.blend import fuse
-from models.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
+from models.candidates.blend import fuse
+from models.candidates.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
 
 CONFIG = CooccurrenceConfig(window=3, neighbours=3, decay=0.5, trending_half_life=100.0)
 

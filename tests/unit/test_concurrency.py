@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from models.retrieval import CatalogIndex
+from models.candidates.retrieval import CatalogIndex
 from streams.services import read_concurrently, thread_pools
 from streams.settings import Settings
 

@@ -37,7 +37,7 @@ def test_the_demo_trains_the_sequential_source_the_worker_loads(tmp_path):
     trains is what the worker's retrieval_model loads; no epochs, no model."""
     import json
 
-    from models.sequential import SequentialRetriever, read_version
+    from models.candidates.sequential import SequentialRetriever, read_version
     from streams.harness.demo import train_sequential
 
     events = [{"user_id": f"u{u}", "item_id": f"i{(u + t) % 7}", "event_time": f"2021-03-0{t + 1}T00:00:00Z"}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from models.evaluation import PRESETS
+from models.evaluation.paper import PRESETS
 from streams.cli import eval_config, main
 
 

@@ -11,8 +11,8 @@ import shutil
 import orjson
 import pytest
 
-from models import cooccurrence
-from models.cooccurrence import (CooccurrenceConfig, decay_powers, fold_pairs_python, folding_state,
+from models.candidates import cooccurrence
+from models.candidates.cooccurrence import (CooccurrenceConfig, decay_powers, fold_pairs_python, folding_state,
                                  interaction_records, interaction_records_python, key_partition, prune,
                                  prune_by_weight)
 from streams.stages.neighbours import MALFORMED as CAUGHT  # what the neighbours stage dead-letters
@@ -210,7 +210,7 @@ def test_garbage_in_any_field_is_rejected_alike_or_folded_alike_never_a_crash(se
 def test_the_compiled_copy_of_a_record_is_the_python_one_with_its_ids_interned():
     import sys
 
-    from models.cooccurrence import writable, writable_python
+    from models.candidates.cooccurrence import writable, writable_python
 
     for seed in range(3):
         folding: dict = {}

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from models.fusion import FEATURES, FusedScorer, fit, llm_margin
+from models.llm.fusion import FEATURES, FusedScorer, fit, llm_margin
 
 
 def synthetic(n_users: int = 300, seed: int = 0):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from models.prequential import Scores, hit_metrics, time_split
+from models.evaluation.prequential import Scores, hit_metrics, time_split
 from streams.harness.eval_stream import popularity_list, shifted
 
 
@@ -40,7 +40,7 @@ def test_popularity_lists_exclude_the_history_and_follow_the_counts():
 
 
 def test_rank_within_counts_from_one_and_stops_at_k():
-    from models.prequential import rank_within
+    from models.evaluation.prequential import rank_within
 
     assert rank_within(["a", "b", "c"], "c", 10) == 3 and rank_within(["a", "b", "c"], "c", 2) == 0
     assert rank_within([], "a", 10) == 0

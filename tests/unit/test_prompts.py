@@ -1,7 +1,7 @@
 import re
 
-from models import prompts
-from models.prompts import SUMMARY_PREFIX
+from models.llm import prompts
+from models.llm.prompts import SUMMARY_PREFIX
 
 
 def content(messages):

@@ -1,7 +1,7 @@
 """The evaluation protocol's split: nothing of the test item leaks into summaries or training."""
 from __future__ import annotations
 
-from models.evaluation import Dataset, EvalConfig, build_cases
+from models.evaluation.paper import Dataset, EvalConfig, build_cases
 
 
 def dataset() -> Dataset:
@@ -36,7 +36,7 @@ def test_leave_last_out_with_summarized_window_and_pairs():
 
 
 def test_half_the_negatives_come_from_the_candidate_stage():
-    from models.evaluation import candidate_stage
+    from models.evaluation.paper import candidate_stage
 
     import random
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from models.ranking import PositiveRank, auc, average_ranks, bootstrap_interval, user_metrics
+from models.evaluation.ranking import PositiveRank, auc, average_ranks, bootstrap_interval, user_metrics
 
 
 def test_auc_counts_ties_as_half():

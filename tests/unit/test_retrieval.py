@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from models.retrieval import CatalogIndex, Popularity, recency_weights, user_vector
+from models.candidates.retrieval import CatalogIndex, Popularity, recency_weights, user_vector
 
 
 def unit(*v):

@@ -111,7 +111,7 @@ NOW_EVENT = "2099-01-01T00:00:00Z"
 
 
 def test_captions_written_by_the_llm_role_are_applied_by_the_state_role_like_role_alls():
-    from models.captioner import Caption, degenerate_reason
+    from models.llm.captioner import Caption, degenerate_reason
     from streams.stages.items import CaptionResultsStage, CaptionsStage
 
     services = make_services(role="state", caption_model="smollm2-135m-instruct")

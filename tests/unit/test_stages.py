@@ -13,7 +13,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from models.captioner import Caption, degenerate_reason
+from models.llm.captioner import Caption, degenerate_reason
 from streams.metrics import Metrics
 from streams.services import Services
 from streams.settings import Settings
@@ -104,7 +104,7 @@ def make_services(models=None, **settings) -> Services:
     s = Settings(**{**named, **settings})
     services = Services(s, {}, {}, RecordingPublisher(), Metrics(), models or FakeModels())
     services.catalog._journal = None
-    from models.retrieval import CatalogIndex
+    from models.candidates.retrieval import CatalogIndex
 
     services.catalog.index = CatalogIndex(HashEmbedder.dim)
     services.restored.set()
@@ -274,7 +274,7 @@ def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item
                                                                                               pairs_format):
     from aiokafka.partitioner import DefaultPartitioner
 
-    from models.cooccurrence import apply_entries, decode_message, pair_entries
+    from models.candidates.cooccurrence import apply_entries, decode_message, pair_entries
     from streams.stages import interactions as stage
 
     monkeypatch.setattr(stage, "PAIR_RECORDS_PER_MESSAGE", 40)  # several messages per partition
@@ -312,7 +312,7 @@ def test_interactions_go_to_the_item_partitions_they_change_and_fold_as_per_item
 
 def pairs_records(*interactions, partitions=1):
     """``interaction_records`` of (offset, item, window) interactions from source partition 0, all to item partition 0."""
-    from models.cooccurrence import interaction_records
+    from models.candidates.cooccurrence import interaction_records
 
     return [interaction_records(0, o, 100.0, item, window, partitions)[0][0] for o, item, window in interactions]
 
@@ -322,7 +322,7 @@ def pairs_event(offset: int, value: dict) -> Event:
 
 
 def test_redelivered_interactions_are_skipped_item_by_item():
-    from models.cooccurrence import CooccurrenceConfig, pairs_message
+    from models.candidates.cooccurrence import CooccurrenceConfig, pairs_message
     from streams.stages.neighbours import NeighboursStage as Stage
 
     services = make_services(item_partitions=1)
@@ -340,7 +340,7 @@ def test_redelivered_interactions_are_skipped_item_by_item():
 def test_pairs_are_weighed_by_the_messages_decay_as_the_weighted_layout_of_earlier_workers_was():
     """A topic written before the flat layout (``{"interactions"}``, a weight per pair) folds to
     the same records as the same interactions in ``pairs_message``."""
-    from models.cooccurrence import CooccurrenceConfig, pairs_message, window_weights
+    from models.candidates.cooccurrence import CooccurrenceConfig, pairs_message, window_weights
 
     interactions = [(5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"]), (7, "i4", ["i1", "i2", "i3", "i1"])]
     # one item partition: the item's own pairs and the others' are the same (other, weight) list
@@ -362,7 +362,7 @@ def test_pairs_are_weighed_by_the_messages_decay_as_the_weighted_layout_of_earli
                          ids=["text distance", "negative distance", "distance past the window", "float distance",
                               "a distance of 64 bits", "a huge window", "a decay above 1", "a window as text"])
 def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dead_lettered_whole(bad_pair, header):
-    from models.cooccurrence import CooccurrenceConfig, pairs_message
+    from models.candidates.cooccurrence import CooccurrenceConfig, pairs_message
 
     def message(offset, records, **header):
         return pairs_event(offset, {**pairs_message(records, CooccurrenceConfig(decay=0.8, window=3)), **header})
@@ -380,7 +380,7 @@ def test_a_message_of_the_unpacked_layout_still_folds_and_a_malformed_one_is_dea
 
 
 def test_a_damaged_binary_message_is_dead_lettered_whole_and_the_rest_folds_as_json_would():
-    from models.cooccurrence import CooccurrenceConfig, encode_pairs_message, pairs_message
+    from models.candidates.cooccurrence import CooccurrenceConfig, encode_pairs_message, pairs_message
 
     config = CooccurrenceConfig(decay=0.8, window=3)
     first, second = pairs_records((6, "i2", ["i1"])), pairs_records((7, "i3", ["i1", "i2"]))
@@ -402,7 +402,7 @@ def test_the_neighbours_stage_reads_back_what_it_stored_and_forgets_it_at_a_reba
     """Records kept between batches (not read from the table again) give the same table as
     records read from the table every batch; ``forget`` (a revocation) drops them, and a batch
     that began before it keeps nothing."""
-    from models.cooccurrence import CooccurrenceConfig, pairs_message
+    from models.candidates.cooccurrence import CooccurrenceConfig, pairs_message
 
     config = CooccurrenceConfig(decay=0.8)
     batches = [pairs_records((5, "i1", ["i2", "i3"]), (6, "i2", ["i2", "i3", "i1"])),

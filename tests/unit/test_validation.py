@@ -43,8 +43,8 @@ def valid_events() -> dict[str, dict]:
 
 def between_roles(trigger: Trigger) -> dict[str, dict]:
     """The four messages the state and llm roles exchange, built by the stages that send them."""
-    from models.blend import Fused
-    from models.captioner import Caption
+    from models.candidates.blend import Fused
+    from models.llm.captioner import Caption
     from streams.stages.interactions import InteractionsStage
     from streams.stages.recommendations import RecommendationsStage
     from streams.state import content_hash

@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from models.config import LANGUAGE_LINEAR, LoraSettings
-from models.pipeline import TEXT
-from models.recommender import Candidate, full_inputs, token_inputs, yes_no_ids
+from models.llm.pipeline import TEXT
+from models.llm.recommender import full_inputs, token_inputs, yes_no_ids
+from models.llm.requests import Candidate
 from models.registry import LoadedModel
-from models.serving import ADAPTER_METADATA, publish_directory
+from models.llm.serving import ADAPTER_METADATA, publish_directory
 
 _NOT_LANGUAGE = ("vision", "visual", "multi_modal_projector", "mm_projector", "lm_head", "embed")
 
@@ -192,7 +193,7 @@ def train(lm: LoadedModel, examples: list[Example], out_dir: Path, lora: LoraSet
     """Fine-tune, checkpoint, save the adapter and its metadata; returns the metadata.
 
     ``on_step(step, loss)`` is called after each optimizer step (and after its checkpoint).
-    ``collab`` (``models.collab.CollabTokens``) puts collaborative tokens in every prompt; its
+    ``collab`` (``models.llm.collab.CollabTokens``) puts collaborative tokens in every prompt; its
     projector is trained in the ``projector`` and ``joint`` stages and saved beside the adapter.
     ``init_adapter``: the adapter directory the stage starts from (stage 1's, for the later stages).
     """

@@ -423,7 +423,7 @@ def trend_key(record: Mapping, half_life: float) -> float:
 def neighbour_scores(recent: list[str], records: Mapping[str, Mapping | None], counts: Mapping[str, int],
                      exclude: set[str], query_half_life: float = 0.0) -> dict[str, float]:
     """Cosine co-occurrence scores of candidate items for a user with these recent items (oldest first)."""
-    from models.retrieval import recency_weights
+    from models.candidates.retrieval import recency_weights
 
     weights = recency_weights(len(recent), query_half_life).tolist() if query_half_life > 0 else [1.0] * len(recent)
     scores: dict[str, float] = defaultdict(float)

@@ -7,7 +7,7 @@ and runs only the candidates' parts against copies of it (left padded inside the
 segment, with explicit positions, so every row's last token is its answer position). The naive
 scorer (one full forward per candidate) is the reference the tests compare it with.
 
-With collaborative tokens (``models.collab``) both scorers and training read ``inputs_embeds``:
+With collaborative tokens (``models.llm.collab``) both scorers and training read ``inputs_embeds``:
 the token embeddings with the user's projected SASRec state spliced in at the prefix's
 placeholder and the candidate's projected item embedding at the candidate part's.
 """
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import prompts
-from models.generation import render
-from models.pipeline import TEXT
+from models.llm import prompts
+from models.llm.generation import render
+from models.llm.pipeline import TEXT
+from models.llm.requests import Candidate, ScoreRequest
 from models.registry import LoadedModel
 
 
@@ -28,28 +29,6 @@ class ScorerConfig:
     users_per_batch: int = field(default=8, metadata={"help": "user prefixes run in one forward"})
     rows_per_batch: int = field(default=64, metadata={"help": "candidates run in one forward against copied prefix caches"})
     caption_chars: int = field(default=TEXT.caption_chars, metadata={"help": "longest item caption put in a candidate's part"})
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What the recommender sees of an item; ``image`` is a PIL image (vision models) or None."""
-
-    item_id: str
-    title: str
-    categories: tuple[str, ...] | list[str] | None = None
-    description: str | None = None
-    caption: str | None = None
-    image: object | None = None
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """One user's shared part (``prompts.user_preferences`` or ``user_recent_items``) and candidates;
-    ``history`` (item ids, oldest first) is what collaborative tokens read of the user."""
-
-    user_part: str
-    candidates: list[Candidate]
-    history: tuple[str, ...] = ()
 
 
 def answer_token_id(tokenizer, word: str) -> int:
@@ -128,8 +107,8 @@ class Recommender:
 
     def __init__(self, lm: LoadedModel, config: ScorerConfig = ScorerConfig(), version: str = "base", collab=None,
                  fusion=None):
-        """``collab``: a ``models.collab.CollabTokens`` (its projector moves to the model's device);
-        ``fusion``: the adapter's ``models.fusion.FusedScorer``, which the stream ranks by when present."""
+        """``collab``: a ``models.llm.collab.CollabTokens`` (its projector moves to the model's device);
+        ``fusion``: the adapter's ``models.llm.fusion.FusedScorer``, which the stream ranks by when present."""
         self.lm, self.config, self.version, self.collab, self.fusion = lm, config, version, collab, fusion
         self.yes, self.no = yes_no_ids(lm.tokenizer)
         if collab is not None:

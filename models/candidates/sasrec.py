@@ -1,18 +1,14 @@
-"""Baselines scored on the same candidates as the LLM recommender: random, popularity and SASRec.
-
-SASRec (Kang & McAuley, 2018) is implemented here in torch: causal self-attention over the last
-``max_len`` items, learned positions; a candidate's score is the dot product of the last
-position's output with the candidate's embedding. Two objectives (``SASRecConfig.loss``): the
-paper's binary cross-entropy with one sampled negative per position, and softmax cross-entropy
-over the whole catalog (as RecBole's SASRec), which is what a model that ranks the whole catalog
-needs (the stream's sequential source).
+"""SASRec (Kang & McAuley, 2018) in torch: causal self-attention over the last ``max_len`` items,
+learned positions; a candidate's score is the dot product of the last position's output with the
+candidate's embedding. Two objectives (``SASRecConfig.loss``): the paper's binary cross-entropy
+with one sampled negative per position, and softmax cross-entropy over the whole catalog (as
+RecBole's SASRec), which is what a model that ranks the whole catalog needs (the stream's
+sequential source). Also a baseline of the paper protocol (``models.evaluation.baselines``).
 """
 from __future__ import annotations
 
 import random
-from collections import Counter
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,24 +33,6 @@ def training_windows(seqs: list[list[int]], max_len: int, whole: bool) -> tuple[
                 break
             end -= span - 1
     return out, owner
-
-
-class RandomScorer:
-    def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng(seed)
-
-    def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
-        return self.rng.random(len(candidates)).tolist()
-
-
-class PopularityScorer:
-    """Interactions per item in the training sequences (test items excluded)."""
-
-    def __init__(self, sequences: dict[str, list[str]]):
-        self.counts = Counter(item for seq in sequences.values() for item in seq)
-
-    def score(self, user_id: str, history: list[str], candidates: list[str]) -> list[float]:
-        return [float(self.counts.get(c, 0)) for c in candidates]
 
 
 class SASRec(nn.Module):

@@ -2,7 +2,7 @@
 
 An adapter trained on one rendering of items and histories and served on another is scored
 out of distribution, so the stream (``streams.stages``) and the protocol
-(``models.evaluation``) both build summary inputs, candidates and scoring requests here, from
+(``models.evaluation.paper``) both build summary inputs, candidates and scoring requests here, from
 item records of one shape (the item profile the stream stores: ``item_id``, ``title``,
 ``categories``, ``description``, ``caption``, ``caption_rejected``) and one ``TextConfig``.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from models import prompts
+from models.llm import prompts
+from models.llm.requests import Candidate, ScoreRequest
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,6 @@ def summary_inputs(items: Iterable[tuple[str, Mapping | None]], captions: bool =
 
 def candidate(item: Mapping | None, item_id: str, captions: bool = True):
     """What the recommender sees of a candidate (text; images enter through captions)."""
-    from models.recommender import Candidate
-
     item = item or {}
     return Candidate(item_id, item.get("title") or item_id, tuple(item.get("categories") or ()) or None,
                      item.get("description"), usable_caption(item) if captions else None)
@@ -60,13 +59,9 @@ def candidate(item: Mapping | None, item_id: str, captions: bool = True):
 def preference_request(summary: str, candidates: list, history: Iterable[str] = ()):
     """The MLLM-MSR scoring request: the recurrent summary as the shared part (``history``, the
     user's recent item ids, is what collaborative tokens read)."""
-    from models.recommender import ScoreRequest
-
     return ScoreRequest(prompts.user_preferences(summary), list(candidates), tuple(history))
 
 
 def recent_titles_request(titles: list[str], candidates: list):
     """The TALLRec-style scoring request: the recent titles as the shared part."""
-    from models.recommender import ScoreRequest
-
     return ScoreRequest(prompts.user_recent_items(titles), list(candidates))

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from models.fusion import FusedScorer
-from models.recommender import Recommender, ScorerConfig, ScoreRequest
+from models.llm.fusion import FusedScorer
+from models.llm.recommender import Recommender, ScorerConfig
+from models.llm.requests import ScoreRequest
 from models.registry import LoadedModel
 
 ADAPTER_METADATA = "mmsr-adapter.json"
@@ -51,10 +52,10 @@ def _wrap(lm: LoadedModel, model) -> LoadedModel:
 def collab_tokens(lm: LoadedModel, adapter_dir: Path, sequential):
     """The adapter's collaborative tokens paired with ``sequential``, or None for a text-only adapter.
 
-    Raises ``models.collab.VersionMismatch`` for a sequential model other than the projector's,
+    Raises ``models.llm.collab.VersionMismatch`` for a sequential model other than the projector's,
     and ValueError when the adapter needs one and none is given.
     """
-    from models.collab import CollabTokens, Projector, has_projector
+    from models.llm.collab import CollabTokens, Projector, has_projector
 
     if not has_projector(adapter_dir):
         return None

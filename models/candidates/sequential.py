@@ -15,10 +15,10 @@ from typing import Callable
 
 import torch
 
-from models.baselines import SASRec, SASRecScorer
+from models.candidates.sasrec import SASRec, SASRecScorer
 from models.config import EaseConfig, SASRecConfig
-from models.ease import Ease
-from models.serving import publish_directory
+from models.candidates.ease import Ease
+from models.llm.serving import publish_directory
 
 METADATA = "mmsr-retrieval.json"
 
@@ -37,7 +37,7 @@ def train_into(out_dir: Path | str, events: list[dict], config: SASRecConfig, un
     order and published to ``out_dir``, the directory a worker's ``MMSR_RETRIEVAL_MODEL`` watches;
     the seconds it took. One path for ``mmsr train-retrieval``, eval-stream and the demo, so that
     what is measured is what ships."""
-    from models.evaluation import sequences_of
+    from models.candidates.sequences import sequences_of
 
     started = time.time()
     sequences = sequences_of(events)

@@ -184,7 +184,7 @@ RECOMMEND_QUESTION = "Will the user interact with this candidate? Answer Yes or 
 # Where the shared user part of a scoring prompt ends and the candidate's part begins. Removed from
 # untrusted text by ``clean``, so only the prompt builder can place it.
 CANDIDATE_SPLIT = "\x1fmmsr-candidate\x1f"
-# The placeholder whose embedding a collaborative vector replaces (``models.collab``); removed from
+# The placeholder whose embedding a collaborative vector replaces (``models.llm.collab``); removed from
 # untrusted text by ``clean``, so only the prompt builder can place one.
 COLLAB_TOKEN = "<|mmsr-collab|>"
 USER_COLLAB = f"The user's interaction pattern: {COLLAB_TOKEN}"

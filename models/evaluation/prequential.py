@@ -3,7 +3,7 @@
 Events are replayed in time order; each event in a window is scored against the lists the
 sources (and their blend) would give the user from everything before it, the user's history
 excluded. The stream measure is ``mmsr eval-stream`` (a real broker and worker); this offline
-replay uses the same functions (``models.cooccurrence``, ``models.blend``, the SASRec retriever,
+replay uses the same functions (``models.candidates.cooccurrence``, ``models.candidates.blend``, the SASRec retriever,
 the content index) to fit the blend weights on a validation window quickly, and to report every
 source alone on the same events.
 """
@@ -18,9 +18,9 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 import schemas
-from models.blend import SOURCES, fuse
+from models.candidates.blend import SOURCES, fuse
 from models.config import EaseConfig, SequentialSourceConfig
-from models.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
+from models.candidates.cooccurrence import CooccurrenceConfig, apply_entries, neighbour_scores, pair_entries, trend_key
 
 
 def rank_within(ranked: list[str], target: str, k: int) -> int:
@@ -172,7 +172,7 @@ def content_source(embed: Callable[[list[str]], np.ndarray], items: Mapping[str,
                    recent: int = 20):
     """Content similarity as the stream computes it (recency-weighted user vector over item-text embeddings)."""
     from models.embeddings import item_text
-    from models.retrieval import CatalogIndex, user_vector
+    from models.candidates.retrieval import CatalogIndex, user_vector
 
     ids = sorted(items)
     vectors = embed([item_text(items[i]["title"], items[i].get("categories"), items[i].get("description"))
@@ -199,8 +199,8 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     """
     import time
 
-    from models.ease import Ease
-    from models.sequential import SequentialRetriever
+    from models.candidates.ease import Ease
+    from models.candidates.sequential import SequentialRetriever
 
     last: dict[str, int] = {}
     for n, e in enumerate(events):
@@ -214,7 +214,7 @@ def full_catalog(events: list[dict], items: Mapping[str, dict], config: Cooccurr
     for e in train:
         state.apply(e)
     timings["counts"] = time.time() - started
-    from models.evaluation import sequences_of
+    from models.candidates.sequences import sequences_of
 
     sequences = sequences_of(train)
     started = time.time()

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models import pipeline
+from models.llm import pipeline
+from models.candidates.sequences import sequences_of
 from models.config import COLLAB_VARIANTS, KS, LLM_VARIANTS, PRESETS, STAGE_ONE, EvalConfig  # noqa: F401
-from models.ranking import auc, bootstrap_interval, user_metrics
+from models.evaluation.ranking import auc, bootstrap_interval, user_metrics
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -79,16 +80,6 @@ def dataset_of(catalog: list[dict], events: list[dict]) -> Dataset:
     return Dataset(items, sequences_of(e for e in events if e["item_id"] in items))
 
 
-def sequences_of(events) -> dict[str, list[str]]:
-    """Time-ordered item ids per user, repeats of an item kept once (its first time)."""
-    out: dict[str, list[str]] = {}
-    for e in events:
-        seq = out.setdefault(e["user_id"], [])
-        if e["item_id"] not in seq:
-            seq.append(e["item_id"])
-    return out
-
-
 @dataclass
 class UserCase:
     user_id: str
@@ -117,9 +108,9 @@ def pre_validation(data: Dataset) -> dict[str, list[str]]:
 
 
 def candidate_stage(data: Dataset):
-    """The co-occurrence source over the pre-validation sequences (``models.prequential``'s replay state)."""
-    from models.cooccurrence import CooccurrenceConfig
-    from models.prequential import SourceState
+    """The co-occurrence source over the pre-validation sequences (``models.evaluation.prequential``'s replay state)."""
+    from models.candidates.cooccurrence import CooccurrenceConfig
+    from models.evaluation.prequential import SourceState
 
     state = SourceState(CooccurrenceConfig())
     for user, seq in sorted(pre_validation(data).items()):
@@ -217,8 +208,8 @@ class Texts:
     """Captions and summaries for the protocol, batched and cached."""
 
     def __init__(self, lm, data: Dataset, config: EvalConfig, cache: TextCache, log, summary_lm=None):
-        from models.captioner import CaptionConfig, Captioner
-        from models.user_summarizer import SummarizerConfig, UserSummarizer
+        from models.llm.captioner import CaptionConfig, Captioner
+        from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 
         self.lm, self.data, self.config, self.cache, self.log = lm, data, config, cache, log
         self.captioner = Captioner(lm, CaptionConfig(max_new_tokens=config.caption_tokens,
@@ -229,7 +220,7 @@ class Texts:
         self.captions: dict[str, str] = {}
 
     def caption_all(self, item_ids: set[str]) -> None:
-        from models.captioner import ItemInput
+        from models.llm.captioner import ItemInput
 
         keys = {i: self.cache.key(self.lm.name, "caption", self.config.caption_tokens, self.data.items[i],
                                   model_dtype(self.lm))
@@ -294,7 +285,7 @@ def variant_prompts(name: str, texts: Texts, cases: list[UserCase], summaries: d
     collaborative tokens read (text-only scorers ignore it)."""
     import dataclasses
 
-    from models.training import Example
+    from models.llm.training import Example
 
     captions = name not in ("no-captions", "tallrec-style")  # TALLRec reads titles, as in its paper
     tallrec = name == "tallrec-style"
@@ -357,12 +348,13 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
         log=print) -> dict:
     """Everything in one process; writes results.json, results.md and results.png under ``out_dir``."""
     from models import registry
-    from models.baselines import PopularityScorer, RandomScorer, SASRecScorer
+    from models.candidates.sasrec import SASRecScorer
+    from models.evaluation.baselines import PopularityScorer, RandomScorer
     from models.config import SASRecConfig
-    from models.recommender import Recommender
-    from models.serving import load_adapter
+    from models.llm.recommender import Recommender
+    from models.llm.serving import load_adapter
     from models.config import LoraSettings
-    from models.training import TrainConfig, git_revision, train
+    from models.llm.training import TrainConfig, git_revision, train
 
     started = time.time()
     out_dir = Path(out_dir)
@@ -420,7 +412,7 @@ def run(config: EvalConfig, out_dir: Path, data: Dataset | None = None, cache_di
     runs = planned_variants(config)
     sequential = None
     if any(v in COLLAB_VARIANTS for v in runs):
-        from models.sequential import SequentialRetriever
+        from models.candidates.sequential import SequentialRetriever
 
         sequential = clock("sasrec-pre-validation", SequentialRetriever.train, pre_validation(data),
                            SASRecConfig(epochs=config.sasrec_epochs, seed=config.seed, device=config.device))
@@ -491,8 +483,8 @@ def train_stage(config: EvalConfig, lora, sequential, examples: list, run_dir: P
     """One training stage into ``run_dir``/adapter on a fresh model; after stage 1 with collaborative
     tokens read from ``sequential``, through a new projector or the one ``init`` holds."""
     from models import registry
-    from models.collab import CollabTokens, Projector, has_projector
-    from models.training import TrainConfig, train
+    from models.llm.collab import CollabTokens, Projector, has_projector
+    from models.llm.training import TrainConfig, train
 
     train_config = TrainConfig(epochs=epochs, batch_size=config.train_batch, grad_accum=config.grad_accum,
                                lr=lr, seed=config.seed, checkpoint_every=25, stage=stage)
@@ -518,10 +510,10 @@ def planned_variants(config: EvalConfig) -> list[str]:
 
 
 def fusion_rows(stage, sequential, history: list[str], items: list[str], p_yes: list[float]) -> list[list[float]]:
-    """The fused score's features (``models.fusion.FEATURES``) of ``items`` for a user with ``history``."""
+    """The fused score's features (``models.llm.fusion.FEATURES``) of ``items`` for a user with ``history``."""
     import math
 
-    from models.fusion import llm_margin
+    from models.llm.fusion import llm_margin
 
     cooc = stage.cooccurrence_scores(history)
     seq = sequential.item_scores(history, items)
@@ -533,7 +525,7 @@ def fit_fusion(recommender, sequential, stage, adapter: Path, validation: list, 
                config: EvalConfig):
     """Fit the fused score on the validation requests (scored by ``recommender``; ``stage`` is
     ``candidate_stage``'s) and save it beside the adapter; the ``FusedScorer``."""
-    from models import fusion
+    from models.llm import fusion
 
     todo = [(c, r) for c, r in zip(cases, validation) if r is not None]
     p_yes = recommender.score([r for _, r in todo])
@@ -587,7 +579,7 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     """
     from models import registry
     from models.config import LoraSettings
-    from models.serving import load_adapter
+    from models.llm.serving import load_adapter
 
     dataset_name = "movielens-100k" if data is None else "events"
     data = data or Dataset.movielens()
@@ -606,7 +598,7 @@ def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | 
     sequential = None
     stages = [("lora", config.epochs, config.lr)]
     if sequential_dir is not None:
-        from models.sequential import SequentialRetriever
+        from models.candidates.sequential import SequentialRetriever
 
         sequential = SequentialRetriever.from_pretrained(sequential_dir)
         stages += [("projector", config.projector_epochs, config.projector_lr)]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models import prompts
-from models.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
-from models.pipeline import TEXT
+from models.llm import prompts
+from models.llm.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
+from models.llm.pipeline import TEXT
 from models.registry import LoadedModel
 
 
@@ -46,7 +46,7 @@ class UserSummarizer:
         return prompts.update_messages(request.previous, request.items, self.config.prompt)
 
     def warm_up(self) -> int:
-        """Compile decoding before serving (``models.generation.warm_up``) on update prompts, the
+        """Compile decoding before serving (``models.llm.generation.warm_up``) on update prompts, the
         longer kind: the longest the builder makes (every text at its cap) and a short one."""
         longest = BlockRequest(f"{prompts.SUMMARY_PREFIX} {filler(self.config.max_chars)}",
                                [filler(4000)] * self.config.block_size)

@@ -23,8 +23,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from models.captioner import degenerate_reason
-from models.prompts import SUMMARY_PREFIX, summary_body
+from models.llm.captioner import degenerate_reason
+from models.llm.prompts import SUMMARY_PREFIX, summary_body
 
 # MovieLens' genres and the words a summary uses for them (lower case, whole words)
 GENRE_WORDS: dict[str, tuple[str, ...]] = {

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from models.prompts import COLLAB_TOKEN
+from models.llm.prompts import COLLAB_TOKEN
 
 PROJECTOR_WEIGHTS = "collab-projector.safetensors"
 PROJECTOR_CONFIG = "mmsr-collab.json"

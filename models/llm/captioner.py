@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from models import prompts
-from models.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
+from models.llm import prompts
+from models.llm.generation import Decoding, GenerationConfig, filler, generate, render, warm_up
 from models.images import ImageError, ImageLimits, load_image
-from models.pipeline import TEXT
+from models.llm.pipeline import TEXT
 from models.registry import LoadedModel
 
 
@@ -75,7 +75,7 @@ class Captioner:
                                            decoding=config.decoding)
 
     def warm_up(self) -> int:
-        """Compile decoding before serving (``models.generation.warm_up``) on text-only item prompts:
+        """Compile decoding before serving (``models.llm.generation.warm_up``) on text-only item prompts:
         the longest (every field at its cap) and a short one. A vision model's image prompts are
         longer: with a cache sized by the calls, the first one grows it and recompiles once."""
         longest = prompts.item_caption_messages(filler(4000), [filler(4000)], filler(4000), with_image=False)

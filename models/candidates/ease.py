@@ -10,7 +10,7 @@ top 200 per item lost most of the gain on ML-100K (validation HR@10 of the blend
 
 The weights are dense, items x items: ``EaseConfig.max_items`` bounds the catalog it is fitted
 on to the most interacted items (the rest are left to the other sources, as SASRec leaves items
-it never saw). It is trained and saved with the sequential source (``models.sequential.train_into``),
+it never saw). It is trained and saved with the sequential source (``models.candidates.sequential.train_into``),
 in the same versioned directory, so one version names both and one watch swaps both.
 """
 from __future__ import annotations
