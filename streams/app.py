@@ -132,7 +132,7 @@ class Worker:
                      exc_info=exc)
         asyncio.ensure_future(self.app.crash(exc))
 
-    async def restore(self, generation: int | None = None) -> None:
+    async def restore(self, generation: int) -> None:
         """After a start or a rebalance: the catalog index and what user state owes, rebuilt off the loop.
         ``generation``: the assignment it is for; if the partitions changed meanwhile, its result is
         stale (another restore is under way) and is dropped rather than overwrite the newer one."""
@@ -146,7 +146,7 @@ class Worker:
             await services.off_loop(services.item_stats.trending.rank, pool="scans")
         owed, backfill = await services.off_loop(scan_user_state, services.user_state, set(self.assigned),
                                                  pool="scans")
-        if generation is not None and generation != self.generation:
+        if generation != self.generation:
             log.info("a restore for an earlier assignment finished after a rebalance; its result is dropped")
             return
         services.backfill_pending = backfill

@@ -211,10 +211,10 @@ class Catalog:
     scans the catalog.
     """
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, pool=None):
         self.metrics = metrics
         self.index: CatalogIndex | None = None
-        self.pool = None  # the executor rebuilds run in (Services gives its "scans" pool)
+        self.pool = pool  # the executor rebuilds run in (None: asyncio's default)
         # updates that arrive before the first build or while a rebuild runs, replayed on its result
         self._journal: list[tuple[str, object]] | None = []
 
@@ -420,7 +420,8 @@ class Services:
                  publisher: Publisher, metrics: Metrics, models: Models):
         self.settings, self.user_state, self.item_profiles = settings, user_state, item_profiles
         self.publisher, self.metrics, self.models = publisher, metrics, models
-        self.catalog = Catalog(metrics)
+        self.pools = thread_pools(settings)
+        self.catalog = Catalog(metrics, self.pools["scans"])
         self.item_stats = ItemStats(settings.cooccurrence_config().trending_half_life)
         self.neighbours: MutableMapping = {}  # item -> co-occurrence record (the worker's GlobalTable)
         self.due = DueLists(settings.debounce_max_seconds, settings.emit_max_lists)
@@ -431,9 +432,6 @@ class Services:
         # by the stale copy (the soak test lost interactions that way: a summary result, applied while
         # its request's ack was awaited, wrote back a state from before the interactions applied meanwhile)
         self.user_writes = asyncio.Lock()
-
-        self.pools = thread_pools(settings)
-        self.catalog.pool = self.pools["scans"]
 
     async def off_loop(self, fn, *args, pool: str = "models"):
         """Run blocking work in a thread of ``pool`` so heartbeats keep going (``thread_pools``)."""

@@ -7,7 +7,6 @@ degenerate (empty, or looping) is not used: the item keeps its text-only profile
 """
 from __future__ import annotations
 
-
 import schemas
 from models.embeddings import item_text as embedding_text
 from models.llm.pipeline import usable_caption

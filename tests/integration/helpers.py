@@ -82,6 +82,19 @@ def expected_neighbours(events, settings) -> tuple[dict[str, dict], int]:
     return {i: {"count": r["count"], "neighbours": r["neighbours"]} for i, r in state.records.items()}, entries
 
 
+def lists_behind(env, want_users: dict[str, dict]) -> tuple[dict[str, dict], dict[str, tuple]]:
+    """Each user's newest list on the recommendations topic (a user's lists are in one partition,
+    so in topic order), and the users whose newest list does not count all their events:
+    user -> (the count it has or None, the count wanted)."""
+    newest: dict[str, dict] = {}
+    for rec in topic_events(env, env.topic_recommendations, "recommendation", timeout=30):
+        newest[rec["user_id"]] = rec
+    behind = {u: (newest[u]["interaction_count"] if u in newest else None, want["interaction_count"])
+              for u, want in want_users.items()
+              if u not in newest or newest[u]["interaction_count"] != want["interaction_count"]}
+    return newest, behind
+
+
 def observed_neighbours(worker, n_items: int) -> dict[str, dict]:
     out = {}
     for n in range(n_items):

@@ -91,12 +91,7 @@ def test_three_workers_survive_a_kill9_with_the_state_of_one_run(topic_factory, 
     gaps: dict = {}
 
     def lists():
-        newest: dict[str, dict] = {}  # a user's lists are in one partition, so in topic order
-        for rec in helpers.topic_events(env, env.topic_recommendations, "recommendation", timeout=30):
-            newest[rec["user_id"]] = rec
-        behind = {u: (newest[u]["interaction_count"] if u in newest else None, want["interaction_count"])
-                  for u, want in want_users.items()
-                  if u not in newest or newest[u]["interaction_count"] != want["interaction_count"]}
+        newest, behind = helpers.lists_behind(env, want_users)
         gaps.update(behind=len(behind), fresh_behind=len(set(behind) & fresh), examples=dict(list(behind.items())[:5]))
         return None if behind else newest
 

@@ -185,13 +185,9 @@ def check_the_end(env, workers, events, want_users, want_items) -> None:
     behind: dict = {}
 
     def lists():
-        newest: dict[str, dict] = {}  # a user's lists are in one partition, so in topic order
-        for rec in helpers.topic_events(env, env.topic_recommendations, "recommendation", timeout=30):
-            newest[rec["user_id"]] = rec
+        newest, missing = helpers.lists_behind(env, want_users)
         behind.clear()
-        behind.update({u: (newest[u]["interaction_count"] if u in newest else None, want["interaction_count"])
-                       for u, want in want_users.items()
-                       if u not in newest or newest[u]["interaction_count"] != want["interaction_count"]})
+        behind.update(missing)
         return None if behind else newest
 
     try:
