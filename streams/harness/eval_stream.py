@@ -7,7 +7,9 @@ sequential model) see only pre-split events. In the test window events go out in
 before an event of a scored user is sent, the harness waits until the worker has emitted that
 user's list reflecting their previous event (lockstep, so the measure does not depend on machine
 speed), and scores the event against it: HR@k, NDCG@k, MRR@k. At the same moments it scores the
-list popularity would give (counts of everything replayed so far, the user's history excluded).
+list popularity would give (counts of everything replayed so far, the user's history excluded),
+and the list of the last ``recent_days`` of event time (the baseline that beats many sequential
+models under a time split).
 
 Event times are shifted so that the split falls on the wall clock at the start of the run: the
 backfill is in the past (older than the worker's freshness window, so it emits no lists) and the
@@ -20,7 +22,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +36,13 @@ from models.evaluation.prequential import Scores, rank_within, time_split
 class StreamEvalConfig:
     test_fraction: float = field(default=0.1, metadata={"help": "last share of events by time that is scored"})
     users: int = field(default=0, metadata={"help": "scored users (a seeded sample of those with test events; 0: all)"})
-    seed: int = field(default=0, metadata={"help": "user sample"})
+    sample_users: int = field(default=0, metadata={
+        "help": "replay only a seeded sample of this many users, all their events (0: every user); the time "
+                "split is taken on the sample's events"})
+    seed: int = field(default=0, metadata={"help": "user samples"})
+    recent_days: float = field(default=7.0, metadata={
+        "help": "the recent-popularity row: the most interacted items of this many days of event time before "
+                "each scored event"})
     k: int = field(default=10, metadata={"help": "list length scored (HR@k, NDCG@k, MRR@k)"})
     sequential: bool = field(default=True, metadata={"help": "train SASRec on the pre-split events and serve it"})
     sasrec_epochs: int = field(default=SequentialSourceConfig.epochs, metadata={"help": "SASRec training epochs"})
@@ -116,6 +124,7 @@ class Tally:
     stream: Scores
     popularity: Scores
     candidate_stage: Scores  # the same lists in the candidate stage's order (re-ranked lists carry it)
+    recent_popularity: Scores
     strategies: Counter = field(default_factory=Counter)
     sources: Counter = field(default_factory=Counter)
     without_list: int = 0
@@ -137,6 +146,37 @@ def popularity_list(counts: Counter, seen: set[str], k: int, ranked_cache: dict)
     return out
 
 
+def sample_of_users(events: list[dict], users: int, seed: int) -> list[dict]:
+    """Every event of ``users`` users drawn with ``seed`` (all events when 0), order kept."""
+    if not users:
+        return events
+    everyone = sorted({e["user_id"] for e in events})
+    chosen = set(random.Random(seed).sample(everyone, min(users, len(everyone))))
+    return [e for e in events if e["user_id"] in chosen]
+
+
+class RecentCounts:
+    """Interactions per item within ``seconds`` of event time before the event being scored."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.window, self.counts = seconds, deque(), Counter()
+
+    def add(self, event: dict) -> None:
+        self.window.append((schemas.parse_time(event["event_time"]).timestamp(), event["item_id"]))
+        self.counts[event["item_id"]] += 1
+
+    def top(self, event: dict, seen: set[str], k: int) -> list[str]:
+        """The ``k`` most interacted items of the window that ends at ``event``'s time, ``seen`` excluded."""
+        start = schemas.parse_time(event["event_time"]).timestamp() - self.seconds
+        while self.window and self.window[0][0] < start:
+            _, item = self.window.popleft()
+            self.counts[item] -= 1
+            if not self.counts[item]:
+                del self.counts[item]
+        ranked = sorted(((i, c) for i, c in self.counts.items() if i not in seen), key=lambda kv: (-kv[1], kv[0]))
+        return [i for i, _ in ranked[:k]]
+
+
 def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions: list[dict],
         bootstrap: str | None = None, worker_settings: dict | None = None, log=print) -> dict:
     from tqdm.auto import tqdm
@@ -152,7 +192,8 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_previous_run(out_dir)
-    events = window([schemas.validate("interaction", e) for e in interactions], None, None)
+    events = sample_of_users(window([schemas.validate("interaction", e) for e in interactions], None, None),
+                             config.sample_users, config.seed)
     catalog = {i["item_id"] for i in items if i.get("op") != "delete"}
     split = time_split(events, config.test_fraction)
     backfill, test = events[:split], events[split:]
@@ -236,10 +277,11 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     result = {
         "stream": tally.stream.summary(len(catalog)), "popularity": tally.popularity.summary(len(catalog)),
         "candidate_stage": tally.candidate_stage.summary(len(catalog)),
+        f"popularity_{config.recent_days:g}d": tally.recent_popularity.summary(len(catalog)),
         "events_scored": tally.stream.n, "events_without_list": tally.without_list, "list_timeouts": tally.timeouts,
         "strategies": {k: v / max(tally.stream.n, 1) for k, v in tally.strategies.most_common()},
         "sources_in_scored_lists": dict(tally.sources.most_common()),
-        "split": {"backfill_events": len(backfill), "test_events": len(test), "test_users": len(test_users),
+        "split": {"users": len({e["user_id"] for e in events}), "backfill_events": len(backfill), "test_events": len(test), "test_users": len(test_users),
                   "scored_users": len(scored)},
         "config": asdict(config), "worker_settings": {k: relative_to_run(v, out_dir) for k, v in overrides.items()},
         "worker_counters": counters, "fitted": fitted, "seconds": {**{k: round(v, 1) for k, v in timings.items()},
@@ -247,6 +289,9 @@ def run(config: StreamEvalConfig, out_dir: Path, items: list[dict], interactions
     }
     ratio = result["stream"][f"HR@{config.k}"] / max(result["popularity"][f"HR@{config.k}"], 1e-9)
     result["hr_ratio_stream_over_popularity"] = round(ratio, 3)
+    recent = result[f"popularity_{config.recent_days:g}d"][f"HR@{config.k}"]
+    result[f"hr_ratio_stream_over_popularity_{config.recent_days:g}d"] = round(
+        result["stream"][f"HR@{config.k}"] / max(recent, 1e-9), 3)
     (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "events.jsonl").write_text("".join(json.dumps(row) + "\n" for row in tally.scored))
     (out_dir / "results.md").write_text(markdown(result, config.k))
@@ -257,8 +302,12 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
     from streams.kafka.client import InteractionProducer
 
     k = config.k
-    tally = Tally(Scores(k), Scores(k), Scores(k))
+    tally = Tally(Scores(k), Scores(k), Scores(k), Scores(k))
     counts: Counter = Counter(e["item_id"] for e in backfill if e["item_id"] in catalog)
+    recent = RecentCounts(config.recent_days * 86400.0)
+    for e in backfill:
+        if e["item_id"] in catalog:
+            recent.add(e)
     cache = {"counts_version": 0}
     histories: dict[str, set[str]] = {}
     applied: Counter = Counter()
@@ -283,11 +332,14 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
                 for entry in rec["items"]:
                     tally.sources.update(entry.get("sources", []))
             popular = popularity_list(counts, histories.get(user, set()), k, cache)
+            recently_popular = recent.top(event, histories.get(user, set()), k)
+            tally.recent_popularity.add(recently_popular, item)
             tally.stream.add(ranked, item)
             tally.candidate_stage.add(before_rerank, item)
             tally.popularity.add(popular, item)
             tally.scored.append({"user_id": user, "item_id": item, "stream_rank": rank_within(ranked, item, k),
                                  "popularity_rank": rank_within(popular, item, k),
+                                 "recent_popularity_rank": rank_within(recently_popular, item, k),
                                  "candidate_stage_rank": rank_within(before_rerank, item, k),
                                  "strategy": None if rec is None else rec.get("strategy"),
                                  "list_interaction_count": None if rec is None else rec.get("interaction_count")})
@@ -297,6 +349,7 @@ def test_window(config, test, backfill, scored, catalog, bootstrap, settings, wa
         if item in catalog:
             counts[item] += 1
             cache["counts_version"] += 1
+            recent.add(event)
     producer.flush()
     return tally
 
@@ -400,14 +453,17 @@ def guard_line(counters: dict) -> list[str]:
 
 def markdown(result: dict, k: int) -> str:
     rows = [f"| lists | HR@{k} | NDCG@{k} | MRR@{k} | coverage |", "|---|---|---|---|---|"]
-    for name in ("stream", "candidate_stage", "popularity"):
+    for name in ("stream", "candidate_stage", "popularity",
+                 *[key for key in result if key.startswith("popularity_") and isinstance(result[key], dict)]):
         r = result[name]
         rows.append(f"| {name} | {r[f'HR@{k}']:.4f} | {r[f'NDCG@{k}']:.4f} | {r[f'MRR@{k}']:.4f} | "
                     f"{r.get('coverage', 0):.3f} |")
     lines = ["# mmsr eval-stream", "", *rows, "",
              f"Events scored: {result['events_scored']} (without a list: {result['events_without_list']}, "
              f"timeouts: {result['list_timeouts']}); HR@{k} stream / popularity: "
-             f"{result['hr_ratio_stream_over_popularity']}x.",
+             f"{result['hr_ratio_stream_over_popularity']}x"
+             + "".join(f"; over {key.removeprefix('hr_ratio_stream_over_')}: {value}x" for key, value in result.items()
+                       if key.startswith("hr_ratio_stream_over_popularity_")) + ".",
              f"Strategies of the scored lists: {json.dumps(result['strategies'])}.",
              f"Sources of the items in the scored lists: {json.dumps(result['sources_in_scored_lists'])}.",
              f"Seconds: {json.dumps(result['seconds'])}.",
