@@ -31,7 +31,7 @@ from streams.stages.llm import RerankRequestsStage, SummaryRequestsStage
 from streams.stages.neighbours import NeighboursStage
 from streams.stages.recommendations import RecommendationsStage
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 
 class Worker:

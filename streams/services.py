@@ -23,7 +23,7 @@ from streams.kafka.continuity import is_checkpoint_key
 from streams.metrics import Metrics
 from streams.settings import Settings
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 # what a model call is expected to raise on a bad input (torch and tokenizers raise RuntimeError
 # and ValueError, image and file access OSError); anything else is a programming error and propagates

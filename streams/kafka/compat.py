@@ -16,7 +16,7 @@ import importlib
 import importlib.metadata
 import logging
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 # the distributions whose internals the worker patches or reads, at the versions it was tested on
 TESTED_VERSIONS = {

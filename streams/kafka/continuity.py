@@ -41,7 +41,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streams.events import in_partition, in_partition_of
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "\x00offset/"  # ids cannot contain NUL (the event schemas forbid it)
 READ_TIMEOUT_S = 30.0

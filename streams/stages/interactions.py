@@ -18,7 +18,7 @@ from streams.events import Trigger, accept, header, in_partition_of, is_recent, 
 from streams.services import Services, isolate
 from streams.state import UserState
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 OWED_CHUNK = 500  # users marked per loop turn at a backfill's end (the loop stays responsive)
 # item-pairs messages stay below the broker's default 1 MB record limit: a record carries up to
@@ -28,19 +28,19 @@ PAIR_RECORDS_PER_MESSAGE = 800
 
 class InteractionsStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
         self.last_batch_at = 0.0  # time.monotonic() at the end of the last batch: the neighbours stage's cue
         self.cooccurrence = services.settings.cooccurrence_config()
 
     @property
     def summarizing(self) -> bool:
         """Summaries are written here (role all)."""
-        return self.s.models.summarizer is not None
+        return self.services.models.summarizer is not None
 
     @property
     def requesting(self) -> bool:
         """Summaries are asked of the llm role (role state)."""
-        return self.s.settings.role == "state" and self.s.settings.summaries_on
+        return self.services.settings.role == "state" and self.services.settings.summaries_on
 
     async def process(self, events) -> None:
         """One batch, in order: valid events grouped per user (one state read and one write per
@@ -49,7 +49,7 @@ class InteractionsStage:
         by_user: dict[str, list] = {}
         for event in events:
             message = event.message
-            self.s.metrics.observe_offset(message.topic, message.partition, message.offset)
+            self.services.metrics.observe_offset(message.topic, message.partition, message.offset)
             if header(message, CONTROL_HEADER) == BACKFILL_END:
                 await self.apply_user_groups(by_user)
                 by_user = {}
@@ -58,7 +58,7 @@ class InteractionsStage:
             try:
                 interaction = accept(message, "interaction", "user_id")
             except schemas.InvalidEvent as error:
-                await self.s.publisher.dead_letter(message, error.kind, str(error))
+                await self.services.publisher.dead_letter(message, error.kind, str(error))
                 continue
             by_user.setdefault(interaction["user_id"], []).append((event, interaction))
         await self.apply_user_groups(by_user)
@@ -67,8 +67,8 @@ class InteractionsStage:
     def apply_group(self, state: UserState, group: list, pending_cap: int, pairs: list[list]) -> Trigger | None:
         """Apply one user's events of a batch, adding what their item-keyed increments are derived
         from to ``pairs``; the trigger of the newest recent one, if any."""
-        s, metrics = self.s.settings, self.s.metrics
-        catalog = self.s.catalog.known()
+        settings, metrics = self.services.settings, self.services.metrics
+        catalog = self.services.catalog.known()
         trigger = None
         applied = 0
         for event, interaction in group:
@@ -78,20 +78,20 @@ class InteractionsStage:
                 metrics.inc("duplicates_skipped_total")
                 continue
             previous = state.recent_items(self.cooccurrence.window)
-            state.apply(interaction, message.partition, message.offset, tail=s.history_tail,
-                        seen_cap=s.seen_cap, pending_cap=pending_cap)
+            state.apply(interaction, message.partition, message.offset, tail=settings.history_tail,
+                        seen_cap=settings.seen_cap, pending_cap=pending_cap)
             ts = schemas.parse_time(interaction["event_time"]).timestamp()
             if interaction["item_id"] in catalog:
                 self.add_pairs(pairs, [i for i in previous if i in catalog], ts, interaction, message)
             else:
                 state.unknown_items += 1
                 metrics.inc("unknown_items_total")
-            if is_recent(ts, s.freshness_seconds):
+            if is_recent(ts, settings.freshness_seconds):
                 trigger = Trigger(message.topic, message.partition, message.offset,
                                   interaction["event_time"], "interaction", message.timestamp)
             else:
                 state.backfill_pending = True
-                self.s.backfill_pending.setdefault(message.partition, set()).add(state.user_id)
+                self.services.backfill_pending.setdefault(message.partition, set()).add(state.user_id)
                 metrics.inc("stale_events_total")
             applied += 1
         if applied:
@@ -103,15 +103,15 @@ class InteractionsStage:
         write each user's state once: state, summary, offsets and owed list change together."""
         if not by_user:
             return
-        s = self.s.settings
-        async with self.s.user_writes:  # read, awaits (summaries, acks), write: no other write between
-            pending_cap = 100 * s.summary_block if self.summarizing or self.requesting else s.summary_block
+        settings = self.services.settings
+        async with self.services.user_writes:  # read, awaits (summaries, acks), write: no other write between
+            pending_cap = 100 * settings.summary_block if self.summarizing or self.requesting else settings.summary_block
             states: dict[str, UserState] = {}
             triggers: dict[str, Trigger] = {}
             pairs: list[list] = []
             for user_id, group in by_user.items():
                 in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
-                state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
+                state = UserState.from_dict(self.services.user_state.get(user_id), user_id)
                 trigger = self.apply_group(state, group, pending_cap, pairs)
                 if trigger is not None:
                     triggers[user_id] = trigger
@@ -125,24 +125,24 @@ class InteractionsStage:
             # the same holds for the item-keyed increments: on the broker before the offsets they carry
             # are recorded as applied, so a crash in between sends them again (and the items skip them)
             requests = [r for r in map(self.summary_request, states.values()) if r] if self.requesting else []
-            pending = [await self.s.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
-            pending += [await self.s.publisher.send("summary_requests", r["user_id"], r) for r in requests]
+            pending = [await self.services.publisher.send("user_summaries", e["user_id"], e) for e in summary_events]
+            pending += [await self.services.publisher.send("summary_requests", r["user_id"], r) for r in requests]
             pending += await self.send_pairs(pairs)
             if pending:
                 await asyncio.gather(*pending)
             # with the re-ranker on, a user whose summary moved gets a list at once, re-ranked with it
-            summarized = {e["user_id"] for e in summary_events} if self.s.models.reranker is not None else set()
+            summarized = {e["user_id"] for e in summary_events} if self.services.models.reranker is not None else set()
             for user_id, trigger in triggers.items():
                 if user_id in summarized:
                     trigger = Trigger(trigger.topic, trigger.partition, trigger.offset, trigger.event_time, "summary",
                                       trigger.broker_timestamp)
                 states[user_id].owed = trigger.to_state()
-                self.s.metrics.inc("lists_owed_total", reason=trigger.kind)
+                self.services.metrics.inc("lists_owed_total", reason=trigger.kind)
             for user_id, state in states.items():
                 in_partition_of(by_user[user_id][-1][0])
-                self.s.user_state[user_id] = state.to_dict()
+                self.services.user_state[user_id] = state.to_dict()
             for user_id in triggers:
-                self.s.due.schedule(user_id, 0.0 if user_id in summarized else s.debounce_seconds)
+                self.services.due.schedule(user_id, 0.0 if user_id in summarized else settings.debounce_seconds)
 
     def add_pairs(self, pairs: list[list], previous: list[str], ts: float, interaction: dict, message) -> None:
         """The interaction as the neighbours stage derives its increments from (``interaction_records``):
@@ -161,7 +161,7 @@ class InteractionsStage:
         arrive in one partition (the one its id hashes to, as a keyed message would go) and in
         source order (the records are sorted by source partition and offset), which the
         neighbours stage's skip of redelivered increments relies on."""
-        partitions = self.s.settings.item_partitions
+        partitions = self.services.settings.item_partitions
         by_partition: dict[int, list[list]] = {}
         increments = 0
         for source, offset, ts, item, window in sorted(pairs, key=lambda r: (r[0], r[1])):
@@ -173,21 +173,21 @@ class InteractionsStage:
         for partition, records in sorted(by_partition.items()):
             for start in range(0, len(records), PAIR_RECORDS_PER_MESSAGE):
                 chunk = records[start:start + PAIR_RECORDS_PER_MESSAGE]
-                message = (encode_pairs_message(chunk, self.cooccurrence) if self.s.settings.pairs_format == "binary"
+                message = (encode_pairs_message(chunk, self.cooccurrence) if self.services.settings.pairs_format == "binary"
                            else pairs_message(chunk, self.cooccurrence))
-                futures.append(await self.s.publisher.send("item_pairs", f"pairs-{partition}", message,
+                futures.append(await self.services.publisher.send("item_pairs", f"pairs-{partition}", message,
                                                            partition=partition))
-        self.s.metrics.inc("pair_entries_total", increments)
-        self.s.metrics.inc("pair_messages_total", len(futures))
+        self.services.metrics.inc("pair_entries_total", increments)
+        self.services.metrics.inc("pair_messages_total", len(futures))
         return futures
 
     def block_texts(self, block: list[dict]) -> list[str]:
         """A block as the summarizer reads it (``models.llm.pipeline``, as in training and evaluation)."""
         records = []
         for entry in block:
-            profile = self.s.item_profiles.get(entry["item_id"])
+            profile = self.services.item_profiles.get(entry["item_id"])
             if not profile:
-                self.s.metrics.inc("summary_unknown_items_total")
+                self.services.metrics.inc("summary_unknown_items_total")
             records.append((entry["item_id"], profile))
         return pipeline.summary_inputs(records)
 
@@ -198,15 +198,15 @@ class InteractionsStage:
         carries everything the llm role needs (no state there). Unanswered (the llm role down,
         or its model failed) it is sent again after MMSR_SUMMARY_REQUEST_TIMEOUT.
         """
-        s = self.s.settings
-        blocks = state.full_blocks(s.summary_block)
+        settings = self.services.settings
+        blocks = state.full_blocks(settings.summary_block)
         if not blocks:
             return None
         now = time.time()
-        if state.summary_requested > state.summary_version and now - state.summary_requested_at < s.summary_request_timeout:
+        if state.summary_requested > state.summary_version and now - state.summary_requested_at < settings.summary_request_timeout:
             return None
         state.summary_requested, state.summary_requested_at = state.summary_version + len(blocks), now
-        self.s.metrics.inc("summary_requests_total")
+        self.services.metrics.inc("summary_requests_total")
         return {"user_id": state.user_id, "partition": state.partition, "base_version": state.summary_version,
                 "summary": state.summary, "covered": state.interaction_count - len(state.pending_block),
                 "blocks": [{"entries": block_entries(block), "texts": self.block_texts(block)} for block in blocks]}
@@ -218,22 +218,22 @@ class InteractionsStage:
         the failing user's blocks stay pending (retried with their next interaction) and the
         failure is counted. The interactions themselves are applied either way.
         """
-        s = self.s.settings
-        blocks = {u: st.full_blocks(s.summary_block) for u, st in states.items()}
+        settings = self.services.settings
+        blocks = {u: st.full_blocks(settings.summary_block) for u, st in states.items()}
         users = [u for u, b in blocks.items() if b]
         if not users:
             return []
         inputs = [([t for block in blocks[u] for t in self.block_texts(block)], states[u].summary) for u in users]
-        results, failures = await summarize_isolated(self.s, inputs)
+        results, failures = await summarize_isolated(self.services, inputs)
         events = []
         for n, (user_id, summaries) in enumerate(zip(users, results)):
             if n in failures:
                 continue
             state = states[user_id]
             for block, summary in zip(blocks[user_id], summaries):
-                state.record_summary(summary, s.summary_block)
-                self.s.metrics.inc("summaries_total")
-                events.append(summary_event(s, user_id, state.partition, state.summary_version, summary,
+                state.record_summary(summary, settings.summary_block)
+                self.services.metrics.inc("summaries_total")
+                events.append(summary_event(settings, user_id, state.partition, state.summary_version, summary,
                                             block_entries(block),
                                             state.interaction_count - len(state.pending_block),
                                             arrivals.get((state.partition, block[-1]["offset"]))))
@@ -246,24 +246,24 @@ class InteractionsStage:
         not from a table scan; they are marked a chunk per loop turn, and the mark is in their
         state, so a crash after the marker's offset is committed still owes them the list.
         """
-        await self.s.restored.wait()
+        await self.services.restored.wait()
         message = event.message
         trigger = Trigger(message.topic, message.partition, message.offset, None, "backfill-end", message.timestamp)
-        users = sorted(self.s.backfill_pending.pop(message.partition, set()))
+        users = sorted(self.services.backfill_pending.pop(message.partition, set()))
         for start in range(0, len(users), OWED_CHUNK):
             for user_id in users[start:start + OWED_CHUNK]:
                 in_partition_of(event)
-                data = self.s.user_state.get(user_id)
+                data = self.services.user_state.get(user_id)
                 if not data:
                     continue
                 state = UserState.from_dict(data, user_id)
                 state.backfill_pending = False
                 state.owed = state.owed or trigger.to_state()  # a list owed by a fresh event serves both
-                self.s.user_state[user_id] = state.to_dict()
-                self.s.due.schedule(user_id, 0.0)
+                self.services.user_state[user_id] = state.to_dict()
+                self.services.due.schedule(user_id, 0.0)
             await asyncio.sleep(0)
-        self.s.metrics.inc("lists_owed_total", len(users), reason="backfill-end")
-        self.s.metrics.inc("backfill_markers_total")
+        self.services.metrics.inc("lists_owed_total", len(users), reason="backfill-end")
+        self.services.metrics.inc("backfill_markers_total")
         log.info("backfill end on partition %d: %d users owed a list", message.partition, len(users))
 
 
@@ -309,22 +309,22 @@ class SummaryResultsStage:
     """
 
     def __init__(self, interactions: InteractionsStage):
-        self.interactions, self.s = interactions, interactions.s
+        self.interactions, self.services = interactions, interactions.services
 
     async def process(self, events) -> None:
-        s, metrics = self.s.settings, self.s.metrics
+        settings, metrics = self.services.settings, self.services.metrics
         for event in events:
             message = event.message
             try:
                 summary = accept(message, "user_summary", "user_id")
             except schemas.InvalidEvent as error:
-                await self.s.publisher.dead_letter(message, error.kind, str(error))
+                await self.services.publisher.dead_letter(message, error.kind, str(error))
                 continue
-            async with self.s.user_writes:  # read, the request's ack, write: no interaction written between
+            async with self.services.user_writes:  # read, the request's ack, write: no interaction written between
                 in_partition_of(event)
                 user_id = summary["user_id"]
-                state = UserState.from_dict(self.s.user_state.get(user_id), user_id)
-                oldest = state.full_blocks(s.summary_block)[:1]
+                state = UserState.from_dict(self.services.user_state.get(user_id), user_id)
+                oldest = state.full_blocks(settings.summary_block)[:1]
                 if summary["summary_version"] <= state.summary_version:
                     metrics.inc("summaries_skipped_total", reason="not newer")
                     continue
@@ -333,15 +333,15 @@ class SummaryResultsStage:
                     metrics.inc("summaries_skipped_total", reason="not the next block")
                     state.summary_requested = state.summary_version
                 else:
-                    state.record_summary(summary["summary"], s.summary_block)
+                    state.record_summary(summary["summary"], settings.summary_block)
                     metrics.inc("summaries_total")
-                    if s.reranking_on:  # the new summary re-ranks the user's list
+                    if settings.reranking_on:  # the new summary re-ranks the user's list
                         state.owed = Trigger(message.topic, message.partition, message.offset,
                                              summary["block"][-1]["event_time"], "summary", message.timestamp).to_state()
                         metrics.inc("lists_owed_total", reason="summary")
                 request = self.interactions.summary_request(state)
                 if request:  # on the broker before the state that records it was sent
-                    await (await self.s.publisher.send("summary_requests", user_id, request))
-                self.s.user_state[user_id] = state.to_dict()
-                if state.owed and s.reranking_on:
-                    self.s.due.schedule(user_id, 0.0)
+                    await (await self.services.publisher.send("summary_requests", user_id, request))
+                self.services.user_state[user_id] = state.to_dict()
+                if state.owed and settings.reranking_on:
+                    self.services.due.schedule(user_id, 0.0)

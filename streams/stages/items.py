@@ -23,12 +23,12 @@ def embedded_text(item: dict, caption: str | None = None) -> str:
 
 class ItemsStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
 
     async def process(self, events) -> None:
         """Validate, embed what changed (one model call, a failing item isolated and dead-lettered),
         apply in order, and ask for captions of what changed."""
-        s, metrics = self.s, self.s.metrics
+        services, metrics = self.services, self.services.metrics
         accepted = []
         for event in events:
             message = event.message
@@ -36,39 +36,39 @@ class ItemsStage:
             try:
                 accepted.append((event, accept(message, "item", "item_id")))
             except schemas.InvalidEvent as error:
-                await s.publisher.dead_letter(message, error.kind, str(error))
+                await services.publisher.dead_letter(message, error.kind, str(error))
         digests = {id(item): content_hash(item) for _, item in accepted if item.get("op") != "delete"}
         changed = []
         for event, item in accepted:
             if id(item) in digests:
-                old = s.item_profiles.get(item["item_id"])
+                old = services.item_profiles.get(item["item_id"])
                 if not old or old.get("content_hash") != digests[id(item)] or "embedding" not in old:
                     changed.append((event, item))
-        vectors, failures = await isolate(s, s.models.embed, [embedded_text(item) for _, item in changed])
+        vectors, failures = await isolate(services, services.models.embed, [embedded_text(item) for _, item in changed])
         failed = {id(changed[i][1]): exc for i, exc in failures.items()}
         embedded = {id(item): vec for (_, item), vec in zip(changed, vectors) if id(item) not in failed}
         for event, item in accepted:
             if id(item) in failed:
                 exc = failed[id(item)]
-                await s.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
+                await services.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
                 continue
             in_partition_of(event)
             self.apply(item, digests.get(id(item)), embedded.get(id(item)))
-        if s.settings.captions_on:  # captioned here (role all) or by the llm role
+        if services.settings.captions_on:  # captioned here (role all) or by the llm role
             for event, item in changed:
                 if id(item) in embedded:
-                    await s.publisher.send("caption_requests", item["item_id"],
+                    await services.publisher.send("caption_requests", item["item_id"],
                                            {**item, "content_hash": digests[id(item)]})
                     metrics.inc("caption_requests_total")
 
     def apply(self, item: dict, digest: str | None, vector) -> None:
-        s, item_id = self.s, item["item_id"]
+        services, item_id = self.services, item["item_id"]
         if item.get("op") == "delete":
-            s.item_profiles.pop(item_id, None)
-            s.catalog.remove(item_id)
-            s.metrics.inc("items_deleted_total")
+            services.item_profiles.pop(item_id, None)
+            services.catalog.remove(item_id)
+            services.metrics.inc("items_deleted_total")
             return
-        profile = dict(s.item_profiles.get(item_id) or {})
+        profile = dict(services.item_profiles.get(item_id) or {})
         profile.update({
             "item_id": item_id, "title": item["title"], "categories": item.get("categories", []),
             "description": item.get("description"), "image": item.get("image"),
@@ -77,44 +77,44 @@ class ItemsStage:
         if vector is not None:  # new or changed content: the caption is redone, the text embedded now
             for key in ("caption", "caption_source", "image_error", "caption_rejected"):
                 profile.pop(key, None)
-            profile["caption_pending"] = s.settings.captions_on
+            profile["caption_pending"] = services.settings.captions_on
             profile["text"] = embedded_text(item)
             profile["embedding"] = encode_vector(vector)
-            s.catalog.upsert(item_id, vector)
-            s.metrics.inc("items_embedded_total")
-        s.item_profiles[item_id] = profile
-        s.metrics.inc("items_applied_total")
+            services.catalog.upsert(item_id, vector)
+            services.metrics.inc("items_embedded_total")
+        services.item_profiles[item_id] = profile
+        services.metrics.inc("items_applied_total")
 
 
 class CaptionsStage:
     """Caption requests -> captions -> re-embedding, batched; a failing item is isolated and dead-lettered."""
 
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
 
     def caption(self, requests: list[dict]):
         from models.llm.captioner import ItemInput
 
-        return self.s.models.captioner.caption([
+        return self.services.models.captioner.caption([
             ItemInput(r["item_id"], r["title"], r.get("categories"), r.get("description"), r.get("image"))
             for r in requests])
 
     async def captioned(self, events) -> list[tuple]:
         """(event, request, caption) for each caption request written; failures dead-lettered."""
-        s, metrics = self.s, self.s.metrics
+        services, metrics = self.services, self.services.metrics
         requests = []
         for event in events:
             try:
                 requests.append((event, schemas.parse("caption_request", event.message.value)))
             except schemas.InvalidEvent as error:
-                await s.publisher.dead_letter(event.message, error.kind, str(error))
-        captions, failures = await isolate(s, self.caption, [r for _, r in requests])
+                await services.publisher.dead_letter(event.message, error.kind, str(error))
+        captions, failures = await isolate(services, self.caption, [r for _, r in requests])
         metrics.inc("captions_total", len(requests) - len(failures))
         done = []
         for i, ((event, request), caption) in enumerate(zip(requests, captions)):
             if i in failures:
                 exc = failures[i]
-                await s.publisher.dead_letter(event.message, "CaptionFailed", f"{type(exc).__name__}: {exc}")
+                await services.publisher.dead_letter(event.message, "CaptionFailed", f"{type(exc).__name__}: {exc}")
                 continue
             if caption.image_error:
                 metrics.inc("caption_image_fallbacks_total")
@@ -130,43 +130,43 @@ class CaptionsStage:
     async def publish(self, events) -> None:
         """Role llm: caption and send the captions to the state role (``CaptionResultsStage``)."""
         for event, request, caption in await self.captioned(events):
-            await self.s.publisher.send("captions", request["item_id"],
+            await self.services.publisher.send("captions", request["item_id"],
                                        {"item_id": request["item_id"], "request": request, **caption.to_dict()})
 
     async def embed_and_apply(self, usable: list[tuple]) -> None:
         """Re-embed each item with its caption (a failing item dead-lettered) and apply it."""
-        s = self.s
+        services = self.services
         texts = [embedded_text(r, usable_caption(c.to_dict())) for _, r, c in usable]
-        vectors, failures = await isolate(s, s.models.embed, texts)
+        vectors, failures = await isolate(services, services.models.embed, texts)
         for i, ((event, request, caption), text, vector) in enumerate(zip(usable, texts, vectors)):
             if i in failures:
                 exc = failures[i]
-                await s.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
+                await services.publisher.dead_letter(event.message, "EmbeddingFailed", f"{type(exc).__name__}: {exc}")
                 continue
             in_partition_of(event)
             self.apply(request, caption, text, vector)
 
     def apply(self, request: dict, caption, text: str, vector) -> None:
-        s, item_id = self.s, request["item_id"]
-        profile = s.item_profiles.get(item_id)
+        services, item_id = self.services, request["item_id"]
+        profile = services.item_profiles.get(item_id)
         if not profile or profile.get("content_hash") != request["content_hash"]:
-            s.metrics.inc("captions_outdated_total")  # changed or deleted meanwhile: a newer request exists
+            services.metrics.inc("captions_outdated_total")  # changed or deleted meanwhile: a newer request exists
             return
         profile = {**profile, **caption.to_dict(), "caption_pending": False}
         if caption.rejected:
-            s.item_profiles[item_id] = profile
+            services.item_profiles[item_id] = profile
             return
         profile.update(text=text, embedding=encode_vector(vector))
-        s.item_profiles[item_id] = profile
-        s.catalog.upsert(item_id, vector)
-        s.metrics.inc("captions_applied_total")
+        services.item_profiles[item_id] = profile
+        services.catalog.upsert(item_id, vector)
+        services.metrics.inc("captions_applied_total")
 
 
 class CaptionResultsStage:
     """Role state: captions the llm role wrote, re-embedded and applied like role all's."""
 
     def __init__(self, captions: CaptionsStage):
-        self.captions, self.s = captions, captions.s
+        self.captions, self.services = captions, captions.services
 
     async def process(self, events) -> None:
         from models.llm.captioner import Caption
@@ -176,7 +176,7 @@ class CaptionResultsStage:
             try:
                 record = schemas.parse("caption", event.message.value)
             except schemas.InvalidEvent as error:
-                await self.s.publisher.dead_letter(event.message, error.kind, str(error))
+                await self.services.publisher.dead_letter(event.message, error.kind, str(error))
                 continue
             caption = Caption(record["caption"], record["caption_source"], record.get("image_error"),
                               record.get("caption_rejected"))

@@ -18,7 +18,7 @@ from streams.stages.interactions import summarize_isolated, summary_event
 from streams.stages.recommendations import reranked_list, score_batch
 from streams.state import UserState
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 
 async def requests_of(services: Services, events, kind: str) -> list[dict]:
@@ -36,24 +36,24 @@ async def requests_of(services: Services, events, kind: str) -> list[dict]:
 
 class SummaryRequestsStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
 
     async def process(self, events) -> None:
         """Every request's blocks, recurrently, batched across users; one summary event per block."""
-        s, metrics = self.s.settings, self.s.metrics
-        requests = await requests_of(self.s, events, "summary_request")
+        settings, metrics = self.services.settings, self.services.metrics
+        requests = await requests_of(self.services, events, "summary_request")
         if not requests:
             return
         inputs = [([t for block in r["blocks"] for t in block["texts"]], r["summary"]) for r in requests]
-        results, failures = await summarize_isolated(self.s, inputs)
+        results, failures = await summarize_isolated(self.services, inputs)
         pending = []
         for n, (request, summaries) in enumerate(zip(requests, results)):
             if n in failures:
                 continue
             for i, (block, summary) in enumerate(zip(request["blocks"], summaries), 1):
-                event = summary_event(s, request["user_id"], request["partition"], request["base_version"] + i,
-                                      summary, block["entries"], request["covered"] + i * s.summary_block, None)
-                pending.append(await self.s.publisher.send("user_summaries", request["user_id"], event))
+                event = summary_event(settings, request["user_id"], request["partition"], request["base_version"] + i,
+                                      summary, block["entries"], request["covered"] + i * settings.summary_block, None)
+                pending.append(await self.services.publisher.send("user_summaries", request["user_id"], event))
                 metrics.inc("summaries_total")
         for future in pending:
             await future
@@ -61,12 +61,12 @@ class SummaryRequestsStage:
 
 class RerankRequestsStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
 
     async def process(self, events) -> None:
         """Score each request's candidates in one batched call and publish the re-ranked lists."""
-        s, metrics = self.s.settings, self.s.metrics
-        jobs = await requests_of(self.s, events, "rerank_request")
+        settings, metrics = self.services.settings, self.services.metrics
+        jobs = await requests_of(self.services, events, "rerank_request")
         if not jobs:
             return
         requests = [pipeline.preference_request(job["summary"], [pipeline.candidate(c, c["item_id"])
@@ -74,7 +74,7 @@ class RerankRequestsStage:
                     for job in jobs]
         features = [[c.get("features") or {} for c in job["candidates"]] for job in jobs]
         try:
-            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests, features)
+            scores, recommender, seconds = await self.services.off_loop(score_batch, self.services, requests, features)
         except MODEL_ERRORS as exc:  # the users keep the candidate lists the state role published
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
             metrics.inc("rerank_failures_total")
@@ -85,5 +85,5 @@ class RerankRequestsStage:
                               summary_version=job["summary_version"])
             rows = [(c["item_id"], tuple(c.get("sources") or ())) for c in job["candidates"]]
             records.append(reranked_list(state, Trigger.from_state(job["trigger"]), rows, user_scores, recommender,
-                                         s.top_k, job.get("versions") or {}, len(jobs), seconds))
-        await self.s.publisher.recommendations(records)
+                                         settings.top_k, job.get("versions") or {}, len(jobs), seconds))
+        await self.services.publisher.recommendations(records)

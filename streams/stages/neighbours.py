@@ -14,7 +14,7 @@ from models.candidates.cooccurrence import decode_message, fold_entries, fold_me
 from streams.events import in_partition_of
 from streams.services import Services
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 # records this stage wrote, kept to be read back at their next batch (about 10 KB each at M = 200);
 # past this many the memory is dropped and records are read from the table again
@@ -27,7 +27,7 @@ MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, Arithm
 
 class NeighboursStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
         self.config = services.settings.cooccurrence_config()
         # item -> the record this stage last stored: the next batch that changes the item reads it
         # here, not from the table (a RocksDB read and a JSON decode of some 10 KB per record and
@@ -44,7 +44,7 @@ class NeighboursStage:
 
     def stored(self, item_id: str) -> dict | None:
         record = self.written.get(item_id)
-        return record if record is not None else self.s.neighbours.get(item_id)
+        return record if record is not None else self.services.neighbours.get(item_id)
 
     async def process(self, events) -> None:
         generation = self.generation
@@ -59,14 +59,14 @@ class NeighboursStage:
                 payload = decode_message(message.value)
                 self.fold(folding, event, payload, by_partition, by_item)
             except MALFORMED as exc:
-                await self.s.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
+                await self.services.publisher.dead_letter(message, "MalformedPairs", f"{type(exc).__name__}: {exc}")
                 # the bad message may have changed some records before failing: fold again without it
                 folding.clear()
                 for good_event, good_payload in folded:
                     self.fold(folding, good_event, good_payload, by_partition, by_item)
                 continue
             folded.append((event, payload))
-        partitions = self.s.settings.item_partitions
+        partitions = self.services.settings.item_partitions
         applied = skipped = written = 0
         for item_id, (record, new, redelivered) in folding.items():
             applied, skipped = applied + new, skipped + redelivered
@@ -74,18 +74,18 @@ class NeighboursStage:
                 written += 1
                 in_partition_of(by_item.get(item_id) or by_partition[key_partition(item_id, partitions)])
                 record = prune(record, self.config)
-                self.s.neighbours[item_id] = record
+                self.services.neighbours[item_id] = record
                 if generation == self.generation:
                     if len(self.written) >= RECORDS_KEPT:
                         self.written = {}
                     self.written[item_id] = record
-                self.s.item_stats.apply(item_id, record)
-        self.s.metrics.inc("pair_entries_applied_total", applied)
-        self.s.metrics.inc("pair_batches_total")
-        self.s.metrics.inc("neighbour_records_written_total", written)
+                self.services.item_stats.apply(item_id, record)
+        self.services.metrics.inc("pair_entries_applied_total", applied)
+        self.services.metrics.inc("pair_batches_total")
+        self.services.metrics.inc("neighbour_records_written_total", written)
         if skipped:
-            self.s.metrics.inc("pair_entries_skipped_total", skipped)
-        self.s.metrics.gauge("items_with_neighbours", len(self.s.item_stats.counts))
+            self.services.metrics.inc("pair_entries_skipped_total", skipped)
+        self.services.metrics.gauge("items_with_neighbours", len(self.services.item_stats.counts))
 
     def fold(self, folding: dict, event, payload: dict, by_partition: dict, by_item: dict) -> None:
         """One item-pairs message into ``folding``: an item partition's interactions

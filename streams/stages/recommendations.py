@@ -19,7 +19,7 @@ from streams.events import Trigger, in_no_partition, in_partition, utcnow
 from streams.services import MODEL_ERRORS, Services, read_concurrently
 from streams.state import UserState
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 
 def list_record(state: UserState, ranked: list[tuple[str, float, tuple[str, ...]]], strategy: str, model: str,
@@ -53,7 +53,7 @@ def score_batch(services: Services, requests: list, features: list[list[dict]]):
     started = time.perf_counter()
     scores, recommender = services.models.reranker.score(requests)
     if recommender.fusion is not None:
-        scores = [recommender.fusion.rerank(recommender, r, s, f) for r, s, f in zip(requests, scores, features)]
+        scores = [recommender.fusion.rerank(recommender, r, score, f) for r, score, f in zip(requests, scores, features)]
     seconds = time.perf_counter() - started
     services.metrics.inc("rerank_seconds_total", seconds)
     services.metrics.inc("reranked_candidates_total", sum(len(r.candidates) for r in requests))
@@ -80,17 +80,17 @@ def reranked_list(state: UserState, trigger: Trigger, rows: list[tuple[str, tupl
 
 class RecommendationsStage:
     def __init__(self, services: Services):
-        self.s = services
+        self.services = services
 
     def candidates(self, states: list[UserState], k: int) -> list[tuple[str, list[Fused], list[dict]]]:
         """The candidate stage for several users: each source's top N, blended, and what the fused
         score reads of each candidate (run in a thread)."""
-        s, index = self.s.settings, self.s.catalog.index
+        settings, index = self.services.settings, self.services.catalog.index
         if index is None:
             return [("trending", [], []) for _ in states]
-        n, weights = s.source_candidates, s.blend_weights()
+        n, weights = settings.source_candidates, settings.blend_weights()
         excluded = [set(st.seen) for st in states]
-        sequential = self.s.models.sequential
+        sequential = self.services.models.sequential
         proposed_by_model = proposed_by_ease = None
         if sequential is not None and weights["sequential"] > 0:
             proposed_by_model = sequential.top_k([st.recent_items(sequential.config.max_len) for st in states], n,
@@ -100,44 +100,44 @@ class RecommendationsStage:
         out = []
         for u, state in enumerate(states):
             ranked: dict[str, list[str]] = {}
-            recent = state.recent_items(s.cooc_window)
+            recent = state.recent_items(settings.cooc_window)
             scores: dict[str, float] = {}
             if weights["cooccurrence"] > 0 and recent:
-                records = read_concurrently(lambda: {r: self.s.neighbours.get(r) for r in recent})
-                scores = neighbour_scores(recent, records, self.s.item_stats.counts, excluded[u],
-                                          s.cooc_query_half_life)
+                records = read_concurrently(lambda: {r: self.services.neighbours.get(r) for r in recent})
+                scores = neighbour_scores(recent, records, self.services.item_stats.counts, excluded[u],
+                                          settings.cooc_query_half_life)
                 ranked["cooccurrence"] = [i for i in sorted(scores, key=lambda i: (-scores[i], i)) if i in index][:n]
             for name, proposed in (("sequential", proposed_by_model), ("ease", proposed_by_ease)):
                 if proposed is not None:
                     ranked[name] = [i for i, _ in proposed[u] if i in index]
-            query = user_vector(index, state.recent_items(s.recent_for_vector), s.recency_half_life)
+            query = user_vector(index, state.recent_items(settings.recent_for_vector), settings.recency_half_life)
             if weights["content"] > 0 and query is not None:
                 ranked["content"] = [h.item_id for h in index.top_k(query, n, exclude=excluded[u])]
             if weights["trending"] > 0:
                 ranked["trending"] = [h.item_id for h in
-                                      self.s.item_stats.trending.top_k(n, exclude=excluded[u], allowed=index)]
-            fused = fuse(ranked, weights, k, s.rrf_k, excluded[u])
+                                      self.services.item_stats.trending.top_k(n, exclude=excluded[u], allowed=index)]
+            fused = fuse(ranked, weights, k, settings.rrf_k, excluded[u])
             out.append(("blend" if state.history else "trending", fused,
-                        fusion_features(fused, scores, self.s.item_stats.counts)))
+                        fusion_features(fused, scores, self.services.item_stats.counts)))
         return out
 
     def collab_history(self, state: UserState) -> list[str]:
         """The recent items collaborative tokens read (the sequential model's window)."""
-        sequential = self.s.models.sequential
-        return state.recent_items(sequential.config.max_len if sequential is not None else self.s.settings.cooc_window)
+        sequential = self.services.models.sequential
+        return state.recent_items(sequential.config.max_len if sequential is not None else self.services.settings.cooc_window)
 
     def versions(self) -> dict:
         """The models a candidate list was built with."""
-        sequential = self.s.models.sequential
+        sequential = self.services.models.sequential
         return {"sequential": None if sequential is None else sequential.version,
-                "embedding": self.s.settings.embed_model,
-                "cooccurrence_window": self.s.settings.cooc_window if self.s.settings.cooccurrence else 0}
+                "embedding": self.services.settings.embed_model,
+                "cooccurrence_window": self.services.settings.cooc_window if self.services.settings.cooccurrence else 0}
 
     def owed_states(self, users: list[str], assigned: set[int] | None) -> list[tuple[UserState, Trigger]]:
         out = []
         in_no_partition()  # the last settle() left its partition set in this task
         for user_id in users:
-            data = self.s.user_state.get(user_id)
+            data = self.services.user_state.get(user_id)
             if not data or not data.get("owed"):
                 continue  # emitted already (a duplicate schedule) or not this worker's user
             state = UserState.from_dict(data, user_id)
@@ -148,35 +148,35 @@ class RecommendationsStage:
 
     async def emit_due(self, assigned: set[int] | None = None) -> int:
         """Build and publish every list that is due; the number published."""
-        users = self.s.due.pop_due()
-        self.s.metrics.gauge("lists_pending", len(self.s.due))
+        users = self.services.due.pop_due()
+        self.services.metrics.gauge("lists_pending", len(self.services.due))
         if not users:
             return 0
         owed = self.owed_states(users, assigned)
         if not owed:
             return 0
-        s = self.s.settings
-        reranker = self.s.models.reranker
+        settings = self.services.settings
+        reranker = self.services.models.reranker
         rerank = [(st, t) for st, t in owed if reranker is not None and st.summary]
         plain = [(st, t) for st, t in owed if not (reranker is not None and st.summary)]
         records, requests = [], []
         if plain:
-            asking = s.role == "state" and s.reranking_on  # the llm role re-ranks; these lists come first
-            k = max(s.top_k, s.rerank_candidates) if asking else s.top_k
-            lists = await self.s.off_loop(self.candidates, [st for st, _ in plain], k, pool="lists")
-            records += [self.candidate_list(st, t, strategy, hits[:s.top_k])
+            asking = settings.role == "state" and settings.reranking_on  # the llm role re-ranks; these lists come first
+            k = max(settings.top_k, settings.rerank_candidates) if asking else settings.top_k
+            lists = await self.services.off_loop(self.candidates, [st for st, _ in plain], k, pool="lists")
+            records += [self.candidate_list(st, t, strategy, hits[:settings.top_k])
                         for (st, t), (strategy, hits, _) in zip(plain, lists)]
             if asking:
                 requests = [self.rerank_request(st, t, hits, features)
                             for (st, t), (_, hits, features) in zip(plain, lists) if st.summary]
-        step = s.rerank_users
+        step = settings.rerank_users
         for start in range(0, len(rerank), step):
             records += await self.rerank(rerank[start:start + step])
-        await self.s.publisher.recommendations([record for record, _ in records])
+        await self.services.publisher.recommendations([record for record, _ in records])
         if requests:  # acknowledged before the owed marks are cleared: a crash sends them again
-            pending = [await self.s.publisher.send("rerank_requests", r["user_id"], r) for r in requests]
+            pending = [await self.services.publisher.send("rerank_requests", r["user_id"], r) for r in requests]
             await asyncio.gather(*pending)
-            self.s.metrics.inc("rerank_requests_total", len(requests))
+            self.services.metrics.inc("rerank_requests_total", len(requests))
         for _, (state, trigger) in records:
             self.settle(state, trigger)
         return len(records)
@@ -188,7 +188,7 @@ class RecommendationsStage:
 
     def rerank_request(self, state: UserState, trigger: Trigger, hits: list[Fused], features: list[dict]) -> dict:
         """Role state: all the llm role needs to re-rank this list (it holds no state)."""
-        profiles, fields = self.s.item_profiles, ("title", "categories", "description", "caption", "caption_rejected")
+        profiles, fields = self.services.item_profiles, ("title", "categories", "description", "caption", "caption_rejected")
         return {"user_id": state.user_id, "summary": state.summary, "summary_version": state.summary_version,
                 "interaction_count": state.interaction_count, "trigger": trigger.to_state(), "versions": self.versions(),
                 "history": self.collab_history(state),
@@ -198,10 +198,10 @@ class RecommendationsStage:
 
     def settle(self, state: UserState, trigger: Trigger) -> None:
         """The list is on the broker: clear the owed mark, unless a newer event has owed another."""
-        in_partition(self.s.settings.topic_interactions, state.partition)
-        data = self.s.user_state.get(state.user_id)
+        in_partition(self.services.settings.topic_interactions, state.partition)
+        data = self.services.user_state.get(state.user_id)
         if data and data.get("owed") == trigger.to_state():
-            self.s.user_state[state.user_id] = {**data, "owed": None}
+            self.services.user_state[state.user_id] = {**data, "owed": None}
 
     async def rerank(self, jobs: list[tuple[UserState, Trigger]]) -> list[tuple[dict, tuple]]:
         """Re-rank the candidate stage's top N for each job in one batched call across users.
@@ -210,20 +210,20 @@ class RecommendationsStage:
         network in the scoring path; captions carry the images' content. If the model fails, the
         batch gets candidate-stage lists.
         """
-        s = self.s.settings
-        lists = await self.s.off_loop(self.candidates, [st for st, _ in jobs], s.rerank_candidates, pool="lists")
-        profiles = self.s.item_profiles
+        settings = self.services.settings
+        lists = await self.services.off_loop(self.candidates, [st for st, _ in jobs], settings.rerank_candidates, pool="lists")
+        profiles = self.services.item_profiles
         requests = [pipeline.preference_request(st.summary, [pipeline.candidate(profiles.get(h.item_id), h.item_id)
                                                              for h in hits], self.collab_history(st))
                     for (st, _), (_, hits, _) in zip(jobs, lists)]
         try:
-            scores, recommender, seconds = await self.s.off_loop(score_batch, self.s, requests,
+            scores, recommender, seconds = await self.services.off_loop(score_batch, self.services, requests,
                                                                  [features for _, _, features in lists])
         except MODEL_ERRORS as exc:  # the model must not stop the stream: fall back to candidate lists
             log.exception("re-ranking failed for %d users: %s", len(jobs), exc)
-            self.s.metrics.inc("rerank_failures_total")
-            return [self.candidate_list(st, t, strategy, hits[:s.top_k])
+            self.services.metrics.inc("rerank_failures_total")
+            return [self.candidate_list(st, t, strategy, hits[:settings.top_k])
                     for (st, t), (strategy, hits, _) in zip(jobs, lists)]
         return [(reranked_list(state, trigger, [(h.item_id, h.sources) for h in hits], user_scores, recommender,
-                               s.top_k, self.versions(), len(jobs), seconds), (state, trigger))
+                               settings.top_k, self.versions(), len(jobs), seconds), (state, trigger))
                 for (state, trigger), (_, hits, _), user_scores in zip(jobs, lists, scores)]

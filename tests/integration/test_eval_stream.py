@@ -44,7 +44,9 @@ def test_each_scored_event_is_scored_against_the_list_emitted_before_it(kafka_br
     items, events, backfill = known_log()
     config = StreamEvalConfig(test_fraction=2 / len(events), sequential=False)
     result = run(config, tmp_path / "out", items, events, bootstrap=kafka_broker.bootstrap, log=lambda *_: None)
-    assert result["split"] == {"backfill_events": backfill - 1, "test_events": 2, "test_users": 1, "scored_users": 1}
+    assert result["split"] == {"users": 51, "backfill_events": backfill - 1, "test_events": 2, "test_users": 1,
+                               "scored_users": 1}
+    assert result["popularity_7d"]["events"] == 2  # the recent-popularity row, scored at the same moments
     rows = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").read_text().splitlines()]
     assert [(r["user_id"], r["item_id"]) for r in rows] == [("x", "i0"), ("x", "i1")]
     first, second = rows

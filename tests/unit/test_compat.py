@@ -54,7 +54,7 @@ def test_a_missing_patch_target_stops_the_worker_naming_the_target(monkeypatch):
 
 def test_allowed_it_warns_about_each_difference_and_goes_on(monkeypatch, caplog):
     monkeypatch.setattr(compat.importlib.metadata, "version", lambda dist: "9.9.9")
-    with caplog.at_level(logging.WARNING, logger="mmsr.worker"):
+    with caplog.at_level(logging.WARNING, logger="streams.kafka.compat"):
         found = compat.check(allow_untested=True)
     assert len(found) == len(compat.TESTED_VERSIONS)
     assert sum("MMSR_ALLOW_UNTESTED_FAUST" in r.message for r in caplog.records) == len(found)

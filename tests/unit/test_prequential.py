@@ -4,7 +4,7 @@ import math
 import pytest
 
 from models.evaluation.prequential import Scores, hit_metrics, time_split
-from streams.harness.eval_stream import popularity_list, shifted
+from streams.harness.eval_stream import RecentCounts, popularity_list, sample_of_users, shifted
 
 
 def test_hit_metrics_by_rank():
@@ -44,3 +44,24 @@ def test_rank_within_counts_from_one_and_stops_at_k():
 
     assert rank_within(["a", "b", "c"], "c", 10) == 3 and rank_within(["a", "b", "c"], "c", 2) == 0
     assert rank_within([], "a", 10) == 0
+
+
+def test_recent_popularity_counts_only_the_window_before_the_scored_event():
+    day = lambda d, item: {"user_id": "u", "item_id": item, "event_time": f"2021-03-{d:02d}T12:00:00Z"}  # noqa: E731
+    recent = RecentCounts(7 * 86400.0)
+    for event in [day(1, "old")] * 5 + [day(6, "a")] * 2 + [day(7, "b")] * 3 + [day(8, "a")] * 2:
+        recent.add(event)
+    # at March 8th noon the window starts March 1st noon: 'old' is still in (5 > 4 > 3)
+    assert recent.top(day(8, "x"), set(), 3) == ["old", "a", "b"]
+    # two days later 'old' has left the window; the history is excluded
+    assert recent.top(day(10, "x"), set(), 3) == ["a", "b"]
+    assert recent.top(day(10, "x"), {"a"}, 3) == ["b"]
+    assert recent.top(day(20, "x"), set(), 3) == []
+
+
+def test_a_user_sample_keeps_all_their_events_in_order_and_is_seeded():
+    events = [{"user_id": f"u{n % 7}", "item_id": f"i{n}"} for n in range(70)]
+    sample = sample_of_users(events, 3, seed=1)
+    users = {e["user_id"] for e in sample}
+    assert len(users) == 3 and len(sample) == 30 and sample == [e for e in events if e["user_id"] in users]
+    assert sample == sample_of_users(events, 3, seed=1) and sample_of_users(events, 0, 1) is events

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Callable
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 
 def assign_once_the_metadata_lists_every_topic() -> None:

@@ -14,7 +14,7 @@ import types
 import faust
 from faust.sensors.monitor import Monitor
 
-log = logging.getLogger("mmsr.worker")
+log = logging.getLogger(__name__)
 
 
 def events_without_settings_reads() -> None:
