@@ -36,7 +36,7 @@ def test_the_worker_keeps_freed_memory_on_the_heap():
     Each case in a fresh process: glibc's threshold moves as a process frees mapped blocks."""
     code = textwrap.dedent("""
         import ctypes, sys
-        from streams.cli import keep_freed_memory
+        from streams.tuning import keep_freed_memory
 
         class Info(ctypes.Structure):
             _fields_ = [(n, ctypes.c_size_t) for n in
