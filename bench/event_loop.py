@@ -32,7 +32,8 @@ import numpy as np
 from models.candidates.retrieval import Popularity, user_vector
 from streams.events import encode_vector
 from streams.metrics import Metrics
-from streams.services import Catalog, Services
+from streams.catalog import Catalog
+from streams.services import Services
 from streams.settings import Settings
 from streams.stages.recommendations import RecommendationsStage
 from streams.state import UserState

@@ -23,7 +23,9 @@ from streams.kafka.continuity import OffsetGuard, PartitionReader, faust_acknowl
 from streams.kafka.flow import label, partition_report
 from streams.kafka.security import client_config, faust_credentials
 from streams.metrics import Metrics
-from streams.services import Models, Publisher, Services, read_concurrently, scan_user_state
+from streams.hosting import Models
+from streams.services import Publisher, Services, scan_user_state
+from streams.threads import read_concurrently
 from streams.settings import TOPICS, Settings
 from streams.stages.interactions import InteractionsStage, SummaryResultsStage
 from streams.stages.items import CaptionResultsStage, CaptionsStage, ItemsStage

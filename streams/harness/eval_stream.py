@@ -366,7 +366,7 @@ def reranker_settings(adapter: str, llm: str) -> dict:
     and scores, with the block and generation lengths of the adapter's protocol (a worker that
     writes other texts serves it out of its training distribution: ``text_mismatches``)."""
     from models.llm.serving import read_metadata
-    from streams.services import trained_text_settings
+    from streams.hosting import trained_text_settings
 
     return {"summary_model": llm, "caption_model": llm, "recommender_model": llm,
             "recommender_adapter": str(Path(adapter).resolve()), **trained_text_settings(read_metadata(adapter))}

@@ -13,7 +13,8 @@ import logging
 import schemas
 from models.llm import pipeline
 from streams.events import Trigger
-from streams.services import MODEL_ERRORS, Services
+from streams.hosting import MODEL_ERRORS
+from streams.services import Services
 from streams.stages.interactions import summarize_isolated, summary_event
 from streams.stages.recommendations import reranked_list, score_batch
 from streams.state import UserState

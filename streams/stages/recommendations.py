@@ -16,7 +16,9 @@ from models.candidates.blend import Fused, fuse
 from models.candidates.cooccurrence import neighbour_scores
 from models.candidates.retrieval import user_vector
 from streams.events import Trigger, in_no_partition, in_partition, utcnow
-from streams.services import MODEL_ERRORS, Services, read_concurrently
+from streams.hosting import MODEL_ERRORS
+from streams.services import Services
+from streams.threads import read_concurrently
 from streams.state import UserState
 
 log = logging.getLogger(__name__)

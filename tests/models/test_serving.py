@@ -14,7 +14,7 @@ from models.llm.requests import Candidate
 from models.llm.serving import load_adapter
 from models.llm.user_summarizer import SummarizerConfig, UserSummarizer
 from streams.metrics import Metrics
-from streams.services import Models
+from streams.hosting import Models
 from streams.settings import Settings
 from tests.adapters import make_adapter
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.candidates.retrieval import CatalogIndex
-from streams.services import read_concurrently, thread_pools
+from streams.threads import read_concurrently, thread_pools
 from streams.settings import Settings
 
 

@@ -200,7 +200,7 @@ def test_an_idle_partition_with_only_a_committed_offset_asks_the_broker_once_per
 
 
 def test_item_stats_take_no_checkpoint_for_an_item():
-    from streams.services import ItemStats
+    from streams.catalog import ItemStats
 
     stats = ItemStats(half_life=3600.0)
     stats.apply(checkpoint_key("item-pairs", 0), {"offset": 41})  # a changelog or restore-scan entry

@@ -69,7 +69,7 @@ def test_a_stream_ranking_moves_only_when_ranked_and_keeps_the_top():
 
 def test_the_catalog_s_known_ids_follow_upserts_and_removals():
     from streams.metrics import Metrics
-    from streams.services import Catalog
+    from streams.catalog import Catalog
 
     catalog = Catalog(Metrics())
     assert "a" not in catalog.known()  # no index yet: nothing known

@@ -256,7 +256,7 @@ def test_an_owed_list_stays_in_state_until_published_and_a_newer_trigger_is_kept
 
 
 def test_an_adapter_trained_on_other_text_lengths_is_reported():
-    from streams.services import text_mismatches
+    from streams.hosting import text_mismatches
 
     metadata = {"data": {"protocol": {"block": 3, "caption_tokens": 24, "summary_tokens": 64}}}
     served = Settings(caption_max_new_tokens=24, summary_max_new_tokens=256)
