@@ -226,7 +226,7 @@ class Worker:
                     stream, s.increments_batch, pairs_guard.holds_for, s.increments_quiet, upstream_busy=feeding):
                 await pairs_guard.feed(self.neighbours.process, events)
 
-        interactions_guard = self.guard(s.topic_interactions, services.user_state, s.interaction_within)
+        interactions_guard = self.guard(s.topic_interactions, services.user_state.table, s.interaction_within)
 
         @app.agent(self.topics["interactions"], name="interactions")
         async def interactions_agent(stream):

@@ -144,7 +144,7 @@ def movielens_events(users: int | None = None, first_per_user: int | None = None
 
 
 def publish_movielens_items(bootstrap: str, topic: str, progress: bool = True, config: dict | None = None,
-                            dataset: str = "ml-100k") -> int:
+                            *, dataset: str = "ml-100k") -> int:
     from models.data import movielens
 
     with ItemProducer(bootstrap, topic, **(config or {})) as producer:

@@ -21,6 +21,7 @@ from streams.events import dead_letter_record, key_text
 from streams.hosting import MODEL_ERRORS, Models
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.tables import PartitionedTable
 from streams.threads import read_concurrently, thread_pools
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class Services:
 
     def __init__(self, settings: Settings, user_state: MutableMapping, item_profiles: MutableMapping,
                  publisher: Publisher, metrics: Metrics, models: Models):
-        self.settings, self.user_state, self.item_profiles = settings, user_state, item_profiles
+        self.settings, self.item_profiles = settings, item_profiles
+        # every read and write names its partition (a read under the wrong one finds nothing)
+        self.user_state = PartitionedTable(user_state, settings.topic_interactions)
         self.publisher, self.metrics, self.models = publisher, metrics, models
         self.pools = thread_pools(settings)
         self.catalog = Catalog(metrics, self.pools["scans"])
@@ -183,7 +186,7 @@ async def isolate(services: "Services", fn, inputs: list) -> tuple[list, dict[in
     return results, failures
 
 
-def scan_user_state(user_state: MutableMapping, partitions: set[int] | None) -> tuple[list[str], dict[int, set[str]]]:
+def scan_user_state(user_state: PartitionedTable | MutableMapping, partitions: set[int] | None) -> tuple[list[str], dict[int, set[str]]]:
     """What a restart or rebalance must rebuild from user state (a full scan: run it in a thread):
     users owed a list, and users owed one at their partition's backfill end."""
     owed: list[str] = []

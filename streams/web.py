@@ -120,7 +120,7 @@ def register_state_views(app, services: Services) -> None:
     @app.page("/users/{user_id}")
     @owner_route(app, services, match_info="user_id")
     async def user(web, request, user_id: str):
-        data = services.user_state.get(user_id)
+        data = services.user_state.anywhere().get(user_id)
         if data is None:
             return web.json({"error": f"unknown user {user_id!r}"}, status=404)
         state = UserState.from_dict(data, user_id).to_dict()

@@ -32,7 +32,7 @@ def read_version(directory: Path | str) -> str | None:
 
 
 def train_into(out_dir: Path | str, events: list[dict], config: SASRecConfig, until: str | None = None,
-               echo: Callable[[str], object] = print, ease: EaseConfig = EaseConfig()) -> float:
+               *, echo: Callable[[str], object] = print, ease: EaseConfig = EaseConfig()) -> float:
     """SASRec (and EASE, unless ``ease.max_items`` is 0) trained on interaction events in time
     order and published to ``out_dir``, the directory a worker's ``MMSR_RETRIEVAL_MODEL`` watches;
     the seconds it took. One path for ``mmsr train-retrieval``, eval-stream and the demo, so that

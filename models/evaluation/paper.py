@@ -566,7 +566,7 @@ def machine_info(requested: str) -> dict:
 
 
 def train_adapter(config: EvalConfig, out_dir: Path, lora=None, data: Dataset | None = None,
-                  cache_dir: Path | None = None, log=print, sequential_dir: Path | None = None,
+                  *, cache_dir: Path | None = None, log=print, sequential_dir: Path | None = None,
                   fused: bool = False) -> dict:
     """``mmsr train``: the full pipeline's adapter (recurrent summaries with captions) from a log.
 

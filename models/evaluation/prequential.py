@@ -150,7 +150,7 @@ def score_blend(lists: Mapping[str, list[list[str]]], targets: list, weights: Ma
 
 
 def fit_weights(lists: Mapping[str, list[list[str]]], targets: list, grid: Iterable[float] = (0.0, 0.05, 0.2, 0.6, 1.0),
-                k: int = 10, rrf_k: float = 60.0) -> tuple[dict[str, float], dict]:
+                k: int = 10, *, rrf_k: float = 60.0) -> tuple[dict[str, float], dict]:
     """The grid point of weights (co-occurrence fixed at 1) with the best HR@k on these events."""
     present = [s for s in SOURCES if s != "cooccurrence" and lists.get(s) and any(lists[s])]
     best: tuple[float, dict, dict] | None = None
@@ -189,7 +189,7 @@ def content_source(embed: Callable[[list[str]], np.ndarray], items: Mapping[str,
 
 
 def full_catalog(events: list[dict], items: Mapping[str, dict], config: CooccurrenceConfig = CooccurrenceConfig(),
-                 weights: Mapping[str, float] | None = None, sasrec_epochs: int = SequentialSourceConfig.epochs, embed=None, k: int = 10,
+                 weights: Mapping[str, float] | None = None, *, sasrec_epochs: int = SequentialSourceConfig.epochs, embed=None, k: int = 10,
                  recall_at: int = 50, progress: bool = False, log=print) -> dict:
     """Leave-last-out over the full catalog, every source alone and blended, the history excluded.
 

@@ -74,7 +74,7 @@ def user_metrics(positive: float, negatives, ks=(3, 5, 10)) -> dict[str, float]:
 
 
 def bootstrap_interval(per_user: np.ndarray, statistic, samples: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
+                       *, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of ``statistic(rows)`` over users resampled with replacement."""
     rng = np.random.default_rng(seed)
     n = len(per_user)

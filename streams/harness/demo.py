@@ -35,7 +35,7 @@ def fresh_demo_dir(data_dir: Path) -> Path:
     return data_dir
 
 
-def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, echo=print,
+def run_demo(data_dir: Path, users: int = 12, per_user: int = 30, show: int = 3, *, echo=print,
              adapter: str = "", rerank_candidates: int = 20,
              sequential_epochs: int = SequentialSourceConfig.epochs) -> dict[str, dict]:
     """Two phases on one worker state. First the catalog and every other user's history, with the

@@ -14,7 +14,7 @@ import schemas
 from models.llm import pipeline
 from models.candidates.cooccurrence import encode_pairs_message, interaction_records, pair_window, pairs_message
 from schemas import BACKFILL_END, CONTROL_HEADER
-from streams.events import Trigger, accept, header, in_partition_of, is_recent, utcnow
+from streams.events import Trigger, accept, header, is_recent, utcnow
 from streams.services import Services, isolate
 from streams.state import UserState
 
@@ -110,8 +110,8 @@ class InteractionsStage:
             triggers: dict[str, Trigger] = {}
             pairs: list[list] = []
             for user_id, group in by_user.items():
-                in_partition_of(group[-1][0])  # the user's partition: its RocksDB store and changelog
-                state = UserState.from_dict(self.services.user_state.get(user_id), user_id)
+                # the user's partition: its RocksDB store and changelog
+                state = UserState.from_dict(self.services.user_state.of(group[-1][0]).get(user_id), user_id)
                 trigger = self.apply_group(state, group, pending_cap, pairs)
                 if trigger is not None:
                     triggers[user_id] = trigger
@@ -139,8 +139,7 @@ class InteractionsStage:
                 states[user_id].owed = trigger.to_state()
                 self.services.metrics.inc("lists_owed_total", reason=trigger.kind)
             for user_id, state in states.items():
-                in_partition_of(by_user[user_id][-1][0])
-                self.services.user_state[user_id] = state.to_dict()
+                self.services.user_state.of(by_user[user_id][-1][0])[user_id] = state.to_dict()
             for user_id in triggers:
                 self.services.due.schedule(user_id, 0.0 if user_id in summarized else settings.debounce_seconds)
 
@@ -250,16 +249,16 @@ class InteractionsStage:
         message = event.message
         trigger = Trigger(message.topic, message.partition, message.offset, None, "backfill-end", message.timestamp)
         users = sorted(self.services.backfill_pending.pop(message.partition, set()))
+        user_state = self.services.user_state.of(event)
         for start in range(0, len(users), OWED_CHUNK):
             for user_id in users[start:start + OWED_CHUNK]:
-                in_partition_of(event)
-                data = self.services.user_state.get(user_id)
+                data = user_state.get(user_id)
                 if not data:
                     continue
                 state = UserState.from_dict(data, user_id)
                 state.backfill_pending = False
                 state.owed = state.owed or trigger.to_state()  # a list owed by a fresh event serves both
-                self.services.user_state[user_id] = state.to_dict()
+                user_state[user_id] = state.to_dict()
                 self.services.due.schedule(user_id, 0.0)
             await asyncio.sleep(0)
         self.services.metrics.inc("lists_owed_total", len(users), reason="backfill-end")
@@ -321,9 +320,8 @@ class SummaryResultsStage:
                 await self.services.publisher.dead_letter(message, error.kind, str(error))
                 continue
             async with self.services.user_writes:  # read, the request's ack, write: no interaction written between
-                in_partition_of(event)
-                user_id = summary["user_id"]
-                state = UserState.from_dict(self.services.user_state.get(user_id), user_id)
+                user_id, user_state = summary["user_id"], self.services.user_state.of(event)
+                state = UserState.from_dict(user_state.get(user_id), user_id)
                 oldest = state.full_blocks(settings.summary_block)[:1]
                 if summary["summary_version"] <= state.summary_version:
                     metrics.inc("summaries_skipped_total", reason="not newer")
@@ -342,6 +340,6 @@ class SummaryResultsStage:
                 request = self.interactions.summary_request(state)
                 if request:  # on the broker before the state that records it was sent
                     await (await self.services.publisher.send("summary_requests", user_id, request))
-                self.services.user_state[user_id] = state.to_dict()
+                user_state[user_id] = state.to_dict()
                 if state.owed and settings.reranking_on:
                     self.services.due.schedule(user_id, 0.0)

@@ -15,7 +15,7 @@ from models.llm import pipeline
 from models.candidates.blend import Fused, fuse
 from models.candidates.cooccurrence import neighbour_scores
 from models.candidates.retrieval import user_vector
-from streams.events import Trigger, in_no_partition, in_partition, utcnow
+from streams.events import Trigger, utcnow
 from streams.hosting import MODEL_ERRORS
 from streams.services import Services
 from streams.threads import read_concurrently
@@ -137,9 +137,9 @@ class RecommendationsStage:
 
     def owed_states(self, users: list[str], assigned: set[int] | None) -> list[tuple[UserState, Trigger]]:
         out = []
-        in_no_partition()  # the last settle() left its partition set in this task
+        user_state = self.services.user_state.anywhere()  # the owed users' partitions are not known here
         for user_id in users:
-            data = self.services.user_state.get(user_id)
+            data = user_state.get(user_id)
             if not data or not data.get("owed"):
                 continue  # emitted already (a duplicate schedule) or not this worker's user
             state = UserState.from_dict(data, user_id)
@@ -200,10 +200,10 @@ class RecommendationsStage:
 
     def settle(self, state: UserState, trigger: Trigger) -> None:
         """The list is on the broker: clear the owed mark, unless a newer event has owed another."""
-        in_partition(self.services.settings.topic_interactions, state.partition)
-        data = self.services.user_state.get(state.user_id)
+        user_state = self.services.user_state.at(state.partition)
+        data = user_state.get(state.user_id)
         if data and data.get("owed") == trigger.to_state():
-            self.services.user_state[state.user_id] = {**data, "owed": None}
+            user_state[state.user_id] = {**data, "owed": None}
 
     async def rerank(self, jobs: list[tuple[UserState, Trigger]]) -> list[tuple[dict, tuple]]:
         """Re-rank the candidate stage's top N for each job in one batched call across users.

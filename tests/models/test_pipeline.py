@@ -56,7 +56,7 @@ def stream_texts(lm):
     interactions = InteractionsStage(services)
     block = [{"item_id": i} for i in ("m1", "m2", "m4")]
     block_texts = interactions.block_texts(block)
-    services.user_state["u1"] = {"user_id": "u1", "summary": SUMMARY, "seen": ["m2"], "history": [{"item_id": "m2"}],
+    services.user_state.at(0)["u1"] = {"user_id": "u1", "summary": SUMMARY, "seen": ["m2"], "history": [{"item_id": "m2"}],
                                  "partition": 0, "owed": {"topic": "interactions", "partition": 0, "offset": 1,
                                                           "event_time": None, "kind": "interaction",
                                                           "broker_timestamp": None}}

@@ -5,13 +5,15 @@ import asyncio
 
 from streams.app import Worker
 from streams.settings import Settings
+from streams.tables import PartitionedTable
 from tests.unit.test_stages import HashEmbedder
 
 
 def worker_with_state(tmp_path, states: dict) -> Worker:
     worker = Worker(Settings(data_dir=tmp_path, caption_model="none", summary_model="none"), embedder=HashEmbedder())
     services = worker.services
-    services.user_state, services.item_profiles, services.neighbours = states, {}, {}
+    services.user_state = PartitionedTable(states, services.settings.topic_interactions)
+    services.item_profiles, services.neighbours = {}, {}
     worker.assigned = {0}
     return worker
 

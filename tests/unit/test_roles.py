@@ -28,7 +28,7 @@ def test_the_state_role_asks_for_a_summary_once_per_outstanding_request():
     assert sent(services, "user_summaries") == []  # the state role writes no summary itself
     run(stage.process(events("interactions", [interaction("u1", f"i{i}") for i in range(4, 7)], "user_id", start=4)))
     assert len(sent(services, "summary_requests")) == 1  # one is out: the next waits for its answer
-    assert services.user_state["u1"]["summary_requested"] == 1
+    assert services.user_state.anywhere()["u1"]["summary_requested"] == 1
 
 
 def test_summaries_apply_in_version_order_and_a_redelivery_never_moves_one_back():
@@ -43,13 +43,13 @@ def test_summaries_apply_in_version_order_and_a_redelivery_never_moves_one_back(
     assert [a["summary_version"] for a in answers] == [1, 2] and answers[1]["interaction_count"] == 6
     results = SummaryResultsStage(interactions)
     run(results.process(events("user-summaries", answers[1:], "user_id")))  # block 2 before block 1: not applied
-    assert services.user_state["u1"]["summary_version"] == 0
+    assert services.user_state.anywhere()["u1"]["summary_version"] == 0
     run(results.process(events("user-summaries", answers, "user_id", start=1)))
-    state = services.user_state["u1"]
+    state = services.user_state.anywhere()["u1"]
     assert state["summary_version"] == 2 and state["summary"] == answers[1]["summary"]
     assert [e["item_id"] for e in state["pending_block"]] == ["i6"]
     run(results.process(events("user-summaries", answers, "user_id", start=3)))  # redelivered: skipped
-    assert services.user_state["u1"]["summary_version"] == 2 and services.user_state["u1"]["summary"] == answers[1]["summary"]
+    assert services.user_state.anywhere()["u1"]["summary_version"] == 2 and services.user_state.anywhere()["u1"]["summary"] == answers[1]["summary"]
     assert services.metrics.get("summaries_skipped_total", reason="not newer") == 2
 
 
@@ -223,6 +223,6 @@ def test_a_summary_applied_while_its_request_is_acknowledged_loses_no_interactio
         await asyncio.gather(results, more)
 
     asyncio.run(scenario())
-    state = services.user_state["u1"]
+    state = services.user_state.anywhere()["u1"]
     assert state["interaction_count"] == 7 and state["summary_version"] == 1
     assert [h["item_id"] for h in state["history"]][-1] == "i6"

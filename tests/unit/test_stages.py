@@ -185,7 +185,7 @@ def test_one_failing_summarizer_input_fails_alone():
                                             "item_id")))
     batch = [interaction("u1", f"i{i}") for i in range(3)] + [interaction("u2", i) for i in ("i3", "i9", "i4")]
     run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
-    ok, failed = services.user_state["u1"], services.user_state["u2"]
+    ok, failed = services.user_state.anywhere()["u1"], services.user_state.anywhere()["u2"]
     assert ok["summary_version"] == 1 and ok["pending_block"] == []
     assert failed["summary_version"] == 0 and len(failed["pending_block"]) == 3  # retried with the next event
     assert failed["interaction_count"] == 3  # the interactions themselves are applied
@@ -216,7 +216,7 @@ def test_popularity_counts_catalog_items_only_and_repeats_do_not_refill_the_bloc
     run(InteractionsStage(services).process(events("interactions", batch, "user_id")))
     fold_pairs(services)
     assert services.item_stats.counts == {"i0": 3}
-    state = services.user_state["u1"]
+    state = services.user_state.anywhere()["u1"]
     assert state["interaction_count"] == 3 and [e["item_id"] for e in state["pending_block"]] == ["i0", "ghost"]
 
 
@@ -231,24 +231,24 @@ def test_an_owed_list_stays_in_state_until_published_and_a_newer_trigger_is_kept
     run(ItemsStage(services).process(events("items", [item(i) for i in range(4)], "item_id")))
     interactions = InteractionsStage(services)
     run(interactions.process(events("interactions", [interaction("u1", "i0")], "user_id")))
-    assert services.user_state["u1"]["owed"]["offset"] == 0  # recorded with the state, before any list
+    assert services.user_state.anywhere()["u1"]["owed"]["offset"] == 0  # recorded with the state, before any list
     recommendations = RecommendationsStage(services)
     # a newer interaction lands while the first list is being built: its trigger must survive the clear
     original = recommendations.candidates
 
     def slow_candidates(states, k):
         out = original(states, k)
-        services.user_state["u1"] = {**services.user_state["u1"], "owed": {**services.user_state["u1"]["owed"],
-                                                                            "offset": 1}}
+        state = services.user_state.anywhere()["u1"]
+        services.user_state.at(0)["u1"] = {**state, "owed": {**state["owed"], "offset": 1}}
         return out
 
     recommendations.candidates = slow_candidates
     assert run(recommendations.emit_due()) == 1
-    assert services.user_state["u1"]["owed"]["offset"] == 1
+    assert services.user_state.anywhere()["u1"]["owed"]["offset"] == 1
     recommendations.candidates = original
     services.due.schedule("u1", 0.0)
     assert run(recommendations.emit_due()) == 1
-    assert services.user_state["u1"]["owed"] is None
+    assert services.user_state.anywhere()["u1"]["owed"] is None
     assert [r["trigger"]["offset"] for r in services.publisher.lists] == [0, 1]
     assert "i0" not in [i["item_id"] for i in services.publisher.lists[0]["items"]]
     services.due.schedule("u1", 0.0)  # a stale schedule for a list already published emits nothing
