@@ -92,11 +92,11 @@ class Settings(BaseSettings):
     )
     loop_turn_every: int = Field(
         8, gt=0, description="messages Faust's streams and consumer deliver between turns of the event loop (Faust: "
-        "1, a pass of the loop per message for each): one worker folded 8% more per second at 8"
+        "1, a pass of the loop per message for each; measured in bench/ingest.py)"
     )
     malloc_keep_mb: int = Field(
         256, ge=0, le=1024, description="freed heap the worker's C allocator keeps for reuse instead of returning it to the "
-        "system (glibc; 0: glibc's defaults): the fold's buffers went to freshly zeroed pages, 7% of ingest CPU"
+        "system (glibc; 0: glibc's defaults), so the fold's buffers are not written into freshly zeroed pages"
     )
     standby_replicas: int = Field(
         0, ge=0, description="standby copies of each user-state partition kept warm on other workers, so a takeover "
@@ -161,11 +161,11 @@ class Settings(BaseSettings):
     increments_within: float = Field(
         1.0, ge=0, description="seconds to wait while filling a batch of item increments: each batch rewrites every "
         "item record it touches (up to MMSR_COOC_NEIGHBOURS neighbours), so fuller batches write far fewer bytes "
-        "(one worker folded 7% more per second at 1 s than at 0.5 s, and lagged at 2 s: bench/ingest.py)"
+        "(the trade-off against lag is measured in bench/ingest.py)"
     )
     pairs_format: Literal["binary", "json"] = Field(
         "binary", description="how the interactions stage writes item-pairs messages: binary (each id once per "
-        "message; parsing the JSON was 7% of ingest) or json (what workers before it read: for a rolling upgrade, "
+        "message, cheaper to parse) or json (what workers before it read: for a rolling upgrade, "
         "until every worker runs this version). Both are always read"
     )
     increments_quiet: float = Field(
@@ -180,17 +180,15 @@ class Settings(BaseSettings):
                                                      "summaries, scoring); lists, scans and broker reads have their own")
     torch_threads: int = Field(
         0, ge=0, description="torch intra-op threads in the worker (0: torch's default); 1 suits a retrieval-only "
-        "worker, whose small model calls (SASRec: 1.7 ms at 1 thread vs 8 ms at 2 on the 2-core machine) are slowed "
-        "by thread hand-offs"
+        "worker, whose small model calls (SASRec) are slowed by thread hand-offs"
     )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the worker's event loop: uvloop (libuv; Faust's per-message overhead is mostly loop "
-        "scheduling, and an empty agent reads 18,000 messages/s on it against 14,700 on asyncio's) or asyncio's own")
+        "scheduling, which it does faster: bench/faust_floor.py) or asyncio's own")
     model_dtype: str = Field("auto", description="torch dtype of the re-ranker: auto (bf16 on CUDA, else fp32), float32, bfloat16")
     generation_dtype: str = Field(
         "auto", description="torch dtype of the captioner and summarizer: auto (bf16 on CUDA and on CPUs that multiply "
-        "bf16 natively, AMX or AVX512-BF16: about 3x the fp32 decoding speed there, bench/results/cpu_precision.json; "
-        "else fp32), float32, bfloat16")
+        "bf16 natively, AMX or AVX512-BF16: bench/cpu_precision.py; else fp32), float32, bfloat16")
 
     summary_model: str = Field(
         "qwen2.5-coder-0.5b-instruct", description="user summarizer LLM: registry name, hub id or path; 'none' turns summaries "
