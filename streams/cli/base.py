@@ -2,6 +2,7 @@
 config fields (defined once, there), the event-log options, one-line errors."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 from pathlib import Path
@@ -28,30 +29,53 @@ def one_line_errors(fn):
     return wrapper
 
 
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """One flag, whatever it is made from: a Settings field or a config dataclass's field."""
+
+    dest: str
+    flag: str
+    kind: object
+    default: object
+    help: str
+    envvar: str | None = None
+
+
+def click_type(kind):
+    if typing.get_origin(kind) is typing.Literal:
+        return click.Choice(typing.get_args(kind))
+    return click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
+
+
+def apply_options(fn, specs: list[OptionSpec], preset: bool = False):
+    """The one way flags are made. ``preset``: the flag defaults to None, meaning "the preset's
+    value" (the help names the default preset's), and a tuple takes comma-separated values."""
+    for spec in reversed(specs):
+        common_args = {"envvar": spec.envvar} if spec.envvar else {}
+        if isinstance(spec.default, bool):
+            option = click.option(f"{spec.flag}/--no-{spec.flag[2:]}", spec.dest, default=spec.default,
+                                  show_default=True, help=spec.help, **common_args)
+        elif preset and isinstance(spec.default, tuple):
+            option = click.option(spec.flag, spec.dest, default=None, type=str,
+                                  help=f"{spec.help}, comma-separated [preset value; default preset: "
+                                       f"{','.join(map(str, spec.default))}]")
+        elif preset:
+            option = click.option(spec.flag, spec.dest, default=None, type=click_type(spec.kind),
+                                  help=f"{spec.help} [preset value; default preset: {spec.default}]")
+        else:
+            option = click.option(spec.flag, spec.dest, type=click_type(spec.kind), default=spec.default,
+                                  show_default=True, help=spec.help, **common_args)
+        fn = option(fn)
+    return fn
+
+
 def settings_options(*names: str):
-    """Click options for Settings fields: flag, MMSR_ variable, default and help all from the field.
-
-    The only way options are made from settings, so a flag can never disagree with its variable.
-    """
-
-    def decorate(fn):
-        for name in reversed(names):
-            field = Settings.model_fields[name]
-            kind = field.annotation
-            flag = f"--{name.replace('_', '-')}"
-            if kind is bool:
-                fn = click.option(f"{flag}/--no-{name.replace('_', '-')}", name, envvar=f"MMSR_{name.upper()}",
-                                  default=field.default, show_default=True, help=field.description)(fn)
-                continue
-            if typing.get_origin(kind) is typing.Literal:
-                click_type = click.Choice(typing.get_args(kind))
-            else:
-                click_type = click.Path(path_type=Path) if kind is Path else kind if kind in (int, float, str) else str
-            fn = click.option(flag, name, envvar=f"MMSR_{name.upper()}", type=click_type,
-                              default=field.default, show_default=True, help=field.description)(fn)
-        return fn
-
-    return decorate
+    """Flags for Settings fields: flag, MMSR_ variable, default and help all from the field, so a
+    flag can never disagree with its variable."""
+    specs = [OptionSpec(name, f"--{name.replace('_', '-')}", Settings.model_fields[name].annotation,
+                        Settings.model_fields[name].default, Settings.model_fields[name].description,
+                        f"MMSR_{name.upper()}") for name in names]
+    return lambda fn: apply_options(fn, specs)
 
 
 common = settings_options("bootstrap_servers", "data_dir")
@@ -92,32 +116,9 @@ def main():
 
 def field_options(cls, *names: str, prefix: str = "", preset: bool = False):
     """Flags for fields of a config dataclass, with the field's own help (defined once, there).
-
-    ``preset``: the flag defaults to None, meaning "the preset's value" (the help names the
-    default preset's), and a tuple field takes comma-separated values; otherwise the field's
-    default is the flag's. ``prefix`` goes before flag and parameter names.
-    """
-    import dataclasses
-
+    ``prefix`` goes before flag and parameter names; ``preset``: as ``apply_options``."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-
-    def decorate(fn):
-        for name in reversed(names or tuple(fields)):
-            f, dest = fields[name], f"{prefix.replace('-', '_')}{name}"
-            flag, help_text = f"--{prefix}{name.replace('_', '-')}", f.metadata.get("help", "")
-            if isinstance(f.default, bool):
-                fn = click.option(f"{flag}/--no-{prefix}{name.replace('_', '-')}", dest, default=f.default,
-                                  show_default=True, help=help_text)(fn)
-            elif preset and isinstance(f.default, tuple):
-                fn = click.option(flag, dest, default=None, type=str,
-                                  help=f"{help_text}, comma-separated [preset value; default preset: "
-                                       f"{','.join(map(str, f.default))}]")(fn)
-            elif preset:
-                fn = click.option(flag, dest, default=None, type=type(f.default),
-                                  help=f"{help_text} [preset value; default preset: {f.default}]")(fn)
-            else:
-                fn = click.option(flag, dest, default=f.default, type=type(f.default), show_default=True,
-                                  help=help_text)(fn)
-        return fn
-
-    return decorate
+    specs = [OptionSpec(f"{prefix.replace('-', '_')}{name}", f"--{prefix}{name.replace('_', '-')}",
+                        type(fields[name].default), fields[name].default, fields[name].metadata.get("help", ""))
+             for name in (names or tuple(fields))]
+    return lambda fn: apply_options(fn, specs, preset)
