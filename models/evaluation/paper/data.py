@@ -15,13 +15,14 @@ from models.config import EvalConfig
 class Dataset:
     items: dict[str, dict]  # item_id -> {"title", "categories", "description"}
     sequences: dict[str, list[str]]  # user_id -> item ids in time order
+    name: str = "events"  # in the report: "movielens-100k", "movielens-1m", or "events" (files)
 
     @classmethod
     def movielens(cls, dataset: str = "ml-100k") -> "Dataset":
         from models.data import movielens
 
         items = {i["item_id"]: {"title": i["title"], "categories": i["categories"]} for i in movielens.items(dataset)}
-        return cls(items, sequences_of(movielens.interactions(dataset)))
+        return cls(items, sequences_of(movielens.interactions(dataset)), f"movielens-{dataset.removeprefix('ml-')}")
 
     @classmethod
     def from_events(cls, items_file: Path, interactions_file: Path) -> "Dataset":
