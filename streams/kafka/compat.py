@@ -29,7 +29,7 @@ TESTED_VERSIONS = {
 PATCH_TARGETS = {
     "correctness": [
         ("faust.transport.producer", "ProducerBuffer.flush"),  # drain_producer_buffer_on_flush
-        ("faust.tables.recovery", "Recovery.on_recovery_completed"),  # resume_stream_partitions_after_the_seek
+        ("faust.tables.recovery", "Recovery.on_recovery_completed"),  # resume_after_seek
         ("faust.tables.recovery", "Recovery._resume_streams"),
         ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread.seek_to_committed"),  # rewind_partitions_...
         ("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._ensure_consumer"),
@@ -40,8 +40,8 @@ PATCH_TARGETS = {
     ],
     "throughput": [
         ("faust.app.base", "App.create_event"),  # events_without_settings_reads
-        ("faust.transport.producer", "ProducerBuffer.size"),  # producer_buffer_size_without_settings_reads
-        ("faust.transport.consumer", "Consumer.wait_first"),  # deliver_each_message_without_four_tasks
+        ("faust.transport.producer", "ProducerBuffer.size"),  # cache_producer_buffer_size
+        ("faust.transport.consumer", "Consumer.wait_first"),  # deliver_inline
         ("mode.services", "WaitResults"),
         ("faust._cython.streams", "sleep"),  # streams_take_turns_every (the compiled stream iterator)
         ("faust.sensors.monitor", "Monitor.on_message_in"),  # QuietMonitor

@@ -11,14 +11,14 @@ import pytest
 from mode import Service
 from mode.utils.locks import Event
 
-from streams.kafka.patches.throughput import deliver_each_message_without_four_tasks
+from streams.kafka.patches.throughput import deliver_inline
 
 
 class Drainer(Service):
     """Stands in for Faust's consumer: a mode Service whose drain loop calls ``wait_first``."""
 
 
-deliver_each_message_without_four_tasks(Drainer)
+deliver_inline(Drainer)
 
 
 def run(coro):
@@ -28,9 +28,9 @@ def run(coro):
 def test_the_patch_is_applied_once_and_to_faust_s_consumer():
     from faust.transport.consumer import Consumer
 
-    deliver_each_message_without_four_tasks()
+    deliver_inline()
     patched = Consumer.wait_first
-    deliver_each_message_without_four_tasks()
+    deliver_inline()
     assert getattr(patched, "eager", False) and Consumer.wait_first is patched
 
 

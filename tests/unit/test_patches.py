@@ -13,7 +13,7 @@ from faust.sensors.monitor import Monitor
 from faust.types import TP, Message
 
 from streams.kafka.patches.batching import fetch_with_short_holds, take_events_until_quiet
-from streams.kafka.patches.throughput import (QuietMonitor, RawBytes, Turns, producer_buffer_size_without_settings_reads,
+from streams.kafka.patches.throughput import (QuietMonitor, RawBytes, Turns, cache_producer_buffer_size,
                                               streams_take_turns_every)
 
 UNSTARTED_APPS: list = []
@@ -103,7 +103,7 @@ def test_the_quiet_monitor_keeps_no_per_message_state_and_faust_s_delegate_accep
 def test_the_producer_buffer_size_is_the_queue_length_with_the_setting_read_once(threaded):
     from faust.transport.producer import ProducerBuffer
 
-    producer_buffer_size_without_settings_reads()
+    cache_producer_buffer_size()
 
     class Conf:
         reads = 0
@@ -381,9 +381,9 @@ def test_no_record_delivered_during_the_end_of_recovery_seek_is_cleared_unread(p
     documents Faust's behaviour, so that an upgrade that fixes it shows here."""
     from faust.tables.recovery import Recovery
 
-    from streams.kafka.patches.correctness import resume_stream_partitions_after_the_seek
+    from streams.kafka.patches.correctness import resume_after_seek
 
-    resume_stream_partitions_after_the_seek()
+    resume_after_seek()
     method = Recovery.on_recovery_completed if patched else Recovery.on_recovery_completed.__wrapped__
 
     async def run():

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from streams.kafka import compat
 from streams.kafka.patches.batching import fetch_with_short_holds
-from streams.kafka.patches.correctness import (assign_once_the_metadata_lists_every_topic, crash_on_coordinator_errors,
-                                               drain_producer_buffer_on_flush, resume_stream_partitions_after_the_seek,
-                                               rewind_partitions_without_a_committed_offset)
-from streams.kafka.patches.throughput import (deliver_each_message_without_four_tasks, events_without_settings_reads,
-                                              producer_buffer_size_without_settings_reads, streams_take_turns_every)
+from streams.kafka.patches.correctness import (assign_after_full_metadata, crash_on_coordinator_errors,
+                                               drain_producer_buffer_on_flush, resume_after_seek,
+                                               rewind_uncommitted_partitions)
+from streams.kafka.patches.throughput import (deliver_inline, events_without_settings_reads,
+                                              cache_producer_buffer_size, streams_take_turns_every)
 
 
 def apply(settings) -> None:
@@ -20,11 +20,11 @@ def apply(settings) -> None:
     compat.check(getattr(settings, "allow_untested_faust", False))
     streams_take_turns_every(settings.loop_turn_every)
     drain_producer_buffer_on_flush()
-    deliver_each_message_without_four_tasks()
+    deliver_inline()
     fetch_with_short_holds(settings.fetch_wait_ms)
-    producer_buffer_size_without_settings_reads()
+    cache_producer_buffer_size()
     events_without_settings_reads()
-    assign_once_the_metadata_lists_every_topic()
+    assign_after_full_metadata()
     crash_on_coordinator_errors()
-    resume_stream_partitions_after_the_seek()
-    rewind_partitions_without_a_committed_offset()
+    resume_after_seek()
+    rewind_uncommitted_partitions()

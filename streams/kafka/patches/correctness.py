@@ -17,7 +17,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
-def assign_once_the_metadata_lists_every_topic() -> None:
+def assign_after_full_metadata() -> None:
     """The group leader assigns only once the cluster metadata lists every topic the group
     subscribes to, refreshing it meanwhile (``until_listed``).
 
@@ -89,7 +89,7 @@ def crash_on_coordinator_errors() -> None:
     ``getone`` call reads it (``GroupCoordinator._push_error_to_user``, ``check_errors``). Faust
     fetches through aiokafka's fetcher and never makes those calls, so the error was never read
     and never logged, and the coordination task waited on it for good: no assignment, no
-    heartbeat, no rejoin. That was the silent hang of ``assign_once_the_metadata_lists_every_topic``
+    heartbeat, no rejoin. That was the silent hang of ``assign_after_full_metadata``
     (a KeyError in Faust's assignor), and any other such error would end the same way. The worker
     now crashes the consumer as Faust does on a failed commit; Faust stops and the process exits 1.
 
@@ -126,7 +126,7 @@ def crash_on_coordinator_errors() -> None:
     AIOKafkaConsumerThread.on_start = on_start
 
 
-def resume_stream_partitions_after_the_seek() -> None:
+def resume_after_seek() -> None:
     """At the end of a recovery, Faust fetches the stream partitions again only once it has
     sought them to their committed offsets and cleared its stream buffers, not before.
 
@@ -178,7 +178,7 @@ def resuming_partitions_on_return(method):
     return wrapper
 
 
-def rewind_partitions_without_a_committed_offset() -> None:
+def rewind_uncommitted_partitions() -> None:
     """Faust's seek to the committed offsets also rewinds a stream partition whose committed
     offset is 0 or that has none, so that the records Faust cleared from its buffers are read again.
 
@@ -187,7 +187,7 @@ def rewind_partitions_without_a_committed_offset() -> None:
     again. aiokafka's ``seek_to_committed`` seeks only to an offset above 0, so a partition
     with no commit yet (a group's first seconds, a worker killed before its first commit) or
     committed at 0 kept its position past the cleared records, and they were never delivered
-    (``resume_stream_partitions_after_the_seek`` closes the window seen at the end of a
+    (``resume_after_seek`` closes the window seen at the end of a
     recovery; this covers a rebalance too). Such a partition is now sought to 0, or with no
     commit reset by the consumer's reset policy where that policy is ``earliest`` (Faust's
     default): the records the worker had already applied come again and are dropped as taken by

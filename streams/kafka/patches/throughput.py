@@ -104,7 +104,7 @@ class QuietMonitor(Monitor):
         pass
 
 
-def producer_buffer_size_without_settings_reads() -> None:
+def cache_producer_buffer_size() -> None:
     """Faust asks its producer buffer's size before delivering each message (to wait while table
     writes back up), and each time reads ``producer_threaded`` through its settings object: about
     2 us of the 30 per message left to a bare agent (``bench/faust_floor.py``). The setting is read
@@ -159,7 +159,7 @@ def resumed(coroutine, awaiting):
             return finished.value
 
 
-def deliver_each_message_without_four_tasks(consumer_class=None) -> None:
+def deliver_inline(consumer_class=None) -> None:
     """Give Faust's consumer a cheaper ``wait_first`` for the call its drain loop makes per message.
 
     Faust hands every fetched message to the streams with ``wait_first(callback(message),
@@ -212,13 +212,13 @@ class Turns:
     of the loop at every ``every``-th ``sleep(0)``, none at the others (other delays: asyncio's).
 
     Faust's stream iterator awaits ``sleep(0)`` before each message, and the consumer's drain loop
-    (``deliver_each_message_without_four_tasks``) gives the streams a turn after each delivery: a
+    (``deliver_inline``) gives the streams a turn after each delivery: a
     pass of the event loop per message for each. Taking them every 8th message took a bare agent
     from 24.0 to 21.8 us per message (every 32nd: 20.8; ``bench/faust_floor.py``), and one worker
     folded 10,757 -> 11,609/s (every 32nd: 11,555; ``bench/ingest.py``, medians of 2 alternated
     rounds). Both sides skip alike, so the drain loop still puts about as many messages per pass
     as a stream takes (a turn every 16th delivery with the streams at every message filled their
-    buffers: see ``deliver_each_message_without_four_tasks``)."""
+    buffers: see ``deliver_inline``)."""
 
     def __init__(self, every: int):
         self.every, self.calls = every, 0
