@@ -176,7 +176,8 @@ class Run:
         self.config, self.log, self.progress = config, log, progress
         self.split = split(events)
         self.cooccurrence_config = cooccurrence_config
-        self.queries = {phase: self.split.queries(phase) for phase in ("validation", "test")}
+        # the test queries are built only when a configuration is tested, after every choice
+        self.queries = {"validation": self.split.queries("validation")}
         self.listers: dict[str, Lister] = {}
         self.models: dict[str, object] = {}  # the fitted SASRec trials, by lister name
         self.chosen: dict[str, dict] = {}
@@ -301,6 +302,8 @@ class Run:
         """The test items' metrics of one fitted configuration, read once."""
         if name in self.tested:
             raise RuntimeError(f"the test items of {name!r} were already read")
+        if "test" not in self.queries:
+            self.queries["test"] = self.split.queries("test")
         users, histories, targets = self.queries["test"]
         lists = self.listers[name](users, histories, self.config.depth)
         values = per_user(ranks_in(lists, targets))

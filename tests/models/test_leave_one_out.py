@@ -75,12 +75,16 @@ def test_no_fitted_source_ever_sees_a_validation_or_test_item_and_the_test_is_re
                           whole_sequences=True, dropout=0.0)
     config = loo.LeaveOneOutConfig(sasrec=(sasrec,), check_every=2, patience=5, ease_l2=(10.0, 100.0), rrf_k=(60.0,),
                                    weight_grid=(0.0, 1.0), depth=20, bootstrap=50)
+    phases: list[str] = []
+    real_queries = loo.Split.queries
+    monkeypatch.setattr(loo.Split, "queries", lambda self, phase: phases.append(phase) or real_queries(self, phase))
     run = loo.Run(shifted_log(), config, CooccurrenceConfig(), log=lambda *_: None)
     run.fit_counts()
     run.fit_ease()
     run.fit_sasrec()
     run.fit_blend()
     assert seen and not [i for i in seen if i.startswith(("valid-", "test-"))]
+    assert phases == ["validation"]  # every choice above was made without the test items
     assert [c["epoch"] for c in run.sasrec_trials[0]["checks"]] == [2, 4]
     assert run.chosen["ease"]["l2"] in (10.0, 100.0) and run.chosen["blend"]["rrf_k"] == 60.0
     for name in ("cooccurrence", "sequential-0", "ease", "popularity", "blend"):
@@ -91,6 +95,7 @@ def test_no_fitted_source_ever_sees_a_validation_or_test_item_and_the_test_is_re
         assert result["HR@20"] == 0.0, name
     with pytest.raises(RuntimeError, match="already read"):
         run.test("blend")
+    assert phases == ["validation", "test"]
     report = run.report()
     assert report["users"] == 12 and "per_user" not in report["test"]["blend"]
 
