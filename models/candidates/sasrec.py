@@ -42,7 +42,7 @@ class SASRec(nn.Module):
         super().__init__()
         self.config = config
         self.items = nn.Embedding(n_items + 1, config.hidden, padding_idx=0)  # 0 is padding
-        if config.loss == "ce":  # unit-variance inputs after the sqrt(hidden) scale, logits of order 1 at the start
+        if config.loss in ("ce", "sampled"):  # unit-variance inputs after the sqrt(hidden) scale, logits of order 1
             with torch.no_grad():
                 self.items.weight.normal_(0.0, config.hidden ** -0.5)
                 self.items.weight[0].zero_()

@@ -62,3 +62,19 @@ def test_every_objective_learns_the_successor(loss):
 def test_an_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="loss must be 'ce', 'bce' or 'sampled'"):
         SASRecScorer({"u": ["a", "b"]}, SASRecConfig(loss="hinge", epochs=1))
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled"])
+def test_softmax_objectives_start_with_logits_of_order_one(loss):
+    """Item embeddings scaled by hidden^-0.5: after the model's sqrt(hidden) input scale the inputs
+    have unit variance, and a softmax over hundreds of items starts near uniform. The sampled
+    objective once kept nn.Embedding's N(0, 1): inputs of scale 8 at width 64, and on ML-1M its
+    validation NDCG@10 stayed below 0.004 after 4 epochs where the full softmax reached 0.08."""
+    import torch
+
+    from models.candidates.sasrec import SASRec
+
+    torch.manual_seed(0)
+    model = SASRec(500, SASRecConfig(hidden=64, loss=loss))
+    assert model.items.weight[1:].std().item() == pytest.approx(64 ** -0.5, rel=0.1)
+    assert model.items.weight[0].abs().sum().item() == 0.0  # padding
