@@ -54,6 +54,11 @@ def train_into(out_dir: Path | str, events: list[dict], config: SASRecConfig, un
     return seconds
 
 
+def vocabulary_of(scorer: SASRecScorer) -> list[str]:
+    """The trained item ids in embedding-row order (row 0 is padding)."""
+    return [item for item, _ in sorted(scorer.index.items(), key=lambda kv: kv[1])]
+
+
 class SequentialRetriever:
     """SASRec, and the EASE source trained beside it (``ease``: None where the directory has none)."""
 
@@ -72,7 +77,7 @@ class SequentialRetriever:
         """``on_epoch``: as ``SASRecScorer``'s (early stopping)."""
         started = time.time()
         scorer = SASRecScorer(sequences, config, progress=progress, on_epoch=on_epoch)
-        vocabulary = [item for item, _ in sorted(scorer.index.items(), key=lambda kv: kv[1])]
+        vocabulary = vocabulary_of(scorer)
         metadata = {"version": f"sasrec-{int(time.time() * 1000)}", "model": "sasrec", "config": asdict(config),
                     "items": len(vocabulary), "users": len(sequences), "seconds": round(time.time() - started, 1),
                     "final_loss": scorer.losses[-1] if scorer.losses else None, "data": data or {}}

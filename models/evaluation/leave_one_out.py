@@ -23,6 +23,7 @@ import numpy as np
 from models.candidates.blend import fuse
 from models.candidates.sequences import sequences_of
 from models.config import EaseConfig, SASRecConfig
+from models.evaluation.prequential import rank_within
 from models.evaluation.ranking import bootstrap_interval
 
 KS = (10, 20)
@@ -66,11 +67,8 @@ def split(events: list[dict]) -> Split:
 
 
 def rank_of(ranked: list[str], target: str) -> int:
-    """1-based position of ``target`` in ``ranked``; 0 when absent."""
-    try:
-        return ranked.index(target) + 1
-    except ValueError:
-        return 0
+    """1-based position of ``target`` in the whole of ``ranked``; 0 when absent."""
+    return rank_within(ranked, target, len(ranked))
 
 
 def per_user(ranks: Iterable[int], ks: tuple[int, ...] = KS) -> dict[str, np.ndarray]:
@@ -219,7 +217,7 @@ class Run:
     def fit_sasrec(self, configs: Iterable[SASRecConfig] | None = None) -> None:
         """Each configuration trained on the training histories with early stopping on validation
         NDCG@10 (its best epoch's weights kept); the best configuration becomes ``sequential``."""
-        from models.candidates.sequential import SequentialRetriever
+        from models.candidates.sequential import SequentialRetriever, vocabulary_of
 
         histories = self.split.histories()
         best = None
@@ -231,7 +229,7 @@ class Run:
             def check(epoch, scorer, trial=trial, state=state, started=started):
                 if (epoch + 1) % self.config.check_every and epoch + 1 != config.epochs:
                     return False
-                retriever = SequentialRetriever(scorer.model, ordered_vocabulary(scorer.index), {})
+                retriever = SequentialRetriever(scorer.model, vocabulary_of(scorer), {})
                 scores, _ = self.validate("sequential", model_lister(retriever), depth=max(KS))
                 trial["checks"].append({"epoch": epoch + 1, "seconds": round(time.time() - started, 1),
                                         "loss": round(scorer.losses[-1], 4) if scorer.losses else None,
@@ -330,9 +328,6 @@ class Run:
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
         }
 
-
-def ordered_vocabulary(index: Mapping[str, int]) -> list[str]:
-    return [item for item, _ in sorted(index.items(), key=lambda kv: kv[1])]
 
 
 def blend_lists(lists: Mapping[str, list[list[str]]], weights: Mapping[str, float], depth: int,
